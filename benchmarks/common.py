@@ -1,0 +1,98 @@
+"""What every benchmark script shares: the row format, interleaved latency ratios, the table and --json.
+
+Row fields (the convention): ``model``, ``candidate``, ``score``, ``score_drop`` (fp32 score minus
+candidate score, metric units), ``size_ratio`` (candidate bytes / fp32 bytes), ``latency_ratio``
+(batch size -> candidate / fp32 median latency, timed interleaved in one process), plus each
+script's own fields.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from modelpress.bench import BenchConfig, compare  # noqa: E402
+from modelpress.doctor import cpu_info  # noqa: E402
+from modelpress.evaluate import evaluate, predict_fn  # noqa: E402
+from modelpress.runtime import RuntimeConfig, open_session  # noqa: E402
+
+BENCH = BenchConfig(batch_sizes=(1, 32), warmup=10, rounds=30, runs_per_round=10)
+QUICK = BenchConfig(batch_sizes=(1, 32), warmup=2, rounds=4, runs_per_round=3)
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--json", type=Path, help="write the rows as a JSON list to this path")
+    p.add_argument("--quick", action="store_true", help="few timing rounds (smoke test, not for BENCHMARKS.md)")
+    return p
+
+
+def bench_config(args: argparse.Namespace) -> BenchConfig:
+    return QUICK if args.quick else BENCH
+
+
+def onnx_session(model: Any, task: Any, folder: Path, threads: int = 2):
+    """Export ``model`` to ONNX under ``folder`` and open it on ONNX Runtime; returns (session, size_bytes)."""
+    from modelpress.export import onnx as onnx_export
+
+    art = onnx_export.export(model, task, folder)
+    return open_session(art, RuntimeConfig(threads=threads)), art.size_bytes
+
+
+def latency_ratios(candidate: Any, baseline: Any, task: Any, config: BenchConfig) -> dict[str, float]:
+    """Median per-round ratio candidate/baseline at each batch size, timed interleaved."""
+    res = compare(candidate.run, baseline.run, task.example_inputs, config)
+    return {str(bs): round(r["paired_ratio"], 4) for bs, r in res.items()}
+
+
+def row(model: str, candidate: str, score: float, fp32_score: float, size_bytes: int, fp32_size_bytes: int,
+        latency_ratio: dict[str, float] | None, **extra: Any) -> dict[str, Any]:
+    return {"model": model, "candidate": candidate, "score": round(score, 4), "score_drop": round(fp32_score - score, 4),
+            "size_ratio": round(size_bytes / fp32_size_bytes, 4), "latency_ratio": latency_ratio, **extra}
+
+
+def score_session(session: Any, task: Any) -> float:
+    return evaluate(predict_fn(session), task)
+
+
+def machine() -> str:
+    cpu = cpu_info()
+    flags = ", ".join(k for k, v in cpu["flags"].items() if v)
+    return f"{cpu['model']}, {cpu['cores']} cores ({flags})"
+
+
+def emit(rows: list[dict[str, Any]], args: argparse.Namespace, title: str, extra_columns: tuple[str, ...] = ()) -> None:
+    """Print the rows as a table and write them as JSON when asked."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{title} — {machine()}")
+    batch_sizes = sorted({b for r in rows for b in (r.get("latency_ratio") or {})}, key=int)
+    for col in ("model", "candidate", "score", "score_drop", "size_ratio", *[f"lat×@{b}" for b in batch_sizes],
+                *extra_columns):
+        table.add_column(col, justify="left" if col in ("model", "candidate") else "right")
+    for r in rows:
+        lat = r.get("latency_ratio") or {}
+        table.add_row(r["model"], r["candidate"], f"{r['score']:.4f}", f"{r['score_drop']:+.4f}", f"{r['size_ratio']:.3f}",
+                      *[f"{lat[b]:.3f}" if b in lat else "-" for b in batch_sizes],
+                      *[_fmt(r.get(c)) for c in extra_columns])
+    Console(width=200).print(table)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(rows, indent=2, default=str))
+        print(f"wrote {args.json}")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else str(value)
+
+
+def tempdir() -> tempfile.TemporaryDirectory:
+    return tempfile.TemporaryDirectory(prefix="modelpress-bench-")

@@ -1,0 +1,1 @@
+"""modelpress: compress, convert, accelerate and measure deep learning models."""

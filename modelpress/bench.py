@@ -1,0 +1,152 @@
+"""Latency, throughput, size, memory and energy, measured on the target runtime.
+
+Latency flips between fast and slow levels on shared machines, so comparisons time the candidate and
+the baseline interleaved in one process, many rounds, and report medians and the median of the
+per-round (paired) ratios.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import check
+
+RunFn = Callable[[dict[str, np.ndarray]], Any]
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    batch_sizes: tuple[int, ...] = (1, 32)
+    warmup: int = 5
+    rounds: int = 15
+    runs_per_round: int = 10
+
+    def __post_init__(self) -> None:
+        check(len(self.batch_sizes) > 0 and all(b >= 1 for b in self.batch_sizes),
+              f"batch_sizes must be a non-empty list of positive numbers, got {list(self.batch_sizes)}.")
+        check(self.warmup >= 0, f"warmup must be >= 0, got {self.warmup}.")
+        check(self.rounds >= 1 and self.runs_per_round >= 1, "rounds and runs_per_round must be at least 1.")
+
+
+def percentiles(times_ms: list[float]) -> dict[str, float]:
+    a = np.asarray(times_ms)
+    return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)), "p99": float(np.percentile(a, 99)),
+            "mean": float(a.mean()), "runs": int(a.size)}
+
+
+def interleaved(runs: Mapping[str, RunFn], inputs: dict[str, np.ndarray], config: BenchConfig = BenchConfig()
+                ) -> dict[str, list[list[float]]]:
+    """Time every function on the same inputs, alternating between them each round.
+
+    Returns, per name, one list of per-call times in ms for each round.
+    """
+    names = list(runs)
+    for name in names:
+        for _ in range(config.warmup):
+            runs[name](inputs)
+    times: dict[str, list[list[float]]] = {n: [] for n in names}
+    for r in range(config.rounds):
+        order = names if r % 2 == 0 else names[::-1]
+        for name in order:
+            fn, samples = runs[name], []
+            for _ in range(config.runs_per_round):
+                t0 = time.perf_counter()
+                fn(inputs)
+                samples.append((time.perf_counter() - t0) * 1e3)
+            times[name].append(samples)
+    return times
+
+
+def compare(candidate: RunFn, baseline: RunFn, example: Callable[[int], dict[str, np.ndarray]],
+            config: BenchConfig = BenchConfig(), progress: Callable[[str], None] | None = None) -> dict[int, dict]:
+    """Candidate against baseline per batch size: both latency profiles, the ratio of medians
+    (candidate / baseline) and the median of the per-round ratios."""
+    out = {}
+    for bs in config.batch_sizes:
+        if progress:
+            progress(f"timing batch {bs}")
+        t = interleaved({"candidate": candidate, "baseline": baseline}, example(bs), config)
+        cand = [x for rnd in t["candidate"] for x in rnd]
+        base = [x for rnd in t["baseline"] for x in rnd]
+        paired = [np.median(c) / np.median(b) for c, b in zip(t["candidate"], t["baseline"])]
+        out[bs] = {"candidate": percentiles(cand), "baseline": percentiles(base),
+                   "ratio": float(np.median(cand) / np.median(base)), "paired_ratio": float(np.median(paired))}
+    return out
+
+
+def single(run: RunFn, example: Callable[[int], dict[str, np.ndarray]], config: BenchConfig = BenchConfig()
+           ) -> dict[int, dict[str, float]]:
+    """Latency percentiles of one session per batch size."""
+    out = {}
+    for bs in config.batch_sizes:
+        t = interleaved({"x": run}, example(bs), config)["x"]
+        out[bs] = percentiles([x for rnd in t for x in rnd])
+    return out
+
+
+def throughput_per_s(latency: Mapping[int, Mapping[str, float]]) -> dict[int, float]:
+    """Samples per second at each batch size, from the median latency."""
+    return {bs: bs * 1e3 / stats["p50"] for bs, stats in latency.items()}
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process (Linux /proc; 0 where unknown)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def peak_memory(load: Callable[[], Any], run: Callable[[Any], Any]) -> tuple[Any, int]:
+    """Load a session and run it once, returning it and the growth of resident memory in bytes
+    (sampled after load and after the run: the memory the session holds to serve a batch)."""
+    before = rss_bytes()
+    session = load()
+    after_load = rss_bytes()
+    run(session)
+    return session, max(0, max(after_load, rss_bytes()) - before)
+
+
+class EnergyMeter:
+    """Joules from a real meter: Linux powercap RAPL (CPU package) where readable. ``None`` otherwise,
+    with the reason in ``why``; never an estimate."""
+
+    ROOT = Path("/sys/class/powercap")
+
+    def __init__(self) -> None:
+        self.files = sorted(self.ROOT.glob("intel-rapl:[0-9]*/energy_uj")) if self.ROOT.exists() else []
+        self.why = ""
+        if not self.ROOT.exists():
+            self.why = "no RAPL powercap interface on this machine (/sys/class/powercap is absent)"
+        elif not self.files:
+            self.why = "no RAPL package domain under /sys/class/powercap"
+        else:
+            try:
+                self._read()
+            except OSError as e:
+                self.why, self.files = f"RAPL counters are not readable ({e.strerror}); run as root", []
+
+    @property
+    def available(self) -> bool:
+        return bool(self.files)
+
+    def _read(self) -> float:
+        return sum(int(f.read_text()) for f in self.files) / 1e6
+
+    def measure(self, fn: Callable[[], Any], repeats: int) -> float | None:
+        """Joules per call of ``fn`` (averaged over ``repeats`` calls), or None without a meter."""
+        if not self.available:
+            return None
+        start = self._read()
+        for _ in range(repeats):
+            fn()
+        used = self._read() - start
+        return used / repeats if used > 0 else None

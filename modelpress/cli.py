@@ -1,0 +1,225 @@
+"""The ``modelpress`` command line: run, bench, export, tasks, doctor."""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelpressError
+
+
+def console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=False)
+
+
+def stage_printer(con: Any):
+    return lambda message: con.print(f"[dim]·[/dim] {message}")
+
+
+def result_table(result: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    from .report.markdown import rows
+
+    table = Table(title=f"modelpress result: {result['task']}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for label, value in rows(result):
+        table.add_row(label, value)
+    return table
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .pipeline import run
+    from .recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    out = Path(args.output or Path("runs") / Path(args.recipe).stem)
+    con = console()
+    result = run(recipe, out, force=args.force, progress=stage_printer(con))
+    con.print(result_table(result))
+    for note in result["notes"]:
+        con.print(f"[yellow]note:[/yellow] {note}")
+    con.print(f"wrote {out}/ (recipe.yaml, result.json, report.md, artifact/)")
+    return 0
+
+
+def _model_for(args: argparse.Namespace):
+    from .task import load_task
+
+    task = load_task(args.task)
+    model = task.build_model()
+    if args.model:
+        from .load import load_into
+
+        model = load_into(model, args.model, trust_pickle=args.trust_pickle)
+    return task, model
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from . import registry
+    from .config import parse
+    from .pipeline import check_finite, prepare_output, publish
+
+    task, model = _model_for(args)
+    check_finite(model)
+    out = Path(args.output)
+    stage = prepare_output(out, args.force)
+    exporter = registry.module("export format", args.format)
+    try:
+        art = exporter.export(model, task, stage, parse(exporter.Config, {}, "export"))
+        size_bytes, file = art.size_bytes, art.manifest["file"]
+        publish(stage, out)
+    finally:
+        import shutil
+
+        shutil.rmtree(stage, ignore_errors=True)
+    console().print(f"exported {task.name} as {args.format}: {out / file} ({size_bytes} bytes)")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from . import artifact as artifact_mod
+    from . import bench, registry
+    from .config import parse
+    from .runtime import RuntimeConfig, open_session
+
+    batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
+    config = bench.BenchConfig(batch_sizes=batch_sizes, rounds=args.rounds)
+    runtime = RuntimeConfig(backend=args.runtime, threads=args.threads)
+    con = console()
+    with tempfile.TemporaryDirectory() as tmp:
+        def artifact_for(target: str, folder: Path):
+            if Path(target).is_dir():
+                return artifact_mod.load(target)
+            args.task = target
+            task, model = _model_for(args)
+            exporter = registry.module("export format", args.format)
+            return exporter.export(model, task, folder, parse(exporter.Config, {}, "export"))
+
+        first = artifact_for(args.target, Path(tmp) / "a")
+        session = open_session(first, runtime)
+        spec = first.manifest["inputs"]
+
+        def example(bs: int):
+            import numpy as np
+
+            rng = np.random.default_rng(0)
+            return {n: rng.random([bs, *s["shape"][1:]]).astype(s["dtype"]) for n, s in spec.items()}
+
+        table = Table(title=f"latency on {args.runtime} ({args.threads} threads)")
+        for col in ("batch", "p50 ms", "p90 ms", "p99 ms", "throughput/s"):
+            table.add_column(col, justify="right")
+        if args.compare:
+            other = open_session(artifact_for(args.compare, Path(tmp) / "b"), runtime)
+            table.add_column("ratio to --compare", justify="right")
+            with con.status("timing interleaved"):
+                res = bench.compare(session.run, other.run, example, config)
+            for bs, r in res.items():
+                c = r["candidate"]
+                table.add_row(str(bs), f"{c['p50']:.3f}", f"{c['p90']:.3f}", f"{c['p99']:.3f}",
+                              f"{bs * 1e3 / c['p50']:.0f}", f"{r['paired_ratio']:.3f}")
+        else:
+            with con.status("timing"):
+                res = bench.single(session.run, example, config)
+            for bs, c in res.items():
+                table.add_row(str(bs), f"{c['p50']:.3f}", f"{c['p90']:.3f}", f"{c['p99']:.3f}", f"{bs * 1e3 / c['p50']:.0f}")
+        con.print(table)
+        con.print(f"artifact size: {first.size_bytes} bytes")
+    return 0
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from .registry import TASKS
+
+    table = Table(title="built-in tasks")
+    table.add_column("name")
+    table.add_column("factory")
+    for name, target in TASKS.items():
+        table.add_row(name, target)
+    console().print(table)
+    console().print("A task of your own: 'my_module:my_task' (a function returning modelpress.Task).")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from .doctor import report
+
+    info = report()
+    con = console()
+    table = Table(title="runtimes")
+    for col in ("runtime", "available", "version", "note"):
+        table.add_column(col)
+    for r in info["runtimes"]:
+        table.add_row(r["name"], "yes" if r["available"] else "no", r["version"] or "-", r["note"])
+    con.print(table)
+    cpu = info["cpu"]
+    con.print(f"CPU: {cpu['model']} ({cpu['cores']} cores)")
+    con.print("ISA flags: " + ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in cpu["flags"].items()))
+    con.print(f"GPUs: {', '.join(info['gpus']) or 'none found'}")
+    con.print(f"energy meter: {info['energy']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="modelpress", description="Compress, convert, accelerate and measure models.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run a recipe and write an output folder")
+    r.add_argument("recipe")
+    r.add_argument("-o", "--output", help="output folder (default runs/<recipe name>)")
+    r.add_argument("--force", action="store_true", help="replace an existing output folder")
+    r.set_defaults(fn=cmd_run)
+
+    def model_args(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--model", help="weights to load into the task's model (.safetensors, .pt state dict)")
+        q.add_argument("--trust-pickle", action="store_true",
+                       help="allow unpickling a whole model file (runs code from the file: only for trusted files)")
+        q.add_argument("--format", default="onnx", help="export format (default onnx)")
+
+    e = sub.add_parser("export", help="export a task's model to a deployable artifact")
+    e.add_argument("task")
+    e.add_argument("output")
+    e.add_argument("--force", action="store_true")
+    model_args(e)
+    e.set_defaults(fn=cmd_export)
+
+    b = sub.add_parser("bench", help="latency of a task's model or an artifact folder on a runtime")
+    b.add_argument("target", help="a task name or an artifact folder")
+    b.add_argument("--compare", help="a second task or artifact, timed interleaved with the first")
+    b.add_argument("--runtime", default="onnxruntime")
+    b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--batch-sizes", default="1,32")
+    b.add_argument("--rounds", type=int, default=15)
+    model_args(b)
+    b.set_defaults(fn=cmd_bench)
+
+    sub.add_parser("tasks", help="list the built-in tasks").set_defaults(fn=cmd_tasks)
+    sub.add_parser("doctor", help="installed runtimes, CPU features, GPUs").set_defaults(fn=cmd_doctor)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except ModelpressError as e:
+        print(f"modelpress: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("modelpress: interrupted; nothing partial was kept.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

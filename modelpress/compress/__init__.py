@@ -1,0 +1,22 @@
+"""Compression techniques. Each module exposes ``Config`` and ``apply(model, config, task) -> nn.Module``.
+
+A technique records what it did for the result with :func:`record`; the pipeline merges those facts
+into ``result.json``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+FACTS_ATTR = "_modelpress_facts"
+
+
+def record(model: Any, **facts: Any) -> None:
+    """Attach result facts (JSON-able) to ``model``; later steps' facts are merged over earlier ones."""
+    current = dict(getattr(model, FACTS_ATTR, {}))
+    current.update(facts)
+    object.__setattr__(model, FACTS_ATTR, current)
+
+
+def facts(model: Any) -> dict[str, Any]:
+    """The facts recorded on ``model`` by the techniques applied to it."""
+    return dict(getattr(model, FACTS_ATTR, {}))

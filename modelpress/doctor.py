@@ -1,0 +1,59 @@
+"""What this machine offers: installed runtimes and versions, CPU ISA flags for int8/bf16, GPUs, energy."""
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "avx_vnni")
+DISTRIBUTIONS = {"onnxruntime": ("onnxruntime", "onnxruntime-gpu"), "torch": ("torch",),
+                 "openvino": ("openvino",), "tflite": ("ai-edge-litert",), "executorch": ("executorch",),
+                 "tensorrt": ("tensorrt", "onnxruntime-gpu"), "cuda": ("torch",), "onnxruntime_cuda": ("onnxruntime-gpu",)}
+
+
+def cpu_info() -> dict[str, Any]:
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")),
+                 platform.processor() or platform.machine())
+    flags_line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    present = set(flags_line.split(":", 1)[-1].split())
+    return {"model": model, "cores": os.cpu_count(), "flags": {f: f in present for f in FLAGS}}
+
+
+def gpus() -> list[str]:
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [ln.strip() for ln in out.stdout.splitlines() if ln.strip()]
+
+
+def version(names: tuple[str, ...]) -> str | None:
+    for name in names:
+        try:
+            return f"{name} {metadata.version(name)}"
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def report() -> dict[str, Any]:
+    from . import registry
+    from .bench import EnergyMeter
+
+    runtimes = []
+    for name in registry.RUNTIMES:
+        mod = registry.module("runtime", name)
+        ok = mod.available()
+        runtimes.append({"name": name, "available": ok, "version": version(DISTRIBUTIONS.get(name, (name,))),
+                         "note": "" if ok else mod.why_unavailable()})
+    meter = EnergyMeter()
+    return {"runtimes": runtimes, "cpu": cpu_info(), "gpus": gpus(),
+            "energy": "RAPL" if meter.available else f"unavailable ({meter.why})"}

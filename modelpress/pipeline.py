@@ -1,0 +1,149 @@
+"""``run(recipe, out)``: compress, export, load on the runtime, evaluate, benchmark, write one folder.
+
+The output folder is built under a temporary name next to ``out`` and renamed when complete, so an
+interrupted run never leaves a half-written result.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import registry
+from .artifact import Artifact, atomic_write_text
+from .bench import EnergyMeter, compare, peak_memory, throughput_per_s
+from .compress import facts
+from .errors import ModelpressError
+from .evaluate import evaluate, parity, predict_fn, torch_predict
+from .recipe import Recipe
+from .runtime import open_session
+from .task import Task, load_task
+
+Progress = Callable[[str], None]
+
+
+def check_finite(model: Any) -> None:
+    """Refuse a model whose weights hold NaN or Inf, naming the tensor."""
+    import torch
+
+    for name, tensor in list(model.state_dict().items()):
+        if torch.is_floating_point(tensor) and not torch.isfinite(tensor).all():
+            raise ModelpressError(f"The model's weight '{name}' contains NaN or Inf values; fix or retrain the model.")
+
+
+def prepare_output(out: Path, force: bool) -> Path:
+    """A fresh staging folder beside ``out``; refuses an existing ``out`` unless ``force``."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise ModelpressError(f"The output folder {out} already exists. Choose another folder or pass --force to replace it.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+
+
+def publish(stage: Path, out: Path) -> None:
+    """Replace ``out`` by the finished ``stage`` folder (the old one is removed only after the swap)."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+        stage.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        stage.rename(out)
+
+
+def export_model(model: Any, task: Task, recipe: Recipe, folder: Path) -> Artifact:
+    exporter = registry.module("export format", recipe.export.format)
+    return exporter.export(model, task, folder, recipe.export.exporter_config(),
+                           recipe={"task": recipe.task, "steps": [s.to_yaml() for s in recipe.steps]})
+
+
+def compress(model: Any, task: Task, recipe: Recipe, progress: Progress = lambda s: None) -> Any:
+    """Apply the recipe's steps in order to a copy of ``model``."""
+    model = copy.deepcopy(model)
+    for step in recipe.steps:
+        progress(f"applying {step.name}")
+        model = registry.module("technique", step.name).apply(model, step.config, task)
+    return model
+
+
+def measure(model: Any, baseline: Any, task: Task, recipe: Recipe, folder: Path, baseline_score: float,
+            progress: Progress = lambda s: None) -> dict[str, Any]:
+    """Export ``model`` into ``folder`` and measure it against the exported ``baseline`` on the runtime."""
+    progress("exporting")
+    art = export_model(model, task, recipe, folder / "artifact")
+    with tempfile.TemporaryDirectory() as tmp:
+        base_art = export_model(baseline, task, recipe, Path(tmp))
+        progress(f"loading on {recipe.runtime.backend}")
+        example = task.example_inputs
+        session, peak_bytes = peak_memory(lambda: open_session(art, recipe.runtime), lambda s: s.run(example(1)))
+        base_session = open_session(base_art, recipe.runtime)
+        progress("evaluating")
+        score = evaluate(predict_fn(session), task)
+        par = parity(torch_predict(model, task), predict_fn(session), task.eval_data)
+        latency = compare(session.run, base_session.run, example, recipe.bench, progress)
+        meter = EnergyMeter()
+        energy = meter.measure(lambda: session.run(example(1)), 200)
+        base_size = base_art.size_bytes
+    result: dict[str, Any] = {
+        "task": task.name, "recipe": [s.to_yaml() for s in recipe.steps],
+        "export": recipe.export.format, "runtime": recipe.runtime.backend, "device": recipe.runtime.device,
+        "score": score, "baseline_score": baseline_score, "score_drop": task.score_drop(baseline_score, score),
+        "latency_ms": {str(bs): v["candidate"] for bs, v in latency.items()},
+        "baseline_latency_ms": {str(bs): v["baseline"] for bs, v in latency.items()},
+        "latency_ratio": {str(bs): v["paired_ratio"] for bs, v in latency.items()},
+        "throughput_per_s": {str(bs): v for bs, v in throughput_per_s({b: v["candidate"] for b, v in latency.items()}).items()},
+        "size_bytes": art.size_bytes, "baseline_size_bytes": base_size, "size_ratio": art.size_bytes / base_size,
+        "peak_memory_bytes": peak_bytes, "parity": par,
+        "energy_j_per_inference": energy, "energy_note": None if energy is not None else meter.why,
+        **facts(model),
+    }
+    result["notes"] = notes(result)
+    violations = recipe.constraints.violations(result)
+    result["constraints_met"] = not violations
+    result["violations"] = violations
+    result["error"] = None
+    return result
+
+
+def notes(result: dict[str, Any]) -> list[str]:
+    """Plain statements about what the measurements show (for example: smaller but not faster)."""
+    out = []
+    ratios = result["latency_ratio"]
+    if result["size_ratio"] < 0.9 and all(r >= 0.95 for r in ratios.values()):
+        out.append(f"The artifact is {1 / result['size_ratio']:.1f}x smaller but not faster on "
+                   f"{result['runtime']} (latency ratio {', '.join(f'batch {b}: {r:.2f}' for b, r in ratios.items())}).")
+    for bs, r in ratios.items():
+        if r > 1.05:
+            out.append(f"At batch {bs} the artifact is slower than the fp32 baseline ({r:.2f}x its latency).")
+    return out
+
+
+def run(recipe: Recipe, out: str | Path, force: bool = False, progress: Progress = lambda s: None) -> dict[str, Any]:
+    """Run a recipe end to end and write ``out/``: recipe.yaml, result.json, report.md, artifact/."""
+    from .report.markdown import render
+
+    out = Path(out)
+    if out.exists() and not force:
+        raise ModelpressError(f"The output folder {out} already exists. Choose another folder or pass --force to replace it.")
+    progress(f"loading task {recipe.task}")
+    task = load_task(recipe.task)
+    model = task.build_model()
+    check_finite(model)
+    stage = prepare_output(out, force)
+    try:
+        progress("scoring the fp32 model")
+        baseline_score = evaluate(torch_predict(model, task), task)
+        compressed = compress(model, task, recipe, progress)
+        result = measure(compressed, model, task, recipe, stage, baseline_score, progress)
+        atomic_write_text(stage / "recipe.yaml", recipe.to_yaml())
+        atomic_write_text(stage / "result.json", json.dumps(result, indent=2, default=str))
+        atomic_write_text(stage / "report.md", render(result))
+        publish(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return result

@@ -1,0 +1,51 @@
+"""The registries: plain tables from a snake_case name to the module that implements it.
+
+Adding a technique, exporter or runtime is one module, one line here, one test and one recipe.
+Contract tests in ``tests/`` parametrize over these tables.
+"""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from .errors import unknown
+
+# Built-in tasks: name -> "module:factory" returning a Task.
+TASKS: dict[str, str] = {
+    "digits": "modelpress.tasks.digits:digits",
+    "digits:transformer": "modelpress.tasks.digits:digits_transformer",
+    "fashion-mnist": "modelpress.tasks.fashion_mnist:lenet5",
+    "fashion-mnist:lenet5": "modelpress.tasks.fashion_mnist:lenet5",
+    "fashion-mnist:lenet-300-100": "modelpress.tasks.fashion_mnist:lenet_300_100",
+}
+
+# Techniques: module with ``Config`` and ``apply(model, config, task) -> nn.Module``.
+TECHNIQUES: dict[str, str] = {
+}
+
+# Exporters: format -> module with ``export(model, task, folder, config) -> Artifact``.
+EXPORTERS: dict[str, str] = {
+    "onnx": "modelpress.export.onnx",
+    "torch": "modelpress.export.torch",
+}
+
+# Runtimes: backend -> module with ``FORMATS``, ``available()`` and ``load(artifact, config) -> Session``.
+RUNTIMES: dict[str, str] = {
+    "onnxruntime": "modelpress.runtime.onnxruntime",
+    "torch": "modelpress.runtime.torch",
+}
+
+# Storage codecs for compressed artifacts: encoding -> module with ``encode`` and ``decode``.
+STORAGE: dict[str, str] = {
+}
+
+TABLES = {"task": TASKS, "technique": TECHNIQUES, "export format": EXPORTERS, "runtime": RUNTIMES,
+          "storage encoding": STORAGE}
+
+
+def module(kind: str, name: str) -> ModuleType:
+    """Import the module registered as ``name`` in the table ``kind``."""
+    table = TABLES[kind]
+    if name not in table:
+        raise unknown(kind, name, table)
+    return importlib.import_module(table[name].split(":")[0])

@@ -1,0 +1,66 @@
+"""Runtime sessions: one interface, ``Session.run(inputs: dict[str, np.ndarray]) -> list[np.ndarray]``.
+
+Each backend module has ``FORMATS`` (artifact formats it runs), ``available() -> bool``, ``why_unavailable()``
+and ``load(artifact, config) -> Session``. :func:`open_session` checks all of that with clear errors.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from ..config import check
+from ..errors import ModelpressError, RuntimeUnavailable
+
+
+class Session(Protocol):
+    input_names: tuple[str, ...]
+
+    def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    backend: str = "onnxruntime"
+    device: Literal["cpu", "cuda"] = "cpu"
+    threads: int = 2
+    precision: Literal["fp32", "fp16", "bf16", "int8", "auto"] = "fp32"
+
+    def __post_init__(self) -> None:
+        from ..registry import RUNTIMES
+        from ..errors import unknown
+
+        if self.backend not in RUNTIMES:
+            raise unknown("runtime", self.backend, RUNTIMES)
+        check(self.threads >= 1, f"threads must be at least 1, got {self.threads}.")
+
+
+def open_session(artifact: Any, config: RuntimeConfig = RuntimeConfig()) -> Session:
+    from .. import registry
+
+    backend = registry.module("runtime", config.backend)
+    if artifact.format not in backend.FORMATS:
+        raise ModelpressError(
+            f"The {config.backend} runtime runs {', '.join(backend.FORMATS)} artifacts, not '{artifact.format}'. "
+            f"Choose an export format it runs, or another runtime."
+        )
+    if not backend.available():
+        raise RuntimeUnavailable(f"The {config.backend} runtime is not usable here: {backend.why_unavailable()}")
+    return backend.load(artifact, config)
+
+
+def check_inputs(inputs: dict[str, np.ndarray], spec: dict[str, dict[str, Any]]) -> None:
+    """Compare inputs with the manifest's input spec; say which input is wrong and what was expected."""
+    missing = [n for n in spec if n not in inputs]
+    if missing:
+        raise ModelpressError(f"Missing model input(s) {missing}; the model expects {list(spec)}.")
+    for name, want in spec.items():
+        got = inputs[name]
+        shape = want.get("shape", [])
+        ok_rank = len(got.shape) == len(shape)
+        ok_dims = ok_rank and all(isinstance(d, str) or d == g for d, g in zip(shape, got.shape))
+        if not ok_dims:
+            raise ModelpressError(f"Input '{name}' has shape {list(got.shape)}, but the model expects {shape}.")
+        if want.get("dtype") and str(got.dtype) != want["dtype"]:
+            raise ModelpressError(f"Input '{name}' has dtype {got.dtype}, but the model expects {want['dtype']}.")

@@ -1,0 +1,138 @@
+"""The Task: a model to deploy, its data and how to score it.
+
+Data are re-iterable collections of batches. An input batch is ``dict[str, np.ndarray]`` keyed by the
+task's input names, so one ``predict(inputs) -> np.ndarray`` callable scores the torch model and every
+runtime Session with the same metric.
+"""
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError, ModelpressError
+
+Inputs = dict[str, np.ndarray]
+Predict = Callable[[Inputs], np.ndarray]
+
+
+class Batches:
+    """Arrays cut into batches; iterating again yields the same batches (or a new shuffle per epoch).
+
+    >>> b = Batches({"x": np.zeros((10, 3), np.float32)}, np.arange(10), batch_size=4)
+    >>> [len(t) for _, t in b]
+    [4, 4, 2]
+    """
+
+    def __init__(self, arrays: Mapping[str, np.ndarray], targets: np.ndarray | None = None,
+                 batch_size: int = 64, shuffle: bool = False, seed: int = 0):
+        sizes = {len(a) for a in arrays.values()} | ({len(targets)} if targets is not None else set())
+        if len(sizes) != 1:
+            raise ModelpressError(f"Task data arrays have different lengths {sorted(sizes)}; they must match.")
+        self.arrays = dict(arrays)
+        self.targets = targets
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self._epoch = 0
+
+    @property
+    def num_samples(self) -> int:
+        return len(next(iter(self.arrays.values())))
+
+    def __len__(self) -> int:
+        return -(-self.num_samples // self.batch_size)
+
+    def __iter__(self) -> Iterator[Any]:
+        n = self.num_samples
+        order = np.arange(n)
+        if self.shuffle:
+            order = np.random.default_rng(self.seed + self._epoch).permutation(n)
+            self._epoch += 1
+        for start in range(0, n, self.batch_size):
+            idx = order[start:start + self.batch_size]
+            inputs = {k: v[idx] for k, v in self.arrays.items()}
+            yield inputs if self.targets is None else (inputs, self.targets[idx])
+
+    def take(self, num_samples: int) -> Batches:
+        """The first ``num_samples`` samples as new Batches (for cheap evaluations)."""
+        targets = None if self.targets is None else self.targets[:num_samples]
+        return Batches({k: v[:num_samples] for k, v in self.arrays.items()}, targets,
+                       self.batch_size, self.shuffle, self.seed)
+
+    def inputs_only(self) -> Batches:
+        return Batches(self.arrays, None, self.batch_size, self.shuffle, self.seed)
+
+    def with_batch_size(self, batch_size: int) -> Batches:
+        return Batches(self.arrays, self.targets, batch_size, self.shuffle, self.seed)
+
+
+def accuracy(predict: Predict, eval_data: Iterable[tuple[Inputs, np.ndarray]]) -> float:
+    """Top-1 accuracy of ``predict`` over labelled batches."""
+    correct = total = 0
+    for inputs, target in eval_data:
+        logits = np.asarray(predict(inputs))
+        correct += int((logits.argmax(axis=-1) == target).sum())
+        total += len(target)
+    if total == 0:
+        raise ModelpressError("The evaluation data is empty: the task needs at least one labelled sample.")
+    return correct / total
+
+
+@dataclass(frozen=True)
+class Task:
+    """A model plus data and metric. ``build_model`` returns the trained fp32 model.
+
+    ``calib_data`` yields input batches; ``eval_data`` and ``train_data`` yield (inputs, target).
+    """
+
+    name: str
+    build_model: Callable[[], Any]
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    calib_data: Batches
+    eval_data: Batches
+    train_data: Batches | None = None
+    metric: Callable[[Predict, Iterable], float] = accuracy
+    higher_is_better: bool = True
+    num_classes: int | None = None
+    preprocessing: Mapping[str, Any] = field(default_factory=dict)
+
+    def example_inputs(self, batch_size: int = 1) -> Inputs:
+        """Real inputs from the calibration data, tiled when the data has fewer samples."""
+        arrays = self.calib_data.arrays
+        n = len(next(iter(arrays.values())))
+        idx = np.arange(batch_size) % n
+        return {k: np.ascontiguousarray(v[idx]) for k, v in arrays.items()}
+
+    def score_drop(self, baseline: float, score: float) -> float:
+        """How much worse ``score`` is than ``baseline`` in the metric's units (positive = worse)."""
+        return baseline - score if self.higher_is_better else score - baseline
+
+
+def load_task(name: str) -> Task:
+    """A built-in task by name (``modelpress tasks`` lists them) or a user task ``module:function``."""
+    from .registry import TASKS
+
+    target = TASKS.get(name)
+    if target is None:
+        if ":" not in name or name.startswith("fashion-mnist"):
+            from .errors import unknown
+            err = unknown("task", name, TASKS)
+            raise ConfigError(f"{err} A task of your own is an import string 'my_module:my_task'.")
+        target = name
+    module_name, _, attr = target.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(
+            f"Cannot load the task '{name}': {e}. A user task is 'module:function' where the module is "
+            f"importable (on PYTHONPATH or in the current folder) and the function returns a modelpress Task."
+        ) from None
+    task = factory()
+    if not isinstance(task, Task):
+        raise ConfigError(f"The task factory '{name}' returned {type(task).__name__}, not a modelpress Task.")
+    return task

@@ -1,0 +1,1 @@
+"""Built-in tasks. ``modelpress tasks`` lists them; the registry maps their names to factories."""

@@ -1,0 +1,59 @@
+"""Reference models are trained on first use and cached under a content hash (safetensors only)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from ..errors import ModelFileError
+
+
+def cache_dir() -> Path:
+    """``$MODELPRESS_CACHE``, else ``$XDG_CACHE_HOME/modelpress``, else ``~/.cache/modelpress``."""
+    if os.environ.get("MODELPRESS_CACHE"):
+        return Path(os.environ["MODELPRESS_CACHE"])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "modelpress"
+
+
+def fingerprint(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(str(a.shape).encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
+def cached_model(name: str, build: Callable[[], nn.Module], train: Callable[[nn.Module], nn.Module],
+                 key: dict[str, Any]) -> nn.Module:
+    """Load ``name`` from the cache if a file for this exact ``key`` exists, else build, train and save it."""
+    from safetensors.torch import load_file, save_file
+
+    digest = hashlib.sha256(json.dumps({"name": name, **key}, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_dir() / "models" / f"{name}-{digest}.safetensors"
+    model = build()
+    if path.exists():
+        try:
+            model.load_state_dict(load_file(str(path)))
+            return model.eval()
+        except Exception as e:  # a damaged cache file is rebuilt, never trusted
+            print(f"modelpress: the cached model {path} is unreadable ({e}); retraining it.")
+    model = train(model).eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp))
+    os.replace(tmp, path)
+    return model
+
+
+def check_file(path: Path, hint: str) -> Path:
+    if not path.exists():
+        raise ModelFileError(f"{path} does not exist. {hint}")
+    return path

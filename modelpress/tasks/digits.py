@@ -1,0 +1,61 @@
+"""``digits``: scikit-learn's bundled 8x8 handwritten digits with a small CNN (and a small transformer).
+
+The CNN trains in well under a minute on 2 cores and reaches at least 0.97 held-out accuracy.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from ..task import Batches, Task
+from ._cache import cached_model, fingerprint
+
+SEED = 0
+
+
+@lru_cache(maxsize=1)
+def _split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    data = load_digits()
+    x = (data.images / 16.0).astype(np.float32)[:, None]  # [N, 1, 8, 8] in [0, 1]
+    y = data.target.astype(np.int64)
+    return tuple(train_test_split(x, y, test_size=0.2, random_state=SEED, stratify=y))  # type: ignore[return-value]
+
+
+def _task(name: str, model_name: str, build, to_input, epochs: int, lr: float) -> Task:
+    from ..compress._train import TrainConfig, fit
+
+    x_train, x_test, y_train, y_test = _split()
+    x_train, x_test = to_input(x_train), to_input(x_test)
+    train = Batches({"x": x_train}, y_train, batch_size=32, shuffle=True, seed=SEED)
+    config = TrainConfig(epochs=epochs, lr=lr, seed=SEED)
+
+    def build_model():
+        return cached_model(model_name, build, lambda m: fit(m, train, config, description=f"training {model_name}"),
+                            {"data": fingerprint(x_train, y_train), "config": repr(config), "version": 1})
+
+    return Task(
+        name=name, build_model=build_model, input_names=("x",), output_names=("logits",),
+        calib_data=Batches({"x": x_train[:256]}, batch_size=32),
+        eval_data=Batches({"x": x_test}, y_test, batch_size=64),
+        train_data=train, num_classes=10,
+        preprocessing={"input": "grayscale 8x8 digit image scaled to [0, 1]", "layout": list(x_train.shape[1:])},
+    )
+
+
+def digits() -> Task:
+    """The default task: digits with a small CNN (input ``x``: ``[N, 1, 8, 8]`` float32)."""
+    from ..zoo import DigitsCNN
+
+    return _task("digits", "digits-cnn", DigitsCNN, lambda x: x, epochs=8, lr=2e-3)
+
+
+def digits_transformer() -> Task:
+    """Digits read as a sequence of 8 rows of 8 pixels by a small transformer (input ``[N, 8, 8]``)."""
+    from ..zoo import TinyTransformer
+
+    return _task("digits:transformer", "digits-transformer", TinyTransformer, lambda x: np.ascontiguousarray(x[:, 0]),
+                 epochs=30, lr=2e-3)

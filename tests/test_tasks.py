@@ -1,0 +1,75 @@
+import gzip
+
+import numpy as np
+import pytest
+
+from modelpress.errors import ConfigError, ModelpressError
+from modelpress.evaluate import evaluate, torch_predict
+from modelpress.task import Batches, load_task
+from modelpress.tasks import fashion_mnist
+
+
+def test_batches_cover_every_sample_once():
+    b = Batches({"x": np.arange(10)[:, None]}, np.arange(10), batch_size=3, shuffle=True, seed=1)
+    seen = np.concatenate([t for _, t in b])
+    assert sorted(seen) == list(range(10)) and len(b) == 4
+    again = np.concatenate([t for _, t in b])
+    assert sorted(again) == list(range(10)) and not np.array_equal(seen, again)  # new shuffle each epoch
+
+
+def test_batches_reject_mismatched_lengths():
+    with pytest.raises(ModelpressError, match="different lengths"):
+        Batches({"x": np.zeros(3)}, np.zeros(4))
+
+
+def test_digits_reaches_097(digits_task, digits_model):
+    assert evaluate(torch_predict(digits_model, digits_task), digits_task) >= 0.97
+    assert digits_task.example_inputs(5)["x"].shape == (5, 1, 8, 8)
+
+
+def test_unknown_task_suggests():
+    with pytest.raises(ConfigError, match="Did you mean 'digits'"):
+        load_task("digit")
+
+
+def test_user_task_import_string(monkeypatch):
+    import sys
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "examples"))
+    task = load_task("my_task:task")
+    assert task.name == "my-task" and task.eval_data.num_samples > 0
+    sys.modules.pop("my_task", None)
+    with pytest.raises(ConfigError, match="Cannot load the task"):
+        load_task("no_such_module_xyz:task")
+
+
+def test_idx_reader(tmp_path):
+    data = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    raw = bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in data.shape) + data.tobytes()
+    (tmp_path / "a.gz").write_bytes(gzip.compress(raw))
+    assert np.array_equal(fashion_mnist.read_idx(tmp_path / "a.gz"), data)
+    (tmp_path / "b").write_bytes(raw[:-5])
+    with pytest.raises(ModelpressError, match="truncated"):
+        fashion_mnist.read_idx(tmp_path / "b")
+    (tmp_path / "c").write_bytes(b"garbage!")
+    with pytest.raises(ModelpressError, match="magic"):
+        fashion_mnist.read_idx(tmp_path / "c")
+
+
+def test_missing_fashion_mnist_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setenv("MODELPRESS_FASHION_MNIST", str(tmp_path))
+    fashion_mnist.load.cache_clear()
+    try:
+        with pytest.raises(ModelpressError, match="apt-get install dataset-fashion-mnist"):
+            fashion_mnist.load("test")
+    finally:
+        fashion_mnist.load.cache_clear()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, floor", [("fashion-mnist:lenet5", 0.90), ("fashion-mnist:lenet-300-100", 0.88)])
+def test_fashion_mnist_reference_models(name, floor):
+    task = load_task(name)
+    assert task.eval_data.num_samples == 10000
+    assert evaluate(torch_predict(task.build_model(), task), task) >= floor
