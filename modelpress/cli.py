@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import tempfile
 from pathlib import Path
@@ -171,6 +172,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+# Further commands, each in its own module with ``register(subparsers)`` that adds its parser and sets
+# ``fn`` (args -> exit code). Imports inside those modules' command functions stay lazy.
+COMMANDS: dict[str, str] = {
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="modelpress", description="Compress, convert, accelerate and measure models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -206,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("tasks", help="list the built-in tasks").set_defaults(fn=cmd_tasks)
     sub.add_parser("doctor", help="installed runtimes, CPU features, GPUs").set_defaults(fn=cmd_doctor)
+    for name, target in COMMANDS.items():
+        importlib.import_module(target).register(sub)
     return p
 
 

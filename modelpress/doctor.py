@@ -46,7 +46,7 @@ def version(names: tuple[str, ...]) -> str | None:
 
 def report() -> dict[str, Any]:
     from . import registry
-    from .bench import EnergyMeter
+    from .energy import EnergyMeter
 
     runtimes = []
     for name in registry.RUNTIMES:

@@ -16,8 +16,9 @@ from typing import Any
 
 from . import registry
 from .artifact import Artifact, atomic_write_text
-from .bench import EnergyMeter, compare, peak_memory, throughput_per_s
-from .compress import facts
+from .bench import compare, peak_memory, throughput_per_s
+from .energy import EnergyMeter
+from .compress import facts, storage
 from .errors import ModelpressError
 from .evaluate import evaluate, parity, predict_fn, torch_predict
 from .recipe import Recipe
@@ -57,9 +58,15 @@ def publish(stage: Path, out: Path) -> None:
 
 
 def export_model(model: Any, task: Task, recipe: Recipe, folder: Path) -> Artifact:
+    """Export with the recipe's exporter, then encode with the storage codec a technique asked for."""
     exporter = registry.module("export format", recipe.export.format)
-    return exporter.export(model, task, folder, recipe.export.exporter_config(),
-                           recipe={"task": recipe.task, "steps": [s.to_yaml() for s in recipe.steps]})
+    art = exporter.export(model, task, folder, recipe.export.exporter_config(),
+                          recipe={"task": recipe.task, "steps": [s.to_yaml() for s in recipe.steps]})
+    wanted = storage(model)
+    if wanted:
+        options = {k: v for k, v in wanted.items() if k != "encoding"}
+        art = registry.module("storage encoding", wanted["encoding"]).encode(art, model, options)
+    return art
 
 
 def compress(model: Any, task: Task, recipe: Recipe, progress: Progress = lambda s: None) -> Any:

@@ -2,7 +2,7 @@ import itertools
 
 import numpy as np
 
-from modelpress import bench
+from modelpress import bench, energy
 
 
 def fake_clock(monkeypatch, durations):
@@ -45,14 +45,14 @@ def test_percentiles_order():
 
 
 def test_energy_meter_never_guesses(tmp_path, monkeypatch):
-    monkeypatch.setattr(bench.EnergyMeter, "ROOT", tmp_path / "absent")
-    m = bench.EnergyMeter()
+    monkeypatch.setattr(energy.EnergyMeter, "ROOT", tmp_path / "absent")
+    m = energy.EnergyMeter()
     assert not m.available and m.measure(lambda: None, 3) is None and "RAPL" in m.why
     dom = tmp_path / "rapl" / "intel-rapl:0"
     dom.mkdir(parents=True)
     (dom / "energy_uj").write_text("1000000")
-    monkeypatch.setattr(bench.EnergyMeter, "ROOT", tmp_path / "rapl")
-    m = bench.EnergyMeter()
+    monkeypatch.setattr(energy.EnergyMeter, "ROOT", tmp_path / "rapl")
+    m = energy.EnergyMeter()
     counter = iter([1_000_000, 3_000_000])
     monkeypatch.setattr(m, "_read", lambda: next(counter) / 1e6)
     assert m.available and m.measure(lambda: None, 4) == 0.5

@@ -20,3 +20,19 @@ def record(model: Any, **facts: Any) -> None:
 def facts(model: Any) -> dict[str, Any]:
     """The facts recorded on ``model`` by the techniques applied to it."""
     return dict(getattr(model, FACTS_ATTR, {}))
+
+
+STORAGE_ATTR = "_modelpress_storage"
+
+
+def set_storage(model: Any, encoding: str, **options: Any) -> None:
+    """Ask for the exported artifact to be stored with a STORAGE codec (e.g. sparse or clustered weights).
+
+    After export the pipeline calls ``registry.STORAGE[encoding].encode(artifact, model, options)``; the
+    runtimes then load through ``Artifact.runnable_path()``, which decodes it.
+    """
+    object.__setattr__(model, STORAGE_ATTR, {"encoding": encoding, **options})
+
+
+def storage(model: Any) -> dict[str, Any] | None:
+    return getattr(model, STORAGE_ATTR, None)
