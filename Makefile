@@ -7,9 +7,8 @@ PIP := $(PY) -m pip
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
 
-$(VENV)/.installed: $(VENV)/bin/python pyproject.toml requirements-dev.txt
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -r requirements-dev.txt
+$(VENV)/.installed: $(VENV)/bin/python pyproject.toml requirements-dev.txt constraints-dev.txt
+	$(PIP) install -q -r requirements-dev.txt -c constraints-dev.txt
 	touch $@
 
 install: $(VENV)/.installed
