@@ -36,3 +36,21 @@ def set_storage(model: Any, encoding: str, **options: Any) -> None:
 
 def storage(model: Any) -> dict[str, Any] | None:
     return getattr(model, STORAGE_ATTR, None)
+
+
+HOOKS_ATTR = "_modelpress_train_hooks"
+
+
+def add_train_hook(model: Any, hook: Any) -> None:
+    """Keep a technique's structure intact while later steps train the model.
+
+    ``hook`` may define ``before_step(model)`` (after backward, before the optimizer step: e.g. sum the
+    gradients of a weight cluster into its centroid) and ``after_step(model)`` (e.g. re-zero pruned
+    weights). Hooks find parameters by name, never by captured reference, so they survive deepcopy.
+    The shared training loop (``_train.fit``) calls them on every step.
+    """
+    object.__setattr__(model, HOOKS_ATTR, [*getattr(model, HOOKS_ATTR, []), hook])
+
+
+def train_hooks(model: Any) -> list[Any]:
+    return list(getattr(model, HOOKS_ATTR, []))

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import train_hooks
 from ..config import check
 from ..errors import ModelpressError
 
@@ -76,6 +77,7 @@ def fit(model: nn.Module, train_data: Iterable, config: TrainConfig = TrainConfi
     total = max(1, config.epochs * (steps_per_epoch or 1))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + np.cos(np.pi * min(s, total) / total)))
     best_score, best_state, stale = -np.inf, None, 0
+    hooks = train_hooks(model)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[status]}"), TimeRemainingColumn())
     with Progress(*columns, transient=True) as progress:
@@ -88,7 +90,13 @@ def fit(model: nn.Module, train_data: Iterable, config: TrainConfig = TrainConfi
                     raise ModelpressError(f"Training diverged (loss {loss.item()}) in epoch {epoch + 1}; lower lr.")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                for hook in hooks:
+                    if hasattr(hook, "before_step"):
+                        hook.before_step(model)
                 opt.step()
+                for hook in hooks:
+                    if hasattr(hook, "after_step"):
+                        hook.after_step(model)
                 sched.step()
                 progress.update(bar, advance=1, status=f"epoch {epoch + 1} loss {loss.item():.3f}")
             if evaluate is not None:
