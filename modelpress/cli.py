@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 import tempfile
@@ -218,16 +219,54 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def input_files(args: argparse.Namespace) -> list[Path]:
+    """The files the user handed this command (recipe, weights, artifact folders): never to be changed."""
+    files: list[Path] = []
+    for attr in ("recipe", "model", "target", "compare"):
+        value = getattr(args, attr, None)
+        path = Path(value) if isinstance(value, str) else None
+        if path is not None and path.is_file():
+            files.append(path)
+        elif path is not None and path.is_dir():
+            files.extend(p for p in sorted(path.rglob("*")) if p.is_file())
+    return files
+
+
+def fingerprints(files: list[Path]) -> dict[Path, str]:
+    from .artifact import sha256
+
+    return {f: sha256(f) for f in files if f.exists()}
+
+
+OS_HINTS = {errno.ENOSPC: "The disk is full: free some space or choose an output folder on another disk.",
+            errno.EACCES: "Choose an output folder you can write to.",
+            errno.EROFS: "The file system is read-only: choose an output folder on a writable disk.",
+            errno.EPERM: "Choose an output folder you can write to.",
+            errno.ENOTDIR: "A part of the output path is a file, not a folder: choose another output path.",
+            errno.ENOENT: "The folder cannot be created there: choose another output path.",
+            errno.EEXIST: "A part of the output path is a file, not a folder: choose another output path."}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    before = fingerprints(input_files(args))
     try:
         return args.fn(args)
     except ModelpressError as e:
         print(f"modelpress: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"modelpress: error: {e.strerror or e}{where}. {OS_HINTS.get(e.errno, '')} "
+              f"Nothing partial was kept; finished outputs and your inputs are untouched.", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("modelpress: interrupted; nothing partial was kept.", file=sys.stderr)
         return 130
+    finally:
+        changed = [str(f) for f, h in before.items() if fingerprints([f]).get(f) != h]
+        if changed:  # a guard: modelpress never writes to its inputs
+            print(f"modelpress: error: input files changed during the command: {changed}", file=sys.stderr)
 
 
 if __name__ == "__main__":

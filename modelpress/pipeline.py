@@ -20,6 +20,7 @@ from .bench import compare, peak_memory, throughput_per_s
 from .energy import EnergyMeter
 from .compress import facts, storage
 from .errors import ModelpressError
+from .isolate import probe
 from .evaluate import evaluate, parity, predict_fn, torch_predict
 from .recipe import Recipe
 from .runtime import open_session
@@ -37,17 +38,54 @@ def check_finite(model: Any) -> None:
             raise ModelpressError(f"The model's weight '{name}' contains NaN or Inf values; fix or retrain the model.")
 
 
-def prepare_output(out: Path, force: bool) -> Path:
-    """A fresh staging folder beside ``out``; refuses an existing ``out`` unless ``force``."""
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover(out: Path) -> None:
+    """Clean up after a run that was killed: remove staging folders of dead processes, and put back a
+    previous output that a killed ``--force`` run had moved aside but not yet replaced."""
     out = Path(out)
+    if not out.parent.exists():
+        return
+    for pattern in (f".{out.name}.partial-*", f".{out.name}.old-*"):
+        for path in sorted(out.parent.glob(pattern)):
+            pid = path.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and _pid_alive(int(pid)) and int(pid) != os.getpid():
+                continue  # another live run owns it
+            if ".old-" in path.name and not out.exists():
+                path.rename(out)
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def prepare_output(out: Path, force: bool) -> Path:
+    """A fresh staging folder beside ``out`` (named after this process), after :func:`recover`;
+    refuses an existing ``out`` unless ``force``."""
+    out = Path(out)
+    recover(out)
     if out.exists() and not force:
         raise ModelpressError(f"The output folder {out} already exists. Choose another folder or pass --force to replace it.")
     out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    stage = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    return stage
 
 
 def publish(stage: Path, out: Path) -> None:
-    """Replace ``out`` by the finished ``stage`` folder (the old one is removed only after the swap)."""
+    """Replace ``out`` by the finished ``stage`` folder. An existing ``out`` is moved aside first and
+    removed only after the swap; :func:`recover` puts it back if the process dies in between."""
+    for path in stage.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
     if out.exists():
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         out.rename(old)
@@ -87,6 +125,7 @@ def measure(model: Any, baseline: Any, task: Task, recipe: Recipe, folder: Path,
         base_art = export_model(baseline, task, recipe, Path(tmp))
         progress(f"loading on {recipe.runtime.backend}")
         example = task.example_inputs
+        probe(art, recipe.runtime, example(1))
         session, peak_bytes = peak_memory(lambda: open_session(art, recipe.runtime), lambda s: s.run(example(1)))
         base_session = open_session(base_art, recipe.runtime)
         progress("evaluating")
@@ -135,6 +174,7 @@ def run(recipe: Recipe, out: str | Path, force: bool = False, progress: Progress
     from .report.markdown import render
 
     out = Path(out)
+    recover(out)
     if out.exists() and not force:
         raise ModelpressError(f"The output folder {out} already exists. Choose another folder or pass --force to replace it.")
     progress(f"loading task {recipe.task}")
@@ -146,7 +186,17 @@ def run(recipe: Recipe, out: str | Path, force: bool = False, progress: Progress
         progress("scoring the fp32 model")
         baseline_score = evaluate(torch_predict(model, task), task)
         compressed = compress(model, task, recipe, progress)
-        result = measure(compressed, model, task, recipe, stage, baseline_score, progress)
+        try:
+            result = measure(compressed, model, task, recipe, stage, baseline_score, progress)
+        except ModelpressError as e:
+            if not (stage / "artifact" / "manifest.json").exists():
+                raise
+            # The artifact was exported but cannot be measured: keep it with the error, say where.
+            failed = {"task": task.name, "baseline_score": baseline_score, "score": None, "error": str(e)}
+            atomic_write_text(stage / "recipe.yaml", recipe.to_yaml())
+            atomic_write_text(stage / "result.json", json.dumps(failed, indent=2))
+            publish(stage, out)
+            raise ModelpressError(f"{e} The exported artifact and a result.json with this error were saved in {out}.") from None
         atomic_write_text(stage / "recipe.yaml", recipe.to_yaml())
         atomic_write_text(stage / "result.json", json.dumps(result, indent=2, default=str))
         atomic_write_text(stage / "report.md", render(result))
