@@ -17,7 +17,7 @@ run: install
 	$(VENV)/bin/modelpress run recipes/baseline.yaml -o runs/baseline --force
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=20
 
 clean:
 	rm -rf runs .pytest_cache
