@@ -63,9 +63,13 @@ def _model_for(args: argparse.Namespace):
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    import shutil
+
     from . import registry
     from .config import parse
+    from .evaluate import parity, predict_fn, torch_predict
     from .pipeline import check_finite, prepare_output, publish
+    from .runtime import RuntimeConfig, open_session
 
     task, model = _model_for(args)
     check_finite(model)
@@ -75,12 +79,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     try:
         art = exporter.export(model, task, stage, parse(exporter.Config, {}, "export"))
         size_bytes, file = art.size_bytes, art.manifest["file"]
+        backend = next((n for n in registry.RUNTIMES if args.format in registry.module("runtime", n).FORMATS
+                        and registry.module("runtime", n).available()), None)
+        par = None
+        if backend:  # check the file against the torch model on real evaluation inputs before publishing it
+            session = open_session(art, RuntimeConfig(backend=backend))
+            par = parity(torch_predict(model, task), predict_fn(session), task.eval_data)
         publish(stage, out)
     finally:
-        import shutil
-
         shutil.rmtree(stage, ignore_errors=True)
-    console().print(f"exported {task.name} as {args.format}: {out / file} ({size_bytes} bytes)")
+    con = console()
+    con.print(f"exported {task.name} as {args.format}: {out / file} ({size_bytes} bytes)")
+    if par:
+        con.print(f"parity on {backend} over {par['samples']} evaluation samples: max |diff| "
+                  f"{par['max_abs_diff']:.2e}, top-1 agreement {par['agreement']:.4f}")
     return 0
 
 
@@ -106,14 +118,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
             return exporter.export(model, task, folder, parse(exporter.Config, {}, "export"))
 
         first = artifact_for(args.target, Path(tmp) / "a")
-        session = open_session(first, runtime)
         spec = first.manifest["inputs"]
 
         def example(bs: int):
             import numpy as np
 
             rng = np.random.default_rng(0)
-            return {n: rng.random([bs, *s["shape"][1:]]).astype(s["dtype"]) for n, s in spec.items()}
+            return {n: rng.random([bs, *v["shape"][1:]]).astype(v["dtype"]) for n, v in spec.items()}
+
+        session, peak_bytes = bench.peak_memory(lambda: open_session(first, runtime),
+                                                lambda sess: sess.run(example(max(batch_sizes))))
 
         table = Table(title=f"latency on {args.runtime} ({args.threads} threads)")
         for col in ("batch", "p50 ms", "p90 ms", "p99 ms", "throughput/s"):
@@ -133,7 +147,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             for bs, c in res.items():
                 table.add_row(str(bs), f"{c['p50']:.3f}", f"{c['p90']:.3f}", f"{c['p99']:.3f}", f"{bs * 1e3 / c['p50']:.0f}")
         con.print(table)
-        con.print(f"artifact size: {first.size_bytes} bytes")
+        con.print(f"artifact size: {first.size_bytes} bytes; session peak memory: {peak_bytes / 1e6:.1f} MB")
     return 0
 
 
@@ -176,6 +190,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 # Further commands, each in its own module with ``register(subparsers)`` that adds its parser and sets
 # ``fn`` (args -> exit code). Imports inside those modules' command functions stay lazy.
 COMMANDS: dict[str, str] = {
+    "analyze": "modelpress.analyze.cli",
 }
 
 
