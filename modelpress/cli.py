@@ -191,6 +191,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 # ``fn`` (args -> exit code). Imports inside those modules' command functions stay lazy.
 COMMANDS: dict[str, str] = {
     "analyze": "modelpress.analyze.cli",
+    "auto": "modelpress.search.cli",
 }
 
 

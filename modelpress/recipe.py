@@ -17,6 +17,7 @@ from .bench import BenchConfig
 from .config import check, coerce, parse, to_dict
 from .errors import ConfigError, ModelFileError, unknown
 from .runtime import RuntimeConfig
+from .search.space import SearchConfig
 
 
 @dataclass(frozen=True)
@@ -75,13 +76,13 @@ class Recipe:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     constraints: Constraints = field(default_factory=Constraints)
     bench: BenchConfig = field(default_factory=BenchConfig)
-    search: dict[str, Any] | None = None  # validated by modelpress.search
+    search: SearchConfig | None = None  # `modelpress auto` only; `modelpress run` ignores it
 
     def to_yaml(self) -> str:
         data = {"task": self.task, "steps": [s.to_yaml() for s in self.steps], "export": to_dict(self.export),
                 "runtime": to_dict(self.runtime), "constraints": to_dict(self.constraints), "bench": to_dict(self.bench)}
         if self.search is not None:
-            data["search"] = self.search
+            data["search"] = to_dict(self.search)
         return yaml.safe_dump(data, sort_keys=False)
 
 

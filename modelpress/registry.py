@@ -21,22 +21,37 @@ TASKS: dict[str, str] = {
 
 # Techniques: module with ``Config`` and ``apply(model, config, task) -> nn.Module``.
 TECHNIQUES: dict[str, str] = {
+    "cluster": "modelpress.compress.cluster",
+    "distill": "modelpress.compress.distill",
+    "finetune": "modelpress.compress.finetune",
+    "lowrank": "modelpress.compress.lowrank",
+    "prune": "modelpress.compress.prune",
+    "quantize": "modelpress.compress.quantize",
 }
 
 # Exporters: format -> module with ``export(model, task, folder, config) -> Artifact``.
 EXPORTERS: dict[str, str] = {
     "onnx": "modelpress.export.onnx",
     "torch": "modelpress.export.torch",
+    "executorch": "modelpress.export.executorch",
+    "tflite": "modelpress.export.tflite",
+    "openvino": "modelpress.export.openvino",
 }
 
 # Runtimes: backend -> module with ``FORMATS``, ``available()`` and ``load(artifact, config) -> Session``.
 RUNTIMES: dict[str, str] = {
     "onnxruntime": "modelpress.runtime.onnxruntime",
+    "executorch": "modelpress.runtime.executorch",
+    "tflite": "modelpress.runtime.tflite",
+    "openvino": "modelpress.runtime.openvino",
     "torch": "modelpress.runtime.torch",
 }
 
 # Storage codecs for compressed artifacts: encoding -> module with ``encode`` and ``decode``.
 STORAGE: dict[str, str] = {
+    "codebook": "modelpress.storage.codebook",
+    "packed": "modelpress.storage.packed",
+    "sparse": "modelpress.storage.sparse",
 }
 
 TABLES = {"task": TASKS, "technique": TECHNIQUES, "export format": EXPORTERS, "runtime": RUNTIMES,

@@ -1,0 +1,131 @@
+"""Quantization on ONNX Runtime: fp32 against every quantize mode, and against ONNX Runtime's own
+``quantize_static`` / ``quantize_dynamic`` with default settings on the same model and data.
+
+    python benchmarks/quantize.py [--json rows.json] [--quick] [--tasks digits,fashion-mnist:lenet5]
+
+Rows (besides the common fields): ``cosine`` (mean cosine similarity of the outputs to the fp32 artifact's
+over the whole evaluation set), ``int8_ops`` / ``float_ops`` / ``fallback_layers`` (what ONNX Runtime ran)
+and ``why_slower`` (quantize.explain on the measured ratios). Our static row also has ``vs_ort_static``
+(latency ratio to ORT's quantize_static per batch size, timed interleaved) and ``vs_ort_static_samples``:
+on how many evaluation samples only ours / only ORT's is right, with the exact two-sided sign-test
+(McNemar) p-value of that difference.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common import bench_config, emit, latency_ratios, onnx_session, parser, row, score_session, tempdir
+
+from modelpress.artifact import write_for_task
+from modelpress.compress import facts, quantize
+from modelpress.evaluate import parity, predict_fn
+from modelpress.pipeline import export_model
+from modelpress.recipe import parse_recipe
+from modelpress.runtime import RuntimeConfig, open_session
+from modelpress.task import load_task
+
+TASKS = ("digits", "fashion-mnist:lenet5", "fashion-mnist:lenet-300-100", "digits:transformer")
+MODES = {
+    "static": {"mode": "static"},
+    "dynamic": {"mode": "dynamic"},
+    "qat (1 epoch)": {"mode": "qat", "qat_epochs": 1},
+    "mixed (max drop 0.005)": {"mode": "mixed"},
+    "weight_only int8": {"mode": "weight_only", "bits": 8},
+    "weight_only int4": {"mode": "weight_only", "bits": 4},
+    "weight_only int4 g64": {"mode": "weight_only", "bits": 4, "group_size": 64},
+    "weight_only int2 + max drop 0.01": {"mode": "weight_only", "bits": 2, "max_score_drop": 0.01},
+}
+
+
+def ort_quantized(kind: str, fp32_path: Path, task, folder: Path):
+    """ONNX Runtime's quantize_static / quantize_dynamic with default settings, as an artifact."""
+    from onnxruntime.quantization import CalibrationDataReader, quantize_dynamic, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(task.calib_data)
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / "model.onnx"
+    if kind == "static":
+        quantize_static(str(fp32_path), str(out), Reader())
+    else:
+        quantize_dynamic(str(fp32_path), str(out))
+    return write_for_task(folder, "model.onnx", "onnx", task)
+
+
+def correct(session, task) -> np.ndarray:
+    return np.concatenate([np.asarray(session.run(x)[0]).argmax(-1) == y for x, y in task.eval_data])
+
+
+def sign_test(ours, theirs) -> dict:
+    """Samples only ours / only theirs gets right, and the exact two-sided binomial p-value (McNemar)."""
+    b, c = int((ours & ~theirs).sum()), int((~ours & theirs).sum())
+    n, k = b + c, min(b, c)
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
+    return {"only_ours": b, "only_ort": c, "p_value": round(p, 4)}
+
+
+def measure(name, candidate, session, size, fp32, fp32_size, fp32_score, task, config, **extra):
+    cosine = parity(predict_fn(fp32), predict_fn(session), task.eval_data, max_batches=10 ** 6)["cosine"]
+    lat = latency_ratios(session, fp32, task, config)
+    return row(name, candidate, score_session(session, task), fp32_score, size, fp32_size, lat,
+               cosine=round(cosine, 6), **extra)
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated task names")
+    args = p.parse_args()
+    config = bench_config(args)
+    rows = []
+    for name in args.tasks.split(","):
+        task = load_task(name)
+        model = task.build_model()
+        with tempdir() as tmp:
+            tmp = Path(tmp)
+            fp32, fp32_size = onnx_session(model, task, tmp / "fp32")
+            fp32_score = score_session(fp32, task)
+            rows.append(row(name, "fp32", fp32_score, fp32_score, fp32_size, fp32_size, None, cosine=1.0))
+            sessions = {}
+            for candidate, settings in MODES.items():
+                t0 = time.perf_counter()
+                recipe = parse_recipe({"task": name, "steps": [{"quantize": settings}]})
+                q = quantize.apply(copy.deepcopy(model), recipe.steps[0].config, task)
+                art = export_model(q, task, recipe, tmp / candidate.replace(" ", "_"))
+                apply_s = time.perf_counter() - t0
+                session = open_session(art, RuntimeConfig(threads=2))
+                sessions[candidate] = session
+                f = facts(q)
+                r = measure(name, candidate, session, art.size_bytes, fp32, fp32_size, fp32_score, task, config,
+                            quantize_s=round(apply_s, 1), int8_ops=f.get("int8_ops"), float_ops=f.get("float_ops"),
+                            fallback_layers=f.get("fallback_layers"), layer_bits=f.get("layer_bits"),
+                            quant_boundaries=f.get("quant_boundaries"))
+                r["why_slower"] = quantize.explain({**r, **f})
+                rows.append(r)
+            for kind in ("static", "dynamic"):
+                art = ort_quantized(kind, tmp / "fp32" / "model.onnx", task, tmp / f"ort_{kind}")
+                session = open_session(art, RuntimeConfig(threads=2))
+                sessions[f"ort {kind}"] = session
+                rows.append(measure(name, f"ORT quantize_{kind} (defaults)", session, art.size_bytes, fp32, fp32_size,
+                                    fp32_score, task, config))
+            ours = next(r for r in rows if r["model"] == name and r["candidate"] == "static")
+            ours["vs_ort_static"] = latency_ratios(sessions["static"], sessions["ort static"], task, config)
+            ours["vs_ort_static_samples"] = sign_test(correct(sessions["static"], task),
+                                                      correct(sessions["ort static"], task))
+            for bs, ratio in ours["vs_ort_static"].items():
+                ours[f"vs_ort@{bs}"] = ratio
+    emit(rows, args, "quantize: each mode against fp32 on ONNX Runtime (latency ratio < 1 = faster)",
+         ("cosine", "vs_ort@1", "vs_ort@32", "quantize_s"))
+
+
+if __name__ == "__main__":
+    main()

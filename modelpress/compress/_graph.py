@@ -1,0 +1,207 @@
+"""Which channels are coupled: groups of (layer, axis) that must lose the same channels together.
+
+Built on Torch-Pruning's dependency graph (``torch_pruning.DependencyGraph``), which traces the model
+through autograd and propagates a channel cut across residual additions, concatenations (with index
+offsets), depthwise convolutions, BatchNorm/LayerNorm, flatten-into-linear (one conv channel = H*W
+linear inputs) and the q/k/v/o projections of attention. This module turns its groups into plain
+:class:`Group` records and adds what modelpress needs on top:
+
+- groups that reach the model output are never pruned (the output shape is the task's contract);
+- ``include`` / ``exclude`` patterns (a layer is matched by its own name or any ancestor's);
+- attention heads: a group holding the projections of a module with ``num_heads`` is pruned in whole
+  heads (unit = ``head_dim`` channels), and the module's ``num_heads`` is updated;
+- a layer the mechanics cannot cut is a clear error naming it, its type and how to exclude it.
+
+Coordinates: every group has *root* coordinates (the channels of its first layer's output); each
+member lists its own indices and, for each, the root channel it belongs to (a flattened conv channel
+maps to H*W linear inputs; a concat member is offset).
+"""
+from __future__ import annotations
+
+import fnmatch
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import _surgery
+from ..errors import ConfigError, ModelpressError
+
+ROOT_TYPES = (nn.modules.conv._ConvNd, nn.Linear, nn.Embedding)
+WEIGHT_TYPES = (nn.modules.conv._ConvNd, nn.Linear, nn.Embedding)
+
+
+@dataclass
+class Member:
+    name: str                # module name, or parameter name for a bare nn.Parameter
+    axis: Any                # "out", "in", or the parameter's dimension
+    obj: Any                 # the nn.Module or nn.Parameter
+    idxs: list[int]          # coupled indices in this member's coordinates
+    root_idxs: list[int]     # root channel of each index
+
+
+@dataclass
+class Group:
+    root: str
+    size: int                                   # channels, in root coordinates
+    members: list[Member] = field(default_factory=list)
+    unit: int = 1                               # channels per pruning unit (head_dim for head groups)
+    heads_of: str | None = None                 # attention module whose heads this group holds
+    tp_root: Any = None                         # (module, pruning function) to re-derive index mappings
+
+    @property
+    def units(self) -> int:
+        return self.size // self.unit
+
+    def describe(self) -> str:
+        what = f"{self.units} heads of '{self.heads_of}'" if self.heads_of else f"{self.size} channels"
+        return f"{what} rooted at '{self.root}'"
+
+
+def matches(name: str, patterns: tuple[str, ...]) -> bool:
+    """True when ``name`` or one of its ancestors ('a.b' for 'a.b.c') matches a pattern."""
+    parts = name.split(".")
+    return any(fnmatch.fnmatchcase(".".join(parts[:i]), p) for i in range(1, len(parts) + 1) for p in patterns)
+
+
+def check_include(include: tuple[str, ...], eligible: list[str]) -> None:
+    """An include pattern that matches no eligible layer (or ancestor of one) is a ConfigError."""
+    for pattern in include:
+        if not any(matches(name, (pattern,)) for name in eligible):
+            raise ConfigError(
+                f"include pattern '{pattern}' matches no prunable layer. Prunable layers: "
+                f"{', '.join(eligible) or '(none)'}.")
+
+
+class Graph:
+    """The prunable channel groups of ``model``, traced on ``example_inputs`` (a tuple of tensors)."""
+
+    def __init__(self, model: nn.Module, example_inputs: tuple[torch.Tensor, ...],
+                 include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()):
+        try:
+            import torch_pruning as tp
+        except ImportError:
+            raise ModelpressError("Structured pruning needs Torch-Pruning's dependency graph: install it with "
+                                  "\"pip install 'modelpress[prune]'\" (torch-pruning), or use method 'magnitude'.") from None
+        self.model = model
+        was_training = model.training
+        try:
+            with warnings.catch_warnings(), torch.enable_grad():
+                warnings.simplefilter("ignore")
+                self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
+                raw = list(self.dg.get_all_groups(root_module_types=ROOT_TYPES))
+        except Exception as e:
+            raise ModelpressError(
+                f"The dependency graph could not trace the model ({type(e).__name__}: {str(e)[:200]}). "
+                f"Structured pruning needs a model whose forward pass runs on the task's example inputs "
+                f"with autograd; use method 'magnitude' instead.") from None
+        finally:
+            model.train(was_training)
+        self._dummy = tuple(getattr(tp.ops, n) for n in dir(tp.ops) if n.startswith("_") and n.endswith("Op"))
+        self.groups: list[Group] = []
+        candidates = [g for g in (self._convert(r) for r in raw) if g is not None]
+        self.eligible: list[str] = sorted({m.name for g in candidates for m in g.members if isinstance(m.obj, WEIGHT_TYPES)})
+        check_include(include, self.eligible)
+        for group in candidates:
+            names = [m.name for m in group.members]
+            if exclude and any(matches(n, exclude) for n in names):
+                continue
+            if include and not any(matches(m.name, include) for m in group.members
+                                   if m.axis == "out" and isinstance(m.obj, WEIGHT_TYPES)):
+                continue
+            self._check_supported(group)
+            self._detect_heads(group)
+            self.groups.append(group)
+
+    def _name(self, obj: Any) -> str:
+        if isinstance(obj, nn.Parameter):
+            return self.dg._param_to_name[obj]
+        return self.dg._module2name[obj]
+
+    def _convert(self, tp_group: Any) -> Group | None:
+        """A Torch-Pruning group as a Group; None when it reaches the model output."""
+        members: dict[tuple[str, Any], Member] = {}
+        for item in tp_group:
+            node = item.dep.target
+            obj = node.module
+            dummy = isinstance(obj, self._dummy) or not isinstance(obj, (nn.Module, nn.Parameter))
+            if (not node.outputs and (dummy or self._axis(item) != "in")) or type(obj).__name__ == "_OutputOp":
+                return None  # the channels reach a sink of the traced graph: they are the model's output
+            if dummy:
+                continue
+            key = (self._name(obj), self._axis(item))
+            if key in members:  # the same channels reached twice (e.g. depthwise in and out)
+                continue
+            members[key] = Member(key[0], key[1], obj, list(item.idxs), list(item.root_idxs))
+        first = tp_group[0]
+        return Group(root=self._name(first.dep.target.module), size=len(first.idxs), members=list(members.values()),
+                     tp_root=(first.dep.target.module, first.dep.handler))
+
+    def _axis(self, item: Any) -> Any:
+        """The member axis a Torch-Pruning group item cuts."""
+        obj = item.dep.target.module
+        if isinstance(obj, nn.Parameter):
+            return item.dep.target.pruning_dim
+        if _surgery.is_depthwise(obj) or self.dg.is_out_channel_pruning_fn(item.dep.handler):
+            return "out"
+        return "in"
+
+    def _check_supported(self, group: Group) -> None:
+        for m in group.members:
+            reason = _surgery.why_unsupported(m.obj, m.axis)
+            if reason:
+                kind = type(m.obj).__name__
+                raise ConfigError(
+                    f"Structured pruning cannot cut layer '{m.name}' ({kind}): {reason}. Its channels are coupled "
+                    f"with {group.describe()}. Leave it out with exclude: ['{m.name}'] (the coupled layers then "
+                    f"keep their channels too), or use method 'magnitude'.")
+
+    def _detect_heads(self, group: Group) -> None:
+        """Mark a group of attention projections: a member's parent module has an int ``num_heads``."""
+        for m in group.members:
+            parent_name = m.name.rpartition(".")[0]
+            if not parent_name:
+                continue
+            parent = self.model.get_submodule(parent_name)
+            heads = getattr(parent, "num_heads", None)
+            if not isinstance(heads, int) or isinstance(parent, nn.MultiheadAttention) or m.axis != "out":
+                continue
+            head_dim = getattr(parent, "head_dim", None) or group.size // heads
+            if heads * head_dim != group.size:
+                raise ConfigError(
+                    f"'{parent_name}' has num_heads={heads} and head_dim={head_dim}, but its projections carry "
+                    f"{group.size} coupled channels, so whole heads cannot be cut. Leave it out with "
+                    f"exclude: ['{parent_name}'].")
+            group.unit, group.heads_of = head_dim, parent_name
+            return
+
+    def cuts(self, removed: dict[int, list[int]]) -> list[dict[str, Any]]:
+        """The pruning record for removing root channels ``removed[group index]`` from the groups."""
+        pruned: dict[tuple[str, Any], set[int]] = {}
+        objs: dict[tuple[str, Any], Any] = {}
+        sets = []
+        for gi, idxs in removed.items():
+            if not idxs:
+                continue
+            group = self.groups[gi]
+            module, fn = group.tp_root
+            for item in self.dg.get_pruning_group(module, fn, sorted(idxs)):
+                obj = item.dep.target.module
+                if isinstance(obj, self._dummy) or not isinstance(obj, (nn.Module, nn.Parameter)):
+                    continue
+                key = (self._name(obj), self._axis(item))
+                pruned.setdefault(key, set()).update(int(i) for i in item.idxs)
+                objs[key] = obj
+            if group.heads_of:
+                parent = self.model.get_submodule(group.heads_of)
+                sets.append({"layer": group.heads_of, "set": {"num_heads": parent.num_heads - len(idxs) // group.unit}})
+        record = []
+        for (name, axis), gone in pruned.items():
+            n = _surgery.size(objs[(name, axis)], axis)
+            kept = [i for i in range(n) if i not in gone]
+            if not kept:
+                raise ConfigError(f"Pruning would remove every channel of '{name}'; lower the ratio or exclude it.")
+            record.append({"layer": name, "axis": axis, "size": n, "kept": kept})
+        return record + sets

@@ -1,0 +1,1 @@
+"""Pruning internals: policy (how many channels go where), unstructured masks, counting."""

@@ -1,0 +1,141 @@
+"""``quantize.apply`` step by step: choose layers, fold BatchNorm, fake-quantize, calibrate, train (QAT), fall
+back sensitive layers (accuracy-aware), write the weights onto their grid, and attach the ONNX rewrite."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ...errors import ConfigError, ModelpressError
+from .. import add_train_hook, record, set_storage
+from .hook import OnnxLowering, Plan
+from .layers import (KeepOnGrid, batches_of, calibrate, check_weights, empty_calibration_error, fold_batchnorm, kind,
+                     select, unwrap, wrap)
+from .mixed import fallback, sensitivity
+
+DYNAMIC_CONV = ("dynamic int8 convolution (ConvInteger) is several times slower than fp32 Conv in ONNX Runtime; "
+                "use mode: static for convolutions")
+ACT = {"static": "static", "qat": "static", "mixed": "static", "dynamic": "dynamic", "weight_only": None}
+
+
+def run(model: Any, config: Any, task: Any) -> Any:
+    import copy
+
+    from ...export.onnx import POST_EXPORT_ATTR
+
+    model = copy.deepcopy(model)  # the caller's model is never modified
+    layers = select(model, config.include, config.exclude, config.per_channel)
+    if not layers:
+        raise ConfigError("quantize found no Conv or Linear layer to quantize (after 'include'/'exclude'); "
+                          "remove the step or change the patterns.")
+    check_weights(layers)
+    if config.mode == "qat" and task.train_data is None:
+        raise ModelpressError("'quantize.mode: qat' fine-tunes the model, but the task has no train_data. Give the "
+                              "task training batches, or use mode: static.")
+    act = ACT[config.mode]
+    has_data = next(iter(batches_of(task.calib_data, 1)), None) is not None
+    if act == "static" and not has_data:
+        raise empty_calibration_error()
+    folded = []
+    if config.fold_batchnorm and has_data:
+        folded = fold_batchnorm(model, tuple(torch.from_numpy(a) for a in task.example_inputs(2).values()))
+    kinds = {n: kind(m) for n, m in layers.items()}
+    skipped: dict[str, str] = {}
+    if config.mode == "dynamic":
+        skipped = {n: DYNAMIC_CONV for n, k in kinds.items() if k == "Conv"}
+        layers = {n: m for n, m in layers.items() if n not in skipped}
+    spec = config.weight_spec()
+    wrapped = wrap(model, layers, spec, act)
+    ranges: tuple[dict, dict] = ({}, {})
+    estimate = None
+    try:
+        if act == "static":
+            ranges = calibrate(model, wrapped, batches_of(task.calib_data, config.calib_samples), task.input_names,
+                               config.calibration, config.percentile)
+        if config.mode == "qat":
+            _train(model, config, task)
+        if config.score_limit is not None:
+            demoted, estimate = _accuracy_aware(model, wrapped, config, task)
+            skipped.update(demoted)
+    finally:
+        unwrap(model, wrapped, write_weights=True)
+    layer_bits = {n: (wrapped[n].spec.bits if n in wrapped and wrapped[n].enabled else 32) for n in kinds}
+    int8 = {n: kinds[n] for n, b in layer_bits.items() if b <= 8}
+    facts: dict[str, Any] = {
+        "mode": config.mode, "bits": config.bits, "layer_bits": layer_bits, "fallback_layers": skipped,
+        "folded_batchnorm": folded,
+        "int8_ops": [] if act is None else [f"{n}: {k}" for n, k in int8.items()],
+        "float_ops": [f"{n}: {kinds[n]}" for n in kinds if act is None or n not in int8],
+    }
+    if estimate is not None:
+        facts["estimated_score_drop"] = estimate
+    record(model, **facts)
+    add_train_hook(model, KeepOnGrid({n: wrapped[n].spec for n, b in layer_bits.items() if b <= 8}))
+    if act is None:
+        set_storage(model, "packed", granularity=spec.granularity, group_size=spec.group_size, symmetric=spec.symmetric)
+    elif int8:
+        plan = Plan(mode="dynamic" if act == "dynamic" else "static", layers=int8, per_channel=config.per_channel,
+                    input_ranges={n: r for n, r in ranges[0].items() if n in int8},
+                    output_ranges={n: r for n, r in ranges[1].items() if n in int8},
+                    fallback=skipped, preflight=config.preflight)
+        hooks = [h for h in getattr(model, POST_EXPORT_ATTR, ()) if not isinstance(h, OnnxLowering)]
+        object.__setattr__(model, POST_EXPORT_ATTR, [*hooks, OnnxLowering(model, plan)])
+    return model
+
+
+def _train(model: Any, config: Any, task: Any) -> None:
+    from .._train import TrainConfig, fit
+
+    fit(model, task.train_data, TrainConfig(epochs=config.qat_epochs, lr=config.qat_lr),
+        description="quantization-aware training")
+    model.eval()
+
+
+def _subset(data: Any, max_samples: int) -> list[tuple[dict, Any]]:
+    out, seen = [], 0
+    for inputs, target in data:
+        if seen >= max_samples:
+            break
+        take = min(len(target), max_samples - seen)
+        out.append(({k: v[:take] for k, v in inputs.items()}, target[:take]))
+        seen += take
+    if not out:
+        raise ModelpressError("The accuracy-aware fallback (max_score_drop) scores the model on the task's eval_data, "
+                              "which is empty.")
+    return out
+
+
+def _accuracy_aware(model: Any, wrapped: dict, config: Any, task: Any) -> tuple[dict[str, str], float]:
+    """Fall back layers, most sensitive first, until the simulated score drop is within the limit."""
+    from ...evaluate import evaluate, torch_predict
+
+    data = _subset(task.eval_data, config.eval_samples)
+    for q in wrapped.values():
+        q.enabled = False
+    baseline = evaluate(torch_predict(model, task), task, data)
+    for q in wrapped.values():
+        q.enabled = True
+
+    def score_drop() -> float:
+        return task.score_drop(baseline, evaluate(torch_predict(model, task), task, data))
+
+    drop = score_drop()
+    if drop <= config.score_limit:
+        return {}, float(drop)
+    scores = sensitivity(model, wrapped, [b for b, _ in data], task.input_names)
+    order = sorted(scores, key=scores.get, reverse=True)
+    higher = config.weight_spec(8)
+    reasons: dict[str, str] = {}
+
+    def demote(name: str) -> None:
+        q = wrapped[name]
+        if q.spec.bits < 8:
+            q.spec, q._cache = higher, None
+            reasons[name] = f"kept at 8 bits (sensitivity {scores[name]:.2e}) to hold max_score_drop"
+        else:
+            q.enabled = False
+            reasons[name] = f"kept in float (sensitivity {scores[name]:.2e}) to hold max_score_drop"
+
+    ladder = order + order if any(q.spec.bits < 8 for q in wrapped.values()) else order
+    _, drop = fallback(ladder, demote, score_drop, config.score_limit)
+    return reasons, float(drop)

@@ -1,0 +1,112 @@
+"""Rewrite an fp32 ONNX graph into QDQ form for ONNX Runtime's int8 kernels (static quantization).
+
+For each target Conv/Gemm/MatMul: the activation input gets QuantizeLinear -> DequantizeLinear (u8, the
+calibrated range), the weight becomes an int8 initializer behind DequantizeLinear (symmetric, per output
+channel: zero point 0 is what the u8 x s8 VNNI kernels take), the bias an int32 initializer with scale
+``s_x * s_w``. The quantization point of an input is repeated upstream through pass-through ops
+(MaxPool, Flatten, Reshape, ...) and through ReLU when the zero point is 0 — exact, since quantizing commutes
+with those — so it lands on the producing Conv/Gemm's output and ONNX Runtime fuses
+``DQ -> Conv -> (ReLU) -> Q`` into one QLinearConv instead of leaving float islands between int8 ops.
+A Conv whose output reaches no quantized consumer gets its own output quantization for the same reason.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from .graph import PASS_THROUGH, Graph
+from .quantizer import WeightSpec, act_qparams, quantize
+
+Range = tuple[float, float]
+INT8_CHANNELS = WeightSpec(bits=8, symmetric=True, granularity="channel")
+INT8_TENSOR = WeightSpec(bits=8, symmetric=True, granularity="tensor")
+SHAPE_ONLY = {"Shape", "Size"}  # consumers that read only the shape keep the float tensor
+
+
+def plan_points(g: Graph, targets: list[Any], ranges: Mapping[str, Range]) -> dict[str, tuple[float, int]]:
+    """Tensor -> (scale, zero point) of every quantization point, after pushing them upstream."""
+    params = {n.input[0]: act_qparams(*ranges[n.input[0]]) for n in targets}
+    work = list(params)
+    while work:
+        t = work.pop()
+        p = g.producer.get(t)
+        if p is None or not (p.op_type in PASS_THROUGH or (p.op_type == "Relu" and params[t][1] == 0)):
+            continue
+        src = p.input[0]
+        if src in params or src in g.outputs or len(g.consumers[src]) != 1 or g.array(src) is not None:
+            continue
+        params[src] = params[t]
+        work.append(src)
+    for n in targets:
+        y = n.output[0]
+        if n.op_type == "Conv" and y not in params and y not in g.outputs and y in ranges:
+            params[y] = act_qparams(*ranges[y])
+    return params
+
+
+def _insert_qdq(g: Graph, tensor: str, scale: float, zp: int) -> None:
+    from onnx import helper
+
+    consumers = [c for c in g.consumers[tensor] if c.op_type not in SHAPE_ONLY]
+    if not consumers:
+        return
+    s = g.add_initializer(f"{tensor}_scale", np.array(scale, np.float32))
+    z = g.add_initializer(f"{tensor}_zero_point", np.array(zp, np.uint8))
+    q_out, dq_out = g.fresh(f"{tensor}_quantized"), g.fresh(f"{tensor}_dequantized")
+    q = helper.make_node("QuantizeLinear", [tensor, s, z], [q_out], name=g.fresh(f"{tensor}_QuantizeLinear"))
+    dq = helper.make_node("DequantizeLinear", [q_out, s, z], [dq_out], name=g.fresh(f"{tensor}_DequantizeLinear"))
+    g.rewire(tensor, dq_out, consumers)
+    g.insert_before(consumers[0], [q, dq])
+    g.reindex()
+
+
+def _quantize_weight(g: Graph, node: Any, x_scale: float, spec: WeightSpec) -> None:
+    from onnx import helper
+    import torch
+
+    name, w, axis = g.weight_input(node)
+    qw = quantize(torch.from_numpy(w.copy()), spec, axis)
+    w_int8 = qw.integers().numpy().astype(np.int8)
+    w_scale = qw.scale.reshape(-1).numpy().astype(np.float32)
+    if spec.granularity == "tensor":
+        w_scale = w_scale.reshape(())  # a scalar scale: per tensor
+    wq = g.add_initializer(f"{name}_int8", w_int8)
+    ws = g.add_initializer(f"{name}_scale", w_scale)
+    wz = g.add_initializer(f"{name}_zero_point", np.zeros_like(w_int8, shape=w_scale.shape))
+    out = g.fresh(f"{name}_dequantized")
+    g.insert_before(node, [helper.make_node("DequantizeLinear", [wq, ws, wz], [out], axis=axis,
+                                            name=g.fresh(f"{name}_DequantizeLinear"))])
+    node.input[1] = out
+    if len(node.input) > 2 and node.input[2]:
+        b = g.array(node.input[2])
+        if b is not None and b.ndim == 1:
+            b_scale = (np.float32(x_scale) * w_scale).astype(np.float32)
+            b_int = np.round(b.astype(np.float64) / b_scale)
+            if np.abs(b_int).max(initial=0) < 2 ** 31 - 1:  # else leave the bias float (rare: tiny scales)
+                old = node.input[2]
+                bq = g.add_initializer(f"{old}_int32", b_int.astype(np.int32))
+                bs = g.add_initializer(f"{old}_scale", b_scale)
+                bz = g.add_initializer(f"{old}_zero_point", np.zeros(b_scale.shape, np.int32))
+                bout = g.fresh(f"{old}_dequantized")
+                g.insert_before(node, [helper.make_node("DequantizeLinear", [bq, bs, bz], [bout], axis=0,
+                                                        name=g.fresh(f"{old}_DequantizeLinear"))])
+                node.input[2] = bout
+                g.reindex()
+                g.remove_initializer(old)
+    g.reindex()
+    g.remove_initializer(name)
+
+
+def rewrite(proto: Any, targets: list[str], ranges: Mapping[str, Range], per_channel: bool = True) -> Any:
+    """Quantize the nodes named in ``targets`` (static u8 activations, s8 weights) in place."""
+    g = Graph(proto)
+    nodes = [n for n in g.graph.node if n.name in set(targets)]
+    params = plan_points(g, nodes, ranges)
+    inputs = {n.name: n.input[0] for n in nodes}
+    for tensor, (scale, zp) in params.items():
+        _insert_qdq(g, tensor, scale, zp)
+    for node in nodes:
+        _quantize_weight(g, node, params[inputs[node.name]][0], INT8_CHANNELS if per_channel else INT8_TENSOR)
+    return proto

@@ -1,0 +1,222 @@
+"""Knowledge distillation: train a student on a teacher's outputs (and optionally its hidden features).
+
+Loss for class outputs: ``L = alpha * CE(y, p_s) + (1 - alpha) * T^2 * KL(p_t^T || p_s^T)``, where ``p^T``
+is the softmax at temperature ``T`` (the ``T^2`` keeps the gradient scale of the soft term independent
+of ``T``). For embedding or regression outputs the soft term is the MSE or cosine distance to the
+teacher's outputs. Intermediate features add ``feature_weight * MSE(proj(h_s), h_t)`` per named layer,
+with a learned 1x1-conv/linear projection ``proj`` where the student is narrower than the teacher.
+
+Students: the incoming model (``student: model``: recovery after pruning, clustering, factorization or
+quantization-aware training), a smaller copy of it (``student: smaller``: narrower CNN/MLP or fewer
+transformer blocks, see ``_students``), or any module through :func:`distill`. The teacher is the task's
+uncompressed model (``task.build_model()``), a weights file for the task's architecture, or a frozen copy
+of the incoming model (``teacher: model``, also used when the task has no reference model).
+
+>>> from modelpress.compress.distill import Config
+>>> Config(epochs=2, alpha=0.5, temperature=4.0).alpha
+0.5
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from . import record
+from ._train import (TrainConfig, first_batch, fit, forward, frozen_parameters, main_output, split_batch,
+                     supervised_loss, task_evaluator, to_tensors, train_data_for)
+from ..config import check
+from ..errors import ConfigError, ModelpressError
+
+SEARCH_SPACE: dict[str, list] = {
+    "alpha": [0.5, 0.1, 0.9],
+    "temperature": [4.0, 2.0, 8.0],
+    "epochs": [1, 3],
+}
+
+
+@dataclass(frozen=True)
+class Config(TrainConfig):
+    epochs: int = 1
+    alpha: float = 0.5  # weight of the label loss; 1 - alpha weighs the teacher term
+    temperature: float = 4.0  # softens both distributions of the KL term
+    loss: Literal["auto", "kl", "mse", "cosine"] = "auto"  # auto: kl for classifiers, else mse
+    teacher: str = "task"  # task (uncompressed model) | model (frozen copy of the incoming model) | weights file
+    student: Literal["model", "smaller"] = "model"  # the incoming model, or a smaller copy of it
+    shrink: Literal["auto", "width", "depth"] = "auto"  # smaller student: auto = depth for attention stacks
+    width: float = 0.5  # share of channels/neurons a narrower student keeps
+    depth: float = 0.5  # share of blocks a shallower student keeps
+    init: Literal["teacher", "random"] = "teacher"  # smaller student: inherit teacher weights or start fresh
+    features: tuple[str, ...] = ()  # layers whose outputs are matched: "name" or "student_name=teacher_name"
+    feature_weight: float = 1.0
+    labels: bool = True  # false: train on the inputs alone, the teacher's outputs are the only targets
+    data: Literal["train", "calib"] = "train"  # calib: the task's (unlabeled) calibration inputs
+    batch_size: int | None = None  # None: the task's batch size
+    include: tuple[str, ...] = ()  # layers that train (fnmatch on module names); others stay frozen
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1] (the weight of the label loss), got {self.alpha}.")
+        check(self.temperature > 0, f"temperature must be positive, got {self.temperature}.")
+        check(0 < self.width <= 1, f"width must be in (0, 1], got {self.width}.")
+        check(0 < self.depth <= 1, f"depth must be in (0, 1], got {self.depth}.")
+        check(self.feature_weight >= 0, f"feature_weight must be >= 0, got {self.feature_weight}.")
+        check(bool(self.teacher), "teacher must be 'task', 'model' or the path of a weights file.")
+        check(self.batch_size is None or self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}.")
+        for f in self.features:
+            check(f.count("=") <= 1 and all(f.split("=")), f"features entry '{f}' must be 'layer' or 'student_layer=teacher_layer'.")
+
+
+def load_teacher(model: nn.Module, config: Config, task: Any) -> tuple[nn.Module, str]:
+    """(teacher, what it is). A task without a reference model falls back to a frozen copy of ``model``."""
+    if config.teacher == "model":
+        return copy.deepcopy(model), "incoming model"
+    built = task.build_model()
+    if config.teacher == "task":
+        if built is None:
+            return copy.deepcopy(model), "incoming model (the task has no reference model)"
+        return built, "task model"
+    if built is None:
+        raise ConfigError(f"teacher '{config.teacher}' is a weights file, but the task builds no model to load "
+                          f"it into; use teacher: model or teacher: task.")
+    from ..load import load_into
+
+    return load_into(built, config.teacher), config.teacher
+
+
+def loss_kind(config: Config, task: Any) -> str:
+    """The teacher term in use: ``auto`` is kl for classifiers (the task has classes), else mse."""
+    return config.loss if config.loss != "auto" else ("kl" if task.num_classes is not None else "mse")
+
+
+def soft_loss(kind: str, student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The teacher term: T^2 * KL over the last axis (mean over the other axes), MSE, or 1 - cosine."""
+    if kind == "kl":
+        log_s = torch.log_softmax(student / temperature, dim=-1)
+        log_t = torch.log_softmax(teacher / temperature, dim=-1)
+        return (log_t.exp() * (log_t - log_s)).sum(-1).mean() * temperature ** 2
+    if kind == "mse":
+        return nn.functional.mse_loss(student, teacher)
+    cos = nn.functional.cosine_similarity(student.flatten(1), teacher.flatten(1), dim=1)
+    return (1 - cos).mean()
+
+
+class Capture:
+    """Forward hooks that keep the outputs of named layers of one model (for feature distillation)."""
+
+    def __init__(self, model: nn.Module, names: list[str], role: str):
+        modules = dict(model.named_modules())
+        missing = [n for n in names if n not in modules]
+        if missing:
+            raise ConfigError(f"features: {role} layer(s) {', '.join(missing)} not found. Layers: "
+                              f"{', '.join(n for n in modules if n)}.")
+        self.outputs: dict[str, torch.Tensor] = {}
+        self.handles = [modules[n].register_forward_hook(self._keep(n)) for n in names]
+
+    def _keep(self, name: str):
+        def hook(module, args, output):
+            self.outputs[name] = main_output(output)
+        return hook
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def projection(student_shape: torch.Size, teacher_shape: torch.Size, pair: str) -> nn.Module:
+    """Identity when widths match; a learned 1x1 conv (channel axis 1 of [N, C, H, W]) or linear (last axis)."""
+    if student_shape == teacher_shape:
+        return nn.Identity()
+    axis = 1 if len(student_shape) == 4 else -1
+    s_rest = [d for i, d in enumerate(student_shape) if i != axis % len(student_shape)]
+    t_rest = [d for i, d in enumerate(teacher_shape) if i != axis % len(teacher_shape)]
+    if len(student_shape) != len(teacher_shape) or s_rest != t_rest:
+        raise ModelpressError(f"features '{pair}': student output {tuple(student_shape)} and teacher output "
+                              f"{tuple(teacher_shape)} differ in more than their width; choose layers of matching "
+                              f"spatial/sequence size.")
+    if axis == 1:
+        return nn.Conv2d(student_shape[1], teacher_shape[1], 1, bias=False)
+    return nn.Linear(student_shape[-1], teacher_shape[-1], bias=False)
+
+
+def distill(student: nn.Module, teacher: nn.Module, task: Any, config: Config = Config(),
+            teacher_name: str = "teacher") -> nn.Module:
+    """Train ``student`` in place from ``teacher`` (left unchanged) on the task's data; returns the student.
+
+    Any student works (yours, or one from ``_students.derive``) as long as its outputs have the teacher's shape.
+    """
+    names = list(task.input_names)
+    data = task.calib_data if config.data == "calib" else \
+        train_data_for(task, config.batch_size, labels=config.labels)
+    if config.data == "calib" and config.batch_size is not None:
+        data = data.with_batch_size(config.batch_size)
+    inputs, _ = split_batch(first_batch(data))
+    kind = loss_kind(config, task)
+    pairs = [(f.split("=")[0], f.split("=")[-1]) for f in config.features]
+    s_cap = Capture(student, [s for s, _ in pairs], "student")
+    t_cap = Capture(teacher, [t for _, t in pairs], "teacher")
+    teacher_was_training = teacher.training
+    frozen = frozen_parameters(student, config.include, config.exclude)
+    try:
+        teacher.eval()
+        with torch.no_grad():
+            x = to_tensors(inputs)
+            t_out, s_out = main_output(forward(teacher, x, names)), main_output(forward(student.eval(), x, names))
+        if t_out.shape != s_out.shape:
+            raise ModelpressError(f"The teacher's outputs have shape {tuple(t_out.shape)} but the student's have "
+                                  f"{tuple(s_out.shape)}; distillation needs outputs of the same shape (same classes "
+                                  f"or embedding width). Give a student with the teacher's output layer.")
+        proj = nn.ModuleDict({str(i): projection(s_cap.outputs[s].shape, t_cap.outputs[t].shape, f"{s}={t}")
+                              for i, (s, t) in enumerate(pairs)})
+
+        def loss_fn(model: nn.Module, x: dict[str, torch.Tensor], target: torch.Tensor | None) -> torch.Tensor:
+            with torch.no_grad():
+                t_out = main_output(forward(teacher, x, names))
+            s_out = main_output(forward(model, x, names))
+            loss = soft_loss(kind, s_out, t_out, config.temperature)
+            if target is not None and config.alpha > 0:
+                loss = config.alpha * supervised_loss(s_out, target) + (1 - config.alpha) * loss
+            for i, (s, t) in enumerate(pairs):
+                feature = proj[str(i)](s_cap.outputs[s])
+                loss = loss + config.feature_weight * nn.functional.mse_loss(feature, t_cap.outputs[t])
+            return loss
+
+        for p in frozen:
+            p.requires_grad_(False)
+        evaluate = task_evaluator(task) if config.patience is not None else None
+        fit(student, data, config.train_config(), loss_fn, evaluate, f"distilling from {teacher_name}",
+            higher_is_better=task.higher_is_better, extra_parameters=list(proj.parameters()))
+    finally:
+        s_cap.close()
+        t_cap.close()
+        teacher.train(teacher_was_training)
+        for p in frozen:
+            p.requires_grad_(True)
+    return student
+
+
+def apply(model: nn.Module, config: Config, task: Any) -> nn.Module:
+    """Distill into a copy of ``model`` (or a smaller student derived from it); ``model`` is not modified."""
+    from ._students import count_params, derive
+
+    teacher, teacher_name = load_teacher(model, config, task)
+    if config.student == "smaller":
+        from . import train_hooks
+
+        if train_hooks(model):
+            raise ConfigError("student: smaller rebuilds the model's layers, which would break the structure an "
+                              "earlier step keeps while training (masks, clusters); put this distill step first "
+                              "in the recipe.")
+        example = tuple(torch.from_numpy(v) for v in task.example_inputs(2).values())
+        student = derive(model, example, config.shrink, config.width, config.depth, config.init, config.seed)
+    else:
+        student = copy.deepcopy(model)
+    distill(student, teacher, task, config, teacher_name)
+    record(student, distill={"teacher": teacher_name, "student": config.student, "loss": loss_kind(config, task),
+                             "alpha": config.alpha, "temperature": config.temperature, "epochs": config.epochs,
+                             "params_student": count_params(student), "params_teacher": count_params(teacher)})
+    return student

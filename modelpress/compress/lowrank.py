@@ -1,0 +1,313 @@
+"""Low-rank factorization: Linear layers split by SVD, convolutions by spatial SVD or Tucker-2.
+
+A layer W (m x n) really becomes two smaller layers of rank r (``Sigma_r^1/2 V_r^T`` then
+``U_r Sigma_r^1/2``); a k x k convolution becomes k x 1 then 1 x k (spatial SVD) or 1x1, a small k x k
+core, 1x1 (Tucker-2), whichever keeps more of the weight at the chosen cost. Ranks come from a
+per-layer energy threshold, a per-layer parameter ratio, or measured sensitivity under one global
+parameter budget (the default), rounded to multiples of 8. A layer is factorized only when its
+MACs fall to at most ``max_cost_ratio`` of the original (or, with ``cost: measured``, its latency on
+ONNX Runtime does).
+
+In a recipe::
+
+    steps:
+      - lowrank: {include: ["blocks.*.ffn.*"], param_ratio: 0.4, recover_epochs: 3}
+
+or in Python: ``model = apply(model, Config(rank_by="energy", energy=0.95), task)``.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from fnmatch import fnmatch
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import record
+from ..config import check
+from ..errors import ConfigError, ModelpressError
+from ..task import Task
+from ._lowrank_cost import Geometry, measured_ratio
+from ._lowrank_layers import approximation, bases, spec_of, split
+from ._lowrank_select import Choice, Layer, by_energy, by_param_ratio, by_sensitivity, explicit
+
+SEARCH_SPACE: dict[str, list] = {
+    "param_ratio": [0.5, 0.35, 0.25, 0.7],
+    "rank_by": ["sensitivity", "param_ratio", "energy"],
+    "energy": [0.9, 0.95, 0.8],
+    "recover_epochs": [0, 2, 5],
+}
+
+DISTILL_TEMPERATURE = 2.0  # softens teacher and student logits in the recovery loss
+
+
+@dataclass(frozen=True)
+class Config:
+    include: tuple[str, ...] = ()  # fnmatch patterns on module names; empty = every eligible layer
+    exclude: tuple[str, ...] = ()
+    rank_by: Literal["sensitivity", "param_ratio", "energy"] = "sensitivity"
+    param_ratio: float = 0.5  # share kept: globally over the selected layers (sensitivity) or per layer
+    budget: Literal["params", "macs"] = "params"  # what param_ratio limits under rank_by: sensitivity
+    energy: float = 0.9  # share of squared singular values each layer keeps (rank_by: energy)
+    rank: int | None = None  # one explicit rank for every selected layer (overrides rank_by)
+    ranks: dict[str, int] = field(default_factory=dict)  # explicit ranks by layer name pattern
+    rank_multiple: int = 8  # chosen ranks are multiples of this (explicit ranks are used as given)
+    conv_method: Literal["auto", "spatial", "tucker2"] = "auto"
+    max_cost_ratio: float = 0.8  # factorize only when cost after / before <= this
+    cost: Literal["macs", "measured"] = "macs"  # measured: time each layer on ONNX Runtime as well
+    measure_batch_size: int = 32
+    recover_epochs: int = 0  # fine-tuning after the split (0 = none; a 'distill' step can follow instead)
+    recover_lr: float = 5e-4
+    recover_distill: float = 0.5  # weight of the KL to the unfactorized model in the recovery loss
+    calib_samples: int = 128
+
+    def __post_init__(self) -> None:
+        check(0 < self.param_ratio < 1, f"param_ratio must be in (0, 1) (the share of parameters to keep, "
+                                        f"e.g. 0.5), got {self.param_ratio}.")
+        check(0 < self.energy <= 1, f"energy must be in (0, 1] (the share of squared singular values each "
+                                    f"layer keeps, e.g. 0.9), got {self.energy}.")
+        for name, r in ([("rank", self.rank)] if self.rank is not None else []) + [
+                (f"ranks['{k}']", v) for k, v in self.ranks.items()]:
+            check(r >= 1, f"{name} must be at least 1 (rank 0 would leave only the bias), got {r}.")
+        check(self.rank_multiple >= 1, f"rank_multiple must be at least 1, got {self.rank_multiple}.")
+        check(0 < self.max_cost_ratio <= 1, f"max_cost_ratio must be in (0, 1], got {self.max_cost_ratio}.")
+        check(self.measure_batch_size >= 1, f"measure_batch_size must be at least 1, got {self.measure_batch_size}.")
+        check(self.recover_epochs >= 0, f"recover_epochs must be >= 0, got {self.recover_epochs}.")
+        check(self.recover_lr > 0, f"recover_lr must be positive, got {self.recover_lr}.")
+        check(0 <= self.recover_distill <= 1, f"recover_distill must be in [0, 1], got {self.recover_distill}.")
+        check(self.calib_samples >= 1, f"calib_samples must be at least 1, got {self.calib_samples}.")
+
+
+def apply(model: nn.Module, config: Config, task: Task) -> nn.Module:
+    """A copy of ``model`` with the chosen layers split into low-rank layers (facts recorded on it)."""
+    model = copy.deepcopy(model).eval()
+    modules = select(model, config)
+    if config.recover_epochs and task.train_data is None:
+        raise ModelpressError("lowrank recover_epochs needs training data, but the task has none; set "
+                              "recover_epochs: 0 (or recover with a later 'distill' step on a task with data).")
+    inputs = calibration_inputs(task, config.calib_samples)
+    layers = geometry(model, modules, inputs)
+    plan, skipped, summary = decide(model, layers, config, inputs)
+    measured: dict[str, float] = {}
+    if config.cost == "measured":
+        plan, skipped, measured = keep_measured(layers, plan, skipped, config)
+    params_before = count(model)
+    teacher = copy.deepcopy(model) if config.recover_epochs else None
+    for name, choice in plan.items():
+        replace(model, name, split(model.get_submodule(name), choice.method, choice.ranks))
+    if teacher is not None and plan:
+        recover(model, teacher, task, config)
+    record(model, ranks={n: c.ranks[0] if len(c.ranks) == 1 else list(c.ranks) for n, c in plan.items()},
+           params_before=params_before, params_after=count(model),
+           lowrank_layers={n: layer_facts(c, measured.get(n)) for n, c in plan.items()}, lowrank_skipped=skipped,
+           **({"lowrank_budget": summary} if summary else {}))
+    return model.eval()
+
+
+# ---- which layers ---------------------------------------------------------------------------------
+
+def select(model: nn.Module, config: Config) -> dict[str, nn.Module]:
+    """The eligible layers the include/exclude patterns select; a pattern (or a ``ranks`` key) that
+    matches no eligible layer is a ConfigError naming why and the eligible layers."""
+    all_named = [(n, m) for n, m in model.named_modules() if n]
+    blocked = {n for n, m in all_named if isinstance(m, nn.MultiheadAttention)}  # reads its weights directly
+    eligible = {n: m for n, m in all_named
+                if not isinstance(spec_of(m), str) and n.rpartition(".")[0] not in blocked}
+    if not eligible:
+        return {}
+
+    def matched(pattern: str, where: str) -> list[str]:
+        hits = [n for n in eligible if fnmatch(n, pattern)]
+        if not hits:
+            raise ConfigError(f"lowrank {where} '{pattern}' matches no layer that can be factorized. "
+                              f"{_why_not(all_named, pattern, blocked)}Eligible layers: {', '.join(eligible)}.")
+        return hits
+
+    chosen = [n for p in config.include for n in matched(p, "include pattern")] if config.include else list(eligible)
+    chosen = [n for n in dict.fromkeys(chosen) if not any(fnmatch(n, p) for p in config.exclude)]
+    for pattern in config.ranks:
+        if not set(matched(pattern, "ranks key")) & set(chosen):
+            raise ConfigError(f"lowrank ranks key '{pattern}' names only layers left out by include/exclude; "
+                              f"include them or remove the key.")
+    return {n: eligible[n] for n in chosen}
+
+
+def _why_not(named: list[tuple[str, nn.Module]], pattern: str, blocked: set[str]) -> str:
+    reasons = []
+    for n, m in named:
+        if fnmatch(n, pattern):
+            why = spec_of(m)
+            if n.rpartition(".")[0] in blocked:
+                why = "it belongs to an nn.MultiheadAttention, which reads its weights directly"
+            if not isinstance(why, str):
+                continue
+            if len(m._modules):
+                why += f" (patterns match layer names: try '{n}.*')"
+            reasons.append(f"'{n}' cannot be factorized: {why}.")
+    return " ".join(reasons[:3]) + (" " if reasons else "")
+
+
+# ---- measurements on calibration inputs -----------------------------------------------------------
+
+def calibration_inputs(task: Task, samples: int) -> dict[str, torch.Tensor]:
+    """Up to ``samples`` calibration inputs, keyed (and ordered) by the task's input names."""
+    taken: dict[str, list[np.ndarray]] = {}
+    total = 0
+    for batch in task.calib_data or ():
+        batch = batch[0] if isinstance(batch, tuple) else batch
+        for k, v in batch.items():
+            taken.setdefault(k, []).append(np.asarray(v))
+        total += len(next(iter(batch.values())))
+        if total >= samples:
+            break
+    if not taken:
+        raise ModelpressError("lowrank needs calibration inputs to measure layer shapes, but the task's "
+                              "calib_data is empty; give the task some calibration batches.")
+    names = [n for n in task.input_names if n in taken] or list(taken)
+    return {k: torch.from_numpy(np.ascontiguousarray(np.concatenate(taken[k])[:samples])) for k in names}
+
+
+def run(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The model's first output on ``inputs`` (positional, in the task's input order)."""
+    with torch.no_grad():
+        out = model(*inputs.values())
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def geometry(model: nn.Module, modules: dict[str, nn.Module], inputs: dict[str, torch.Tensor]) -> list[Layer]:
+    """Each selected layer with its per-sample input/output shapes from one forward pass."""
+    shapes: dict[str, tuple] = {}
+
+    def hook(name: str):
+        def keep(module: nn.Module, args: tuple, out: torch.Tensor) -> None:  # None: the output is unchanged
+            shapes.setdefault(name, (tuple(args[0].shape[1:]), tuple(out.shape[1:])))
+        return keep
+
+    hooks = [m.register_forward_hook(hook(name)) for name, m in modules.items()]
+    try:
+        run(model, {k: v[:2] for k, v in inputs.items()})
+    finally:
+        for h in hooks:
+            h.remove()
+    return [Layer(n, m, Geometry(spec_of(m), *shapes[n], m.bias is not None)) for n, m in modules.items() if n in shapes]
+
+
+def decide(model: nn.Module, layers: list[Layer], config: Config, inputs: dict[str, torch.Tensor]
+           ) -> tuple[dict[str, Choice], dict[str, str], dict]:
+    """The plan (layer -> Choice), the layers left dense with their reasons, and a budget summary."""
+    by_name = {layer.name: layer for layer in layers}
+    rank_of = {n: r for p, r in config.ranks.items() for n in by_name if fnmatch(n, p)}
+    if config.rank is not None:
+        rank_of = {n: rank_of.get(n, config.rank) for n in by_name}
+    fixed = [by_name[n] for n in rank_of]
+    rest = [layer for layer in layers if layer.name not in rank_of]
+    plan, skipped = explicit(fixed, rank_of, config.conv_method, config.max_cost_ratio)
+    args = (config.rank_multiple, config.conv_method, config.max_cost_ratio)
+    summary: dict = {}
+    if config.rank_by == "energy":
+        more, why = by_energy(rest, config.energy, *args)
+    elif config.rank_by == "param_ratio":
+        more, why = by_param_ratio(rest, config.param_ratio, *args)
+    else:
+        more, why, summary = sensitivity_plan(model, rest, config, inputs)
+    return {**plan, **more}, {**skipped, **why}, summary
+
+
+def sensitivity_plan(model: nn.Module, layers: list[Layer], config: Config, inputs: dict[str, torch.Tensor]):
+    from rich.progress import Progress
+
+    reference = run(model, inputs).to(torch.float64)
+    scale = float((reference ** 2).sum()) or 1.0
+    cache: dict[tuple[str, str], tuple] = {}
+
+    def sensitivity(layer: Layer, method: str, ranks: tuple[int, ...]) -> float:
+        """Relative squared output error with only this layer approximated (the weight swapped in place)."""
+        weight = layer.module.weight
+        original = weight.detach().clone()
+        key = (layer.name, method)
+        if key not in cache:
+            cache.clear()  # one layer at a time: keep memory flat
+            cache[key] = bases(layer.module, method)
+        with torch.no_grad():
+            weight.copy_(approximation(layer.module, method, ranks, cache[key]))
+            try:
+                out = run(model, inputs).to(torch.float64)
+            finally:
+                weight.copy_(original)
+        return float(((out - reference) ** 2).sum()) / scale
+
+    with Progress(transient=True) as progress:
+        bar = progress.add_task("lowrank: layer sensitivity", total=len(layers))
+        return by_sensitivity(layers, config.param_ratio, config.rank_multiple, config.conv_method,
+                              config.max_cost_ratio, sensitivity, config.budget, lambda: progress.advance(bar))
+
+
+def keep_measured(layers: list[Layer], plan: dict[str, Choice], skipped: dict[str, str], config: Config):
+    """Keep only the layers whose split runs at most ``max_cost_ratio`` of the original's latency."""
+    from rich.progress import track
+
+    by_name = {layer.name: layer for layer in layers}
+    kept, skipped, measured = {}, dict(skipped), {}
+    for name, c in track(plan.items(), "lowrank: timing layers", transient=True):
+        layer = by_name[name]
+        ratio = measured_ratio(layer.module, split(layer.module, c.method, c.ranks), layer.geometry.in_shape,
+                               config.measure_batch_size)
+        measured[name] = round(ratio, 4)
+        if ratio <= config.max_cost_ratio:
+            kept[name] = c
+        else:
+            skipped[name] = (f"{c.method} at rank {'x'.join(map(str, c.ranks))} measured {ratio:.2f}x the "
+                             f"layer's ONNX Runtime latency at batch {config.measure_batch_size} "
+                             f"(factorized only at <= {config.max_cost_ratio:.2f}x)")
+    return kept, skipped, measured
+
+
+# ---- the split, recovery, facts --------------------------------------------------------------------
+
+def replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, new)
+
+
+def count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def recover(model: nn.Module, teacher: nn.Module, task: Task, config: Config) -> None:
+    """Fine-tune the factorized model: (1 - a) * CE + a * T^2 * KL(teacher_T || student_T)."""
+    from ._train import TrainConfig, fit
+
+    teacher.eval()
+    names = list(task.input_names)
+    alpha, t = config.recover_distill, DISTILL_TEMPERATURE
+
+    def loss_fn(student: nn.Module, inputs: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        args = [inputs[n] for n in names]
+        logits = student(*args)
+        if target is None and alpha == 0:
+            raise ModelpressError("lowrank recovery with recover_distill: 0 needs labelled training batches; "
+                                  "set recover_distill above 0 to learn from the unfactorized model instead.")
+        weight = 1.0 if target is None else alpha  # unlabeled batches learn from the teacher alone
+        loss = 0.0 if target is None else (1 - weight) * nn.functional.cross_entropy(logits, target.long())
+        if weight == 0:
+            return loss
+        with torch.no_grad():
+            soft = nn.functional.softmax(teacher(*args) / t, dim=-1)
+        kl = nn.functional.kl_div(nn.functional.log_softmax(logits / t, dim=-1), soft, reduction="batchmean")
+        return loss + weight * t * t * kl
+
+    fit(model, task.train_data, TrainConfig(epochs=config.recover_epochs, lr=config.recover_lr, seed=0),
+        loss_fn=loss_fn, description="lowrank: recovery")
+
+
+def layer_facts(c: Choice, measured_ratio: float | None = None) -> dict[str, Any]:
+    """Per factorized layer: method, ranks, [before, after] parameters and MACs per sample, and the
+    measured single-layer latency ratio when ``cost: measured``."""
+    out = {"method": c.method, "ranks": list(c.ranks), "params": [c.params_before, c.params_after],
+           "macs": [c.macs_before, c.macs_after]}
+    if measured_ratio is not None:
+        out["measured_latency_ratio"] = measured_ratio
+    return out

@@ -1,0 +1,281 @@
+"""Pruning: structured channel/head removal that makes the model smaller and faster, unstructured
+magnitude pruning and N:M semi-structured sparsity that make the stored file smaller.
+
+>>> import torch
+>>> from modelpress.zoo import TinyResNet
+>>> from modelpress.compress import prune
+>>> task = prune.example_task((1, 16, 16))
+>>> small = prune.apply(TinyResNet(), prune.Config(method="channel", ratio=0.5), task)
+>>> small.stem[0].out_channels
+8
+
+Methods (``Config.method``):
+
+- ``channel``: remove whole channels, filters, neurons and attention heads, coupled across layers by
+  the dependency graph (``_graph``); the exported model has fewer parameters and MACs. The cuts are
+  recorded as data (layer, axis, kept indices) in the artifact's manifest; :func:`rebuild` replays
+  them on the original model.
+- ``magnitude``: zero the weights with the smallest |w| (per layer or one global threshold), in
+  ``steps`` rounds with ``epochs`` of fine-tuning after each. Stored with the ``sparse`` codec.
+- ``nm``: keep the ``n`` largest of every ``m`` consecutive weights along the input channels (2:4).
+
+Unstructured and N:M sparsity gain no speed from dense CPU kernels; the result says so, and the
+pipeline measures the latency.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import add_train_hook, record, set_storage, storage, train_hooks
+from ..config import check
+from ..errors import ConfigError, ModelpressError
+
+SEARCH_SPACE: dict[str, list] = {
+    "method": ["channel", "magnitude", "nm"],
+    "ratio": [0.5, 0.3, 0.7],
+    "importance": ["l2", "taylor", "bn_scale", "l1"],
+    "round_to": [1, 8, 16],
+}
+
+RECORD_VERSION = 1
+NOTE_SPARSE = ("{what}: the zeros shrink the stored file (sparse codec), but dense CPU kernels still compute "
+               "every weight, so expect no speedup on CPU runtimes; see latency_ratio for the measured latency.")
+NOTE_NM = (" N:M (2:4) sparsity runs faster only where a kernel consumes the pattern: NVIDIA GPUs with "
+           "sparse tensor cores (Ampere and later, via cuSPARSELt or TensorRT).")
+
+
+@dataclass(frozen=True)
+class Config:
+    method: Literal["channel", "magnitude", "nm"] = "channel"
+    ratio: float = 0.5      # share removed: channels/heads of each group (channel), weights (magnitude)
+    target: Literal["channels", "params", "macs"] = "channels"  # channel: what `ratio` is a share of
+    importance: Literal["l2", "l1", "bn_scale", "taylor"] = "l2"  # channel: which units go first
+    scope: Literal["layer", "global"] = "layer"  # same ratio everywhere, or one ranking over all layers
+    round_to: int = 1       # channel: keep a multiple of this many channels per layer (8 or 16 for fast kernels)
+    n: int = 2              # nm: keep n of every m weights
+    m: int = 4
+    steps: int = 1          # prune in this many rounds (cubic schedule), fine-tuning after each
+    epochs: int = 0         # fine-tuning epochs after each round (0 = none; recovery needs a few)
+    lr: float = 1e-3        # fine-tuning learning rate
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        check(0 <= self.ratio < 1, f"ratio must be in [0, 1), got {self.ratio}: it is the share of channels "
+                                   f"(or weights) removed, e.g. 0.5 for half.")
+        check(self.round_to >= 1, f"round_to must be >= 1 (1 = no rounding; 8 or 16 for fast kernels), got {self.round_to}.")
+        check(1 <= self.n < self.m, f"nm sparsity needs 1 <= n < m, got n={self.n}, m={self.m}.")
+        check(self.steps >= 1, f"steps must be >= 1, got {self.steps}.")
+        check(self.epochs >= 0, f"epochs must be >= 0, got {self.epochs}.")
+        check(self.lr > 0, f"lr must be positive, got {self.lr}.")
+        check(self.target == "channels" or self.method == "channel",
+              f"target '{self.target}' applies to method 'channel' only; method '{self.method}' prunes a share of weights.")
+
+
+def example_inputs(task: Any, batch_size: int = 1) -> tuple[torch.Tensor, ...]:
+    inputs = task.example_inputs(batch_size)
+    return tuple(torch.from_numpy(inputs[n]) for n in task.input_names)
+
+
+def schedule(ratio: float, step: int, steps: int) -> float:
+    """Cumulative share removed after round ``step`` of ``steps`` (cubic: most in the early rounds)."""
+    return ratio * (1 - (1 - step / steps) ** 3)
+
+
+def apply(model: nn.Module, config: Config, task: Any) -> nn.Module:
+    """Prune a copy of ``model``; the input model is not modified."""
+    from ._prune import measure
+
+    model = copy.deepcopy(model).eval()
+    example = example_inputs(task)
+    params_before, macs_before = measure.params(model), measure.macs(model, example)
+    if config.method == "channel":
+        model = _channel(model, config, task, example)
+        params_after = measure.params(model)
+        sparsity = 1 - params_after / params_before
+    else:
+        sparsity = _unstructured(model, config, task)
+        params_after = measure.nonzero_params(model)
+    record(model, sparsity=round(sparsity, 6), params_before=params_before, params_after=params_after,
+           macs_before=macs_before, macs_after=measure.macs(model, example))
+    return model.eval()
+
+
+def _fine_tune(model: nn.Module, config: Config, task: Any, round_: int) -> None:
+    if config.epochs == 0:
+        return
+    from ._train import TrainConfig, fit
+
+    fit(model, task.train_data, TrainConfig(epochs=config.epochs, lr=config.lr),
+        description=f"prune: fine-tuning round {round_}")
+
+
+def _channel(model: nn.Module, config: Config, task: Any, example: tuple[torch.Tensor, ...]) -> nn.Module:
+    from . import _importance, _surgery
+    from ._graph import Graph
+    from ._prune import measure, policy
+
+    composed: dict[tuple[str, Any], dict[str, Any]] = {}
+    sets: dict[str, dict[str, Any]] = {}
+    heads_before = {n: m.num_heads for n, m in model.named_modules() if isinstance(getattr(m, "num_heads", None), int)}
+    for step in range(1, config.steps + 1):
+        done, goal = schedule(config.ratio, step - 1, config.steps), schedule(config.ratio, step, config.steps)
+        local = 1 - (1 - goal) / (1 - done)  # share of what is left that this round removes
+        graph = Graph(model, example, config.include, config.exclude)
+        if config.importance == "taylor":
+            _importance.accumulate_gradients(model, task)
+        scores = _importance.scores(graph, config.importance)
+        model.zero_grad(set_to_none=True)
+
+        def cuts_for(ratio: float) -> list[dict[str, Any]]:
+            return graph.cuts(policy.plan(graph, scores, ratio, config.scope, config.round_to))
+
+        if config.target == "channels":
+            cuts = cuts_for(local)
+        else:
+            cost = measure.params if config.target == "params" else (lambda m: measure.macs(m, example))
+            now = cost(model)
+
+            def removed_share(ratio: float) -> float:
+                trial = _surgery.apply_cuts(copy.deepcopy(model), cuts_for(ratio))
+                return 1 - cost(trial) / now
+
+            cuts = cuts_for(policy.solve(removed_share, local))
+        model = _cut_checked(model, graph, cuts, example)
+        _compose(composed, sets, cuts)
+        _fine_tune(model, config, task, step)
+    pruning = {"version": RECORD_VERSION, "method": "channel",
+               "cuts": list(composed.values()) + [{"layer": k, "set": v} for k, v in sets.items()]}
+    set_storage(model, "sparse", **_merged_storage(model, pruning))
+    summary = {c["layer"]: [c["size"], len(c["kept"])] for c in composed.values() if c["axis"] == "out"}
+    summary.update({f"{k} heads": [heads_before[k], v["num_heads"]] for k, v in sets.items()})
+    record(model, pruned_channels=summary, prune_method="channel")
+    return model
+
+
+def _cut_checked(model: nn.Module, graph: Any, cuts: list[dict[str, Any]], example: tuple[torch.Tensor, ...]) -> nn.Module:
+    """A copy of ``model`` with ``cuts`` applied, checked to run with the same output shape (else an error
+    naming the group the dependency graph got wrong)."""
+    from . import _surgery
+
+    with torch.no_grad():
+        expected = model(*example).shape
+    trial = _surgery.apply_cuts(copy.deepcopy(model), cuts)
+    try:
+        with torch.no_grad():
+            ok = trial(*example).shape == expected
+    except Exception:
+        ok = False
+    if not ok:
+        culprit = next((g for i, g in enumerate(graph.groups)  # cut one unit of each group alone
+                        if not _runs(model, graph.cuts({i: list(range(g.unit))}), example, expected)), None)
+        where = f" (the group of {culprit.describe()}, layers {', '.join(m.name for m in culprit.members)})" if culprit else ""
+        raise ModelpressError(
+            f"Structured pruning broke the model{where}: an operation coupling these channels is not understood by "
+            f"the dependency graph. Leave those layers out with exclude, or use method 'magnitude'.")
+    return trial
+
+
+def _runs(model: nn.Module, cuts: list[dict[str, Any]], example: tuple[torch.Tensor, ...], expected: Any) -> bool:
+    from . import _surgery
+
+    try:
+        with torch.no_grad():
+            return _surgery.apply_cuts(copy.deepcopy(model), cuts)(*example).shape == expected
+    except Exception:
+        return False
+
+
+def _compose(composed: dict, sets: dict, cuts: list[dict[str, Any]]) -> None:
+    """Fold a round's cuts (in current coordinates) into the record (in the original model's)."""
+    for c in cuts:
+        if "set" in c:
+            sets.setdefault(c["layer"], {}).update(c["set"])
+            continue
+        key = (c["layer"], c["axis"])
+        if key in composed:
+            prev = composed[key]["kept"]
+            composed[key]["kept"] = [prev[i] for i in c["kept"]]
+        else:
+            composed[key] = {"layer": c["layer"], "axis": c["axis"], "size": c["size"], "kept": list(c["kept"])}
+
+
+def _merged_storage(model: nn.Module, pruning: dict[str, Any]) -> dict[str, Any]:
+    """Storage options for the sparse codec, keeping the records of earlier pruning steps."""
+    current = storage(model) or {}
+    if current.get("encoding") != "sparse":
+        return {"pruning": [pruning]} if pruning else {}
+    earlier = list(current.get("pruning", []))
+    return {**{k: v for k, v in current.items() if k != "encoding"}, "pruning": earlier + ([pruning] if pruning else [])}
+
+
+def _unstructured(model: nn.Module, config: Config, task: Any) -> float:
+    from ._prune import masks as M
+
+    layers = M.eligible_layers(model, config.include, config.exclude)
+    if not layers:
+        raise ConfigError("No convolution or linear layer is left to prune after include/exclude.")
+    hook = next((h for h in train_hooks(model) if isinstance(h, M.MaskHook)), None)
+    if hook is None:
+        hook = M.MaskHook({})
+        add_train_hook(model, hook)
+    if config.method == "nm":
+        masks, skipped = M.n_m(model, layers, config.n, config.m)
+        if not masks:
+            raise ConfigError(f"No layer has input channels in multiples of m={config.m}; nothing to prune {config.n}:{config.m}. "
+                              f"Skipped: {', '.join(skipped)}.")
+        M.apply(model, masks)
+        hook.update(masks)
+        _fine_tune(model, config, task, 1)
+        record(model, nm_skipped_layers=skipped, prune_method=f"{config.n}:{config.m}",
+               prune_note=NOTE_SPARSE.format(what=f"{config.n}:{config.m} sparsity") + NOTE_NM)
+    else:
+        for step in range(1, config.steps + 1):
+            masks = M.magnitude(model, layers, schedule(config.ratio, step, config.steps), config.scope)
+            M.apply(model, masks)
+            hook.update(masks)
+            _fine_tune(model, config, task, step)
+        record(model, prune_method="magnitude", prune_note=NOTE_SPARSE.format(what="Unstructured sparsity"))
+    set_storage(model, "sparse", **_merged_storage(model, {}))
+    weights = [model.get_parameter(name).detach() for name in hook.masks]
+    return float(sum(int((w == 0).sum()) for w in weights) / max(1, sum(w.numel() for w in weights)))
+
+
+def rebuild(model: nn.Module, pruning: dict[str, Any] | list[dict[str, Any]]) -> nn.Module:
+    """The pruned architecture, rebuilt from the original ``model`` and a pruning record (as stored in
+    the artifact manifest under ``"pruning"``), with no pickles: weights of kept channels are copied
+    from ``model``; load fine-tuned weights afterwards with ``load_state_dict``."""
+    from . import _surgery
+
+    records = pruning if isinstance(pruning, list) else [pruning]
+    out = copy.deepcopy(model)
+    for rec in records:
+        if rec.get("version") != RECORD_VERSION:
+            raise ModelpressError(f"Unknown pruning record version {rec.get('version')!r}; expected {RECORD_VERSION}.")
+        _surgery.apply_cuts(out, rec["cuts"])
+    return out.eval()
+
+
+def read_record(artifact_folder: Any) -> list[dict[str, Any]]:
+    """The pruning records stored in an artifact's manifest (empty when none)."""
+    from ..artifact import load
+
+    return list(load(artifact_folder, verify=False).manifest.get("pruning", []))
+
+
+def example_task(shape: tuple[int, ...], num_classes: int = 10, samples: int = 64, seed: int = 0) -> Any:
+    """A random-data task for inputs of ``shape`` (docs and quick trials; not for accuracy)."""
+    from ..task import Batches, Task
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((samples, *shape)).astype(np.float32)
+    y = rng.integers(0, num_classes, samples)
+    return Task(name="random", build_model=lambda: None, input_names=("x",), output_names=("logits",),
+                calib_data=Batches({"x": x}, batch_size=16), eval_data=Batches({"x": x}, y, batch_size=32),
+                train_data=Batches({"x": x}, y, batch_size=32, shuffle=True), num_classes=num_classes)

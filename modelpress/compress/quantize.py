@@ -1,0 +1,117 @@
+"""Quantization: n-bit weights, dynamic and static int8, quantization-aware training, mixed precision.
+
+Modes (``quantize: {mode: ...}`` in a recipe):
+
+- ``static`` (default): int8 weights (per output channel) and u8 activations with ranges calibrated on the
+  task's calibration data; exported as ONNX QDQ that ONNX Runtime fuses into its int8 kernels.
+- ``dynamic``: int8 weights of Linear layers; activations quantized at run time (no calibration).
+- ``weight_only``: 2- to 8-bit weights, per channel or in groups, stored packed (``storage: packed``) so the
+  artifact really shrinks; the runtime computes in float.
+- ``qat``: static int8 fine-tuned through fake quantization (straight-through gradients) with the shared
+  training loop, then exported like ``static``.
+- ``mixed``: static int8, with the layers whose quantization hurts most kept in float until the score drop
+  is at most ``max_score_drop``. ``max_score_drop`` works the same way in every mode (weight_only returns
+  sensitive layers to 8 bits first).
+
+Facts recorded for the result: ``mode``, ``bits``, ``layer_bits``, ``fallback_layers`` (layer -> why it is
+not int8), ``int8_ops`` / ``float_ops`` / ``quant_boundaries`` (read from ONNX Runtime's fused graph when the
+model is exported to ONNX), ``folded_batchnorm``.
+
+>>> from modelpress.config import parse
+>>> parse(Config, {"mode": "weight_only", "bits": 4, "group_size": 64}, "quantize").bits
+4
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ..config import check
+
+STATIC_MODES = ("static", "qat", "mixed")
+SEARCH_SPACE: dict[str, list] = {
+    "mode": ["static", "dynamic", "weight_only", "mixed"],
+    "calibration": ["mse", "minmax", "percentile", "entropy"],
+    "per_channel": [True, False],
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    mode: Literal["static", "dynamic", "weight_only", "qat", "mixed"] = "static"
+    bits: int = 8  # weight bits: 8 for the int8 modes (ONNX Runtime's kernels), 2..8 for weight_only
+    per_channel: bool = True  # one scale per output channel; false: one per tensor
+    group_size: int = 0  # weight_only: values sharing a scale along a channel's inputs (0 = the whole channel)
+    symmetric: bool = True  # weights: zero point 0 (the int8 modes need it)
+    weight_range: Literal["minmax", "mse"] = "minmax"  # weight clipping: full range, or least squared error
+    calibration: Literal["minmax", "percentile", "mse", "entropy"] = "mse"  # activation range observer
+    percentile: float = 99.99  # for calibration: percentile
+    calib_samples: int = 512  # calibration samples used at most (streamed)
+    fold_batchnorm: bool = True  # fold BatchNorm into the convolution before quantizing
+    max_score_drop: float | None = None  # accuracy-aware fallback (mode mixed: 0.005 when unset)
+    eval_samples: int = 2000  # evaluation samples the accuracy-aware fallback scores on
+    qat_epochs: int = 1
+    qat_lr: float = 1e-4
+    preflight: bool = True  # read from ONNX Runtime which ops run in int8 (when exported to ONNX)
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        check(2 <= self.bits <= 8, f"'quantize.bits' must be between 2 and 8, got {self.bits}.")
+        check(self.mode == "weight_only" or self.bits == 8,
+              f"'quantize.mode: {self.mode}' runs on ONNX Runtime's int8 kernels and needs bits: 8 (got {self.bits}); "
+              f"for {self.bits}-bit weights use mode: weight_only.")
+        check(self.mode == "weight_only" or self.symmetric,
+              f"'quantize.mode: {self.mode}' needs symmetric: true (int8 kernels take weights with zero point 0); "
+              f"asymmetric weights are for mode: weight_only.")
+        check(self.group_size >= 0, f"'quantize.group_size' must be >= 0, got {self.group_size}.")
+        check(self.group_size == 0 or self.mode == "weight_only",
+              f"'quantize.group_size' applies to mode: weight_only; the int8 kernels of mode {self.mode} take one "
+              f"scale per channel. Set group_size: 0.")
+        check(self.group_size == 0 or self.per_channel,
+              "'quantize.group_size' splits each output channel into groups, so it needs per_channel: true.")
+        check(0 < self.percentile <= 100, f"'quantize.percentile' must be in (0, 100], got {self.percentile}.")
+        check(self.calib_samples >= 1, f"'quantize.calib_samples' must be at least 1, got {self.calib_samples}.")
+        check(self.max_score_drop is None or self.max_score_drop >= 0,
+              f"'quantize.max_score_drop' must be >= 0, got {self.max_score_drop}.")
+        check(self.eval_samples >= 1, f"'quantize.eval_samples' must be at least 1, got {self.eval_samples}.")
+        check(self.qat_epochs >= 1, f"'quantize.qat_epochs' must be at least 1, got {self.qat_epochs}.")
+        check(0 < self.qat_lr < float("inf"), f"'quantize.qat_lr' must be a positive number, got {self.qat_lr}.")
+
+    def weight_spec(self, bits: int | None = None) -> Any:
+        from ._quant.quantizer import WeightSpec
+
+        granularity = "group" if self.group_size else ("channel" if self.per_channel else "tensor")
+        return WeightSpec(bits or self.bits, self.symmetric, granularity, self.group_size or 128, self.weight_range)
+
+    @property
+    def score_limit(self) -> float | None:
+        return 0.005 if self.mode == "mixed" and self.max_score_drop is None else self.max_score_drop
+
+
+def apply(model: Any, config: Config, task: Any) -> Any:
+    """Quantize a copy of ``model`` per ``config`` (``model`` itself is not modified); returns it with its
+    weights on their integer grid (BatchNorm folded) and, for the int8 modes, the ONNX rewrite attached
+    for export."""
+    from ._quant import flow
+
+    return flow.run(model, config, task)
+
+
+def explain(result: dict[str, Any]) -> list[str]:
+    """Why an int8 result is slower than its fp32 baseline (batch too small, QDQ islands, missing int8
+    kernels, no VNNI/AMX), from the result's ``latency_ratio`` and the facts this technique recorded.
+    Empty when it is not slower or the result holds no int8 facts."""
+    if not result.get("int8_ops") and not result.get("float_ops"):
+        return []
+    slower = {b: r for b, r in (result.get("latency_ratio") or {}).items() if r > 1.0}
+    if result.get("mode") == "weight_only":
+        return [f"mode weight_only stores low-bit weights but decodes them to float32 when the model loads, so "
+                f"it runs the fp32 graph: its latency ratio ({', '.join(f'batch {b}: {r:.2f}' for b, r in slower.items())}) "
+                f"is timing noise around 1, not an int8 effect."] if slower else []
+    from ._quant.preflight import explain_slowdown
+
+    return explain_slowdown(result)
+
+
+__all__ = ["Config", "apply", "explain", "SEARCH_SPACE"]

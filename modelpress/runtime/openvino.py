@@ -1,0 +1,71 @@
+"""OpenVINO sessions on the CPU plugin.
+
+``RuntimeConfig.precision`` picks the inference precision hint: ``fp32`` -> f32 (the default, for
+parity checks: this CPU would otherwise compute in bf16), ``bf16``, ``fp16`` -> f16, ``int8`` -> f32 for
+the layers NNCF left in float (the quantized layers run in int8 whatever the hint), ``auto`` -> the
+plugin's own choice.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import ModelFileError, ModelpressError
+from . import RuntimeConfig, check_inputs
+
+FORMATS = ("openvino",)
+EXTRA = "openvino"
+HINTS = {"fp32": "f32", "int8": "f32", "bf16": "bf16", "fp16": "f16", "auto": None}
+
+
+def available() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def why_unavailable() -> str:
+    return "openvino is not installed; install it with 'pip install modelpress[openvino]'."
+
+
+class OpenVINOSession:
+    def __init__(self, compiled: Any, spec: dict | None):
+        self._compiled = compiled
+        self._request = compiled.create_infer_request()
+        self.input_names = tuple(p.get_any_name() for p in compiled.inputs)
+        self.precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        self._spec = spec
+
+    def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if self._spec:
+            check_inputs(inputs, self._spec)
+        self._request.infer({n: np.ascontiguousarray(inputs[n]) for n in self.input_names})
+        # the request's output buffers are reused by the next call: copy them out
+        return [self._request.get_output_tensor(i).data.copy() for i in range(len(self._compiled.outputs))]
+
+
+def load(artifact: Any, config: RuntimeConfig = RuntimeConfig()) -> OpenVINOSession:
+    import openvino as ov
+
+    path = artifact.runnable_path()
+    core = ov.Core()
+    try:
+        model = core.read_model(str(path))
+    except Exception as e:
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise ModelFileError(f"OpenVINO cannot read {path}: {first}. The IR is damaged: re-export it.") from None
+    props: dict[str, Any] = {"INFERENCE_NUM_THREADS": config.threads, "PERFORMANCE_HINT": "LATENCY"}
+    if HINTS[config.precision]:
+        props["INFERENCE_PRECISION_HINT"] = HINTS[config.precision]
+    try:
+        compiled = core.compile_model(model, "CPU", props)
+    except Exception as e:
+        raise ModelpressError(
+            f"OpenVINO cannot compile the model for the CPU with precision '{config.precision}': "
+            f"{str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__}. "
+            f"Use precision fp32 or auto."
+        ) from None
+    return OpenVINOSession(compiled, artifact.manifest.get("inputs"))

@@ -1,0 +1,246 @@
+"""``auto(recipe, out)``: the search, top to bottom.
+
+1. Resolve the space and check the settings and constraints (clear errors before any work).
+2. Open or continue the study in ``out``; trials a killed run left running are queued again; a new
+   study starts with the fp32 model and each technique alone at its defaults.
+3. While fewer than ``trials`` have finished: ask the sampler for one candidate per free worker, run
+   them (a candidate already measured costs nothing), record each outcome in its trial folder and
+   the study, tell the sampler, and rewrite the reports and ``best/`` (the best candidate so far).
+   Never stops at the first feasible candidate: the study runs all its trials.
+4. Return the summary (also in ``out/result.json``, ``report.md``, ``report.html``).
+
+The latency objective is the candidate's paired latency ratio to fp32 (timed interleaved in the same
+trial) times the study's fp32 reference latency on that runtime, so candidates timed minutes apart
+compare without the machine's drift between fast and slow periods.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..artifact import atomic_write_text
+from . import pareto
+from . import study as studies
+from .space import Candidate, SearchConfig, resolve
+
+Progress = Callable[[str], None]
+
+
+def auto(recipe: Any, out: str | Path, *, trials: int | None = None, workers: int | None = None,
+         timeout_s: float | None = None, ray_address: str | None = None, force: bool = False,
+         progress: Progress = lambda s: None, on_trial: Callable[[dict[str, Any]], None] = lambda r: None) -> dict[str, Any]:
+    """Search ``recipe.search`` (defaults when absent) and write ``out``; returns the summary."""
+    from .checks import preflight
+    from .runner import make_runner
+    from .trial import context
+
+    config = recipe.search or SearchConfig()
+    overrides = {k: v for k, v in (("trials", trials), ("workers", workers), ("timeout_s", timeout_s)) if v is not None}
+    config = dataclasses.replace(config, **overrides)
+    space = resolve(config, recipe)
+    if ray_address and ray_address not in ("auto", "local"):
+        from .runner import check_reachable
+
+        check_reachable(ray_address)  # before any work
+    progress(f"loading task {recipe.task}")
+    ctx = context(recipe.task)
+    batch = preflight(recipe, config, space, ctx["task"])
+    out = Path(out)
+    studies.prepare_folder(out, force)
+    with studies.FolderLock(out):
+        spec = spec_of(recipe, config, space, ctx["fingerprint"], batch)
+        studies.check_spec(out, spec)
+        startup = config.startup_trials or max(len(space.techniques) + 4, config.trials // 4)
+        study = studies.open_study(out, ["minimize"] * len(config.objectives), config.seed, startup)
+        for stale in (out / "trials").glob(".*"):
+            shutil.rmtree(stale, ignore_errors=True)  # a staging folder a kill left behind
+        lost = studies.recover(study)
+        if lost:
+            progress(f"continuing: trial(s) {', '.join(map(str, lost))} were interrupted and are queued again")
+        if not study.get_trials(deepcopy=False):
+            study.enqueue_trial({}, user_attrs={"seed": "fp32"})
+            for params, cand in space.defaults():
+                study.enqueue_trial(params, user_attrs={"seed": f"default:{cand.steps[0][0]}"})
+        run_id = int(study.user_attrs.get("runs", 0)) + 1
+        study.set_user_attr("runs", run_id)
+        search = Search(study, space, recipe, config, out, ctx, batch, run_id, progress, on_trial)
+        runner = make_runner(config.workers, ray_address)
+        try:
+            search.loop(runner)
+        finally:
+            runner.close()
+        return search.write_reports(final=True)
+
+
+def spec_of(recipe: Any, config: SearchConfig, space: Any, fingerprint: str, batch: int) -> dict[str, Any]:
+    """What makes two invocations the same search (trials, workers and time limits may change)."""
+    from ..config import to_dict
+
+    return {"task": recipe.task, "model": fingerprint, "constraints": to_dict(recipe.constraints),
+            "bench": to_dict(recipe.bench), "objectives": list(config.objectives), "latency_batch_size": batch,
+            "space": {"techniques": list(space.techniques), "max_steps": space.max_steps, "order": space.order,
+                      "settings": space.settings, "runtime": space.runtime, "export": space.export},
+            "early_stop": [config.subset_samples, config.early_stop_margin], "seed": config.seed}
+
+
+class Search:
+    """The study plus what the loop needs to run and record trials."""
+
+    def __init__(self, study: Any, space: Any, recipe: Any, config: SearchConfig, out: Path, ctx: dict[str, Any],
+                 batch: int, run_id: int, progress: Progress, on_trial: Callable[[dict[str, Any]], None]):
+        from .cache import ResultCache
+
+        self.study, self.space, self.recipe, self.config, self.out = study, space, recipe, config, out
+        self.ctx, self.batch, self.run_id, self.progress, self.on_trial = ctx, batch, run_id, progress, on_trial
+        self.results = ResultCache(out / "cache" / "results")
+        self.chosen: int | None = None
+
+    def loop(self, runner: Any) -> None:
+        deadline = time.monotonic() + self.config.timeout_s if self.config.timeout_s else None
+        pending: dict[Any, tuple[Any, Candidate, str]] = {}
+        self.write_reports()
+        while True:
+            while (len(pending) < runner.slots and studies.finished(self.study) + len(pending) < self.config.trials
+                   and (deadline is None or time.monotonic() < deadline)):
+                trial = self.study.ask()
+                cand = self._sample(trial)
+                if cand is None:
+                    continue
+                key = self._key(cand)
+                cached = self.results.get(key)
+                if cached is not None:
+                    self.finish(trial, cand, cached, key, cached=True)
+                    continue
+                self.progress(f"trial {trial.number}: {cand.label()}")
+                pending[runner.submit(self._job(cand))] = (trial, cand, key)
+            if not pending:
+                if deadline is not None and time.monotonic() >= deadline:
+                    self.progress(f"time limit of {self.config.timeout_s:g} s reached; run again to continue")
+                return
+            handle, outcome = runner.wait_one(list(pending))
+            trial, cand, key = pending.pop(handle)
+            self.finish(trial, cand, outcome, key, cached=False)
+
+    def _sample(self, trial: Any) -> Candidate | None:
+        from optuna.trial import TrialState
+
+        try:
+            cand = self.space.baseline() if trial.user_attrs.get("seed") == "fp32" else self.space.sample(trial)
+        except Exception as e:  # recorded as a failed trial, the search goes on
+            trial.set_user_attr("outcome", {"status": "failed", "error": f"sampling failed: {e}"})
+            self.study.tell(trial, state=TrialState.FAIL)
+            return None
+        trial.set_user_attr("candidate", cand.to_json())
+        trial.set_user_attr("label", cand.label())
+        trial.set_user_attr("recipe", cand.recipe_data(self.recipe))
+        trial.set_user_attr("run", self.run_id)
+        return cand
+
+    def _key(self, cand: Candidate) -> str:
+        from .cache import digest, package_hash
+
+        return digest({"candidate": cand.to_json(), "spec": json.loads((self.out / "search.json").read_text()),
+                       "code": package_hash()})
+
+    def _job(self, cand: Candidate) -> dict[str, Any]:
+        from .. import registry
+
+        return {"recipe": cand.recipe_data(self.recipe), "techniques": dict(registry.TECHNIQUES),
+                "cache_dir": str((self.out / "cache" / "prefix").resolve()), "subset_samples": self.config.subset_samples,
+                "max_score_drop": self.recipe.constraints.max_score_drop, "margin": self.config.early_stop_margin}
+
+    def finish(self, trial: Any, cand: Candidate, outcome: dict[str, Any], key: str, cached: bool) -> None:
+        """Record one outcome: trial folder, result cache, study attributes, then tell the sampler."""
+        from optuna.trial import TrialState
+
+        files = outcome.pop("files", None) or {}
+        if not cached:
+            outcome["artifact_dir"] = f"trials/{trial.number:04d}/artifact" if files else None
+            self.results.put(key, outcome)
+        self._write_trial(trial.number, cand, outcome, files)
+        values = pareto.values_of(outcome)
+        objectives = self._objectives(cand, outcome) if outcome["status"] == "complete" else {}
+        if outcome["status"] == "complete" and any(not pareto.finite(objectives.get(o)) for o in self.config.objectives):
+            missing = [o for o in self.config.objectives if not pareto.finite(objectives.get(o))]
+            outcome = {**outcome, "status": "failed", "error": f"objective(s) not measured: {', '.join(missing)}"}
+        trial.set_user_attr("outcome", outcome)
+        trial.set_user_attr("objectives", objectives)
+        trial.set_user_attr("cached", cached)
+        for name, value in zip(pareto.LIMITS, pareto.constraint_values(self.recipe.constraints, values)):
+            trial.set_constraint(name, value)  # <= 0: met; the sampler steers away from misses
+        if outcome["status"] == "complete":
+            self.study.tell(trial, [objectives[o] for o in self.config.objectives])
+        else:
+            self.study.tell(trial, state=TrialState.PRUNED if outcome["status"] == "pruned" else TrialState.FAIL)
+        summary = self.write_reports()
+        row = next(r for r in summary["trials"] if r["trial"] == trial.number)
+        self.on_trial({**row, "finished": studies.finished(self.study), "of": self.config.trials})
+
+    def _objectives(self, cand: Candidate, outcome: dict[str, Any]) -> dict[str, float]:
+        result, backend, bs = outcome["result"], cand.runtime["backend"], str(self.batch)
+        reference = dict(self.study.user_attrs.get("reference_ms", {}))
+        if backend not in reference:  # the first measurement on a runtime fixes its fp32 reference
+            reference[backend] = {b: v["p50"] for b, v in result["baseline_latency_ms"].items()}
+            self.study.set_user_attr("reference_ms", reference)
+        return {"latency": result["latency_ratio"][bs] * reference[backend][bs], "size": float(result["size_bytes"]),
+                "energy": result.get("energy_j_per_inference")}
+
+    def _write_trial(self, number: int, cand: Candidate, outcome: dict[str, Any], files: dict[str, bytes]) -> None:
+        """``trials/NNNN/``: recipe.yaml, outcome.json and the artifact, complete or not at all."""
+        root = self.out / "trials"
+        root.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{number:04d}.", dir=root))
+        (stage / "recipe.yaml").write_text(yaml.safe_dump(cand.recipe_data(self.recipe), sort_keys=False))
+        (stage / "outcome.json").write_text(json.dumps(outcome, indent=1, default=str))
+        for rel, data in files.items():
+            path = stage / "artifact" / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        target = root / f"{number:04d}"
+        if target.exists():
+            shutil.rmtree(target)
+        stage.rename(target)
+
+    def write_reports(self, final: bool = False) -> dict[str, Any]:
+        """result.json, report.md, report.html and best/ from the study as it stands now."""
+        from ..report.html import render
+        from .summary import markdown, summarize
+
+        recs = studies.records(self.study)
+        extra = {"latency_batch_size": self.batch, "baseline_score": self.ctx["score"], "output": str(self.out),
+                 "report": str(self.out / "report.html"), "reference_ms": self.study.user_attrs.get("reference_ms", {}),
+                 "runs": self.run_id, "final": final}
+        summary = summarize(recs, self.recipe, self.config, self.space, extra)
+        atomic_write_text(self.out / "result.json", json.dumps(summary, indent=1, default=str))
+        atomic_write_text(self.out / "report.md", markdown(summary))
+        atomic_write_text(self.out / "report.html", render(summary))
+        chosen = summary["chosen"]
+        if chosen and chosen["trial"] != self.chosen:
+            self._write_best(next(r for r in recs if r["number"] == chosen["trial"]), summary["chosen_recipe"])
+            self.chosen = chosen["trial"]
+        return summary
+
+    def _write_best(self, record: dict[str, Any], recipe_yaml: str) -> None:
+        """``best/``: the chosen candidate's recipe.yaml (``modelpress run`` reproduces it), result.json and
+        artifact, replaced as a whole when a better candidate appears."""
+        from ..pipeline import publish
+
+        stage = Path(tempfile.mkdtemp(prefix=".best.", dir=self.out))
+        try:
+            (stage / "recipe.yaml").write_text(recipe_yaml)
+            (stage / "result.json").write_text(json.dumps(record["outcome"].get("result"), indent=2, default=str))
+            source = record["outcome"].get("artifact_dir")
+            if source and (self.out / source).is_dir():
+                shutil.copytree(self.out / source, stage / "artifact")
+            publish(stage, self.out / "best")
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+

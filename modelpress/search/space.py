@@ -1,0 +1,258 @@
+"""The recipe's ``search`` block (strictly validated) and the search space over recipes it describes.
+
+Search values appear only under ``search.space``; everywhere else a list is a plain setting. In the
+space every searched setting is an explicit list of values to try (``[0.5]`` fixes one value)::
+
+    search:
+      trials: 40
+      objectives: [latency, size]           # minimised; the first one decides, the next break ties
+      space:
+        techniques: [prune, quantize]       # default: every registered technique, canonical order
+        max_steps: 2                        # at most this many techniques in one pipeline
+        order: fixed                        # 'search' also searches the order of the chosen techniques
+        prune: {ratio: [0.3, 0.5]}          # a technique's Config field -> values (default: its SEARCH_SPACE)
+        runtime: {backend: [onnxruntime]}   # a RuntimeConfig field -> values (default: the recipe's runtime)
+
+Importing this module imports neither optuna nor ray; technique modules are imported only when a
+space is validated or resolved.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import check, to_dict
+from ..errors import ConfigError, closest
+from .validate import SPACE_KEYS, settings_of, technique_module, validate_space
+
+OBJECTIVES = ("latency", "size", "energy")
+# Canonical pipeline order: change the structure first, then recover, then share, then quantize.
+CANONICAL = ("prune", "lowrank", "distill", "finetune", "cluster", "quantize")
+# Techniques that only train the model they are given (recovery): a pipeline never starts with one,
+# except distillation into a smaller student when the space offers one (student: smaller).
+RECOVERY = ("distill", "finetune")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """``search`` in a recipe. Every field has a default; ``space`` is checked against the registry."""
+
+    space: dict[str, Any] = field(default_factory=dict)
+    objectives: tuple[str, ...] = ("latency", "size")
+    trials: int = 30  # finished trials (complete, stopped early or failed) the study ends with
+    workers: int = 1  # parallel worker processes on this machine
+    timeout_s: float | None = None  # no new trial starts after this many seconds of this invocation
+    seed: int = 0
+    latency_batch_size: int | None = None  # batch size of the latency objective; None: the largest benched
+    subset_samples: int = 512  # evaluation samples of the cheap first evaluation
+    early_stop_margin: float | None = None  # None: 3 binomial standard errors for [0, 1] metrics
+    tie_tolerance: float = 0.03  # objective values within this relative gap count as equal when choosing
+    keep_closest: int = 3  # infeasible candidates reported when nothing meets the constraints
+    startup_trials: int | None = None  # random trials before the sampler models; None: about a third
+
+    def __post_init__(self) -> None:
+        objectives = tuple(self.objectives)
+        check(len(objectives) > 0, f"search.objectives needs at least one of {', '.join(OBJECTIVES)}.")
+        for o in objectives:
+            check(o in OBJECTIVES, f"Unknown objective '{o}'.{closest(o, OBJECTIVES)} "
+                                   f"Valid objectives: {', '.join(OBJECTIVES)}.")
+        check(len(set(objectives)) == len(objectives), f"search.objectives lists an objective twice: {list(objectives)}.")
+        check(self.trials >= 1, f"trials must be at least 1, got {self.trials}.")
+        check(self.workers >= 1, f"workers must be at least 1, got {self.workers}.")
+        check(self.timeout_s is None or self.timeout_s > 0, f"timeout_s must be positive, got {self.timeout_s}.")
+        check(self.latency_batch_size is None or self.latency_batch_size >= 1,
+              f"latency_batch_size must be at least 1, got {self.latency_batch_size}.")
+        check(self.subset_samples >= 1, f"subset_samples must be at least 1, got {self.subset_samples}.")
+        check(self.early_stop_margin is None or self.early_stop_margin >= 0,
+              f"early_stop_margin must be >= 0, got {self.early_stop_margin}.")
+        check(0 <= self.tie_tolerance < 1, f"tie_tolerance must be in [0, 1), got {self.tie_tolerance}.")
+        check(self.keep_closest >= 1, f"keep_closest must be at least 1, got {self.keep_closest}.")
+        check(self.startup_trials is None or self.startup_trials >= 1,
+              f"startup_trials must be at least 1, got {self.startup_trials}.")
+        object.__setattr__(self, "objectives", objectives)
+        object.__setattr__(self, "space", validate_space(self.space))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One point of the space: the techniques in order with their settings, the export and the runtime."""
+
+    steps: tuple[tuple[str, dict[str, Any]], ...]
+    export: dict[str, Any]
+    runtime: dict[str, Any]
+
+    def label(self) -> str:
+        if not self.steps:
+            return f"fp32 on {self.runtime['backend']}"
+        parts = [f"{n}({', '.join(f'{k}={v}' for k, v in s.items())})" for n, s in self.steps]
+        return " → ".join(parts) + f" on {self.runtime['backend']}"
+
+    def to_json(self) -> str:
+        return json.dumps({"steps": [[n, s] for n, s in self.steps], "export": self.export, "runtime": self.runtime},
+                          sort_keys=True)
+
+    @staticmethod
+    def from_json(text: str) -> Candidate:
+        data = json.loads(text)
+        return Candidate(tuple((n, dict(s)) for n, s in data["steps"]), data["export"], data["runtime"])
+
+    def recipe_data(self, recipe: Any) -> dict[str, Any]:
+        """The full recipe (no search block) that ``modelpress run`` reproduces this candidate with."""
+        return {"task": recipe.task, "steps": [{n: dict(s)} for n, s in self.steps], "export": self.export,
+                "runtime": self.runtime, "constraints": to_dict(recipe.constraints), "bench": to_dict(recipe.bench)}
+
+
+def _encode(value: Any) -> Any:
+    """Optuna's categorical choices must be None, bool, int, float or str: lists become JSON text."""
+    return value if value is None or isinstance(value, (bool, int, float, str)) else "json:" + json.dumps(value)
+
+
+def _decode(value: Any) -> Any:
+    return json.loads(value[5:]) if isinstance(value, str) and value.startswith("json:") else value
+
+
+@dataclass(frozen=True)
+class Space:
+    """The resolved space: techniques in pipeline order, settings to try, runtime settings to try."""
+
+    techniques: tuple[str, ...]
+    max_steps: int
+    order: str
+    settings: dict[str, dict[str, list[Any]]]
+    runtime: dict[str, list[Any]]
+    export: dict[str, dict[str, Any]]  # backend -> export block
+    notes: tuple[str, ...] = ()
+
+    def can_start(self, name: str) -> bool:
+        """Whether ``name`` may be a pipeline's first step (recovery steps follow a compressing one)."""
+        if name not in RECOVERY:
+            return True
+        return any(v != "model" for v in self.settings.get(name, {}).get("student", ["model"]))
+
+    def pipelines(self) -> list[str]:
+        """Every subset of the techniques of size 1..max_steps in pipeline order, as 'a+b' labels, except
+        those that start with a recovery step."""
+        out = []
+        for k in range(1, min(self.max_steps, len(self.techniques)) + 1):
+            out += ["+".join(c) for c in itertools.combinations(self.techniques, k)
+                    if self.order == "search" and any(self.can_start(n) for n in c) or self.can_start(c[0])]
+        return out
+
+    def orders(self, combo: str) -> list[str]:
+        """The orders of a pipeline's techniques the search may try (recovery never first)."""
+        names = combo.split("+")
+        if self.order != "search":
+            return [combo]
+        return ["+".join(p) for p in itertools.permutations(names) if self.can_start(p[0])]
+
+    def size(self) -> int:
+        """How many distinct candidates the space holds (the fp32 model on each runtime included)."""
+        runtimes = 1
+        for values in self.runtime.values():
+            runtimes *= len(values)
+        total = 1  # the empty pipeline
+        for combo in self.pipelines():
+            names = combo.split("+")
+            n = len(self.orders(combo))
+            for name in names:
+                for values in self.settings[name].values():
+                    n *= len(values)
+            total += n
+        return total * runtimes
+
+    def sample(self, trial: Any) -> Candidate:
+        """Draw a candidate with ``trial.suggest_categorical`` (an Optuna trial or anything alike)."""
+        runtime = {k: _decode(trial.suggest_categorical(f"runtime.{k}", [_encode(v) for v in vals]))
+                   if len(vals) > 1 else vals[0] for k, vals in self.runtime.items()}
+        pipelines = self.pipelines()
+        if not pipelines:
+            return self.candidate([], runtime)
+        combo = trial.suggest_categorical("pipeline", pipelines) if len(pipelines) > 1 else pipelines[0]
+        orders = self.orders(combo)
+        names = (trial.suggest_categorical(f"order[{combo}]", orders) if len(orders) > 1 else orders[0]).split("+")
+        steps = []
+        for name in names:
+            chosen = {k: _decode(trial.suggest_categorical(f"{name}.{k}", [_encode(v) for v in vals]))
+                      if len(vals) > 1 else vals[0] for k, vals in self.settings[name].items()}
+            steps.append((name, chosen))
+        return self.candidate(steps, runtime)
+
+    def candidate(self, steps: list[tuple[str, dict[str, Any]]], runtime: dict[str, Any]) -> Candidate:
+        return Candidate(tuple(steps), self.export[runtime["backend"]], runtime)
+
+    def defaults(self) -> list[tuple[dict[str, Any], Candidate]]:
+        """Seeds: each technique alone with its default settings (the first value of every list), as
+        (Optuna params, candidate) pairs, so the search always measures the single-technique defaults."""
+        runtime = {k: v[0] for k, v in self.runtime.items()}
+        rparams = {f"runtime.{k}": _encode(v[0]) for k, v in self.runtime.items() if len(v) > 1}
+        pipelines = self.pipelines()
+        out = []
+        for name in (n for n in self.techniques if self.can_start(n)):
+            params = dict(rparams)
+            if len(pipelines) > 1:
+                params["pipeline"] = name
+            params.update({f"{name}.{k}": _encode(v[0]) for k, v in self.settings[name].items() if len(v) > 1})
+            out.append((params, self.candidate([(name, {k: v[0] for k, v in self.settings[name].items()})], runtime)))
+        return out
+
+    def baseline(self) -> Candidate:
+        return self.candidate([], {k: v[0] for k, v in self.runtime.items()})
+
+
+def _order(names: list[str]) -> list[str]:
+    def rank(name: str) -> tuple[float, str]:
+        return (CANONICAL.index(name) if name in CANONICAL else CANONICAL.index("quantize") - 0.5, name)
+
+    return sorted(names, key=rank)
+
+
+def resolve(config: SearchConfig, recipe: Any) -> Space:
+    """The space for ``recipe``: the techniques' own SEARCH_SPACE, narrowed or widened by ``search.space``."""
+    from .. import registry
+
+    raw, notes = config.space, []
+    if "techniques" in raw:
+        names = list(raw["techniques"])
+    else:
+        names = []
+        for name in registry.TECHNIQUES:
+            try:
+                technique_module(name)
+            except Exception as e:  # a technique that cannot load is left out, and the report says so
+                notes.append(f"technique '{name}' left out of the search: it cannot be imported ({e}).")
+                continue
+            names.append(name)
+        names = _order(names)
+    settings = {}
+    for name in names:
+        own = getattr(technique_module(name), "SEARCH_SPACE", None) or {}
+        try:
+            base = settings_of(name, {k: list(v) for k, v in own.items()}, f"{name}.SEARCH_SPACE")
+        except ConfigError as e:
+            raise ConfigError(f"The technique '{name}' declares an invalid SEARCH_SPACE: {e}") from None
+        settings[name] = {**base, **raw.get(name, {})}
+    for name in raw:
+        if name not in (*SPACE_KEYS, *names):
+            raise ConfigError(f"'search.space.{name}' sets values for '{name}', which is not in "
+                              f"'search.space.techniques' ({', '.join(names) or 'empty'}). Add it there or remove the entry.")
+    runtime = {"backend": [recipe.runtime.backend], **raw.get("runtime", {})}
+    base_runtime = to_dict(recipe.runtime)
+    runtime = {k: runtime.get(k, [base_runtime[k]]) for k in base_runtime}
+    export = {b: _export_for(b, recipe) for b in runtime["backend"]}
+    return Space(tuple(names), raw.get("max_steps", 2), raw.get("order", "fixed"), settings, runtime, export,
+                 tuple(notes))
+
+
+def _export_for(backend: str, recipe: Any) -> dict[str, Any]:
+    """The recipe's export block when the runtime runs that format, else the runtime's first format."""
+    from .. import registry
+
+    formats = registry.module("runtime", backend).FORMATS
+    if recipe.export.format in formats:
+        return to_dict(recipe.export)
+    fmt = next((f for f in formats if f in registry.EXPORTERS), None)
+    if fmt is None:
+        raise ConfigError(f"No exporter produces a format the {backend} runtime runs ({', '.join(formats)}).")
+    return {"format": fmt, "options": {}}

@@ -1,0 +1,136 @@
+"""What a search found, as plain data (``result.json``), Markdown (``report.md``) and a terminal table.
+
+The summary is rebuilt from the study's records after every trial, so the folder always holds the
+best candidate so far, the Pareto front and, when nothing meets the constraints, which constraint
+failed by how much and the closest candidates.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from . import pareto
+
+
+def row(record: dict[str, Any], constraints: Any, front_numbers: set[int], chosen: int | None) -> dict[str, Any]:
+    """One trial as a flat row for tables."""
+    outcome = record["outcome"]
+    result = outcome.get("result") or {}
+    subset = outcome.get("subset") or {}
+    missed = pareto.violations(constraints, record["values"])
+    return {
+        "trial": record["number"], "state": record["state"], "candidate": record["label"],
+        "score": result.get("score", subset.get("score")), "score_drop": record["values"]["score_drop"],
+        "score_on": "all" if result else (f"{subset.get('samples')} samples" if subset else None),
+        "latency_ms": record["objectives"].get("latency"), "latency_ms_batch1": record["values"]["latency_ms_batch1"],
+        "latency_ratio": result.get("latency_ratio"), "size_bytes": record["values"]["size_bytes"],
+        "size_ratio": result.get("size_ratio"), "energy_j": record["values"]["energy_j"],
+        "feasible": record["state"] == "complete" and not missed, "pareto": record["number"] in front_numbers,
+        "chosen": record["number"] == chosen, "violations": [pareto.describe(v) for v in missed],
+        "error": outcome.get("error"), "seconds": (outcome.get("seconds") or {}).get("total"),
+        "reused_steps": outcome.get("reused_steps", 0), "cached": record.get("cached", False),
+        "seed": record.get("seed"), "run": record.get("run"),
+    }
+
+
+def summarize(records: list[dict[str, Any]], recipe: Any, config: Any, space: Any, extra: dict[str, Any]) -> dict[str, Any]:
+    from ..config import to_dict
+
+    constraints = recipe.constraints
+    ok = [r for r in records if pareto.feasible(r, constraints)]
+    front = sorted(pareto.front(ok, config.objectives), key=lambda r: tuple(r["objectives"][o] for o in config.objectives))
+    chosen = pareto.choose(front, config.objectives, config.tie_tolerance)
+    front_numbers = {r["number"] for r in front}
+    number = chosen["number"] if chosen else None
+    rows = [row(r, constraints, front_numbers, number) for r in records]
+    by_number = {r["trial"]: r for r in rows}
+    counts = {s: sum(1 for r in records if r["state"] == s) for s in ("complete", "pruned", "failed")}
+    summary: dict[str, Any] = {
+        "task": recipe.task, "constraints": {k: v for k, v in to_dict(constraints).items() if v is not None},
+        "objectives": list(config.objectives), "trials_requested": config.trials, "counts": {**counts, "feasible": len(ok)},
+        "space_size": space.size(), "techniques": list(space.techniques),
+        "chosen": by_number[number] if chosen else None,
+        "chosen_recipe": yaml.safe_dump(chosen["recipe"], sort_keys=False) if chosen else None,
+        "chosen_layers": (chosen["outcome"].get("layers") or []) if chosen else [],
+        "chosen_facts": _facts(chosen["outcome"].get("result") or {}) if chosen else {},
+        "pareto": [by_number[r["number"]] for r in front],
+        "closest": [] if ok else [by_number[r["number"]] for r in pareto.closest(records, constraints, config.keep_closest)],
+        "missed_by": {} if ok else missed_by(records, constraints),
+        "trials": rows, "notes": list(space.notes), **extra,
+    }
+    return summary
+
+
+STANDARD = {"task", "recipe", "export", "runtime", "device", "score", "baseline_score", "score_drop", "latency_ms",
+            "baseline_latency_ms", "latency_ratio", "throughput_per_s", "size_bytes", "baseline_size_bytes",
+            "size_ratio", "peak_memory_bytes", "parity", "energy_j_per_inference", "energy_note", "notes",
+            "constraints_met", "violations", "error"}
+
+
+def _facts(result: dict[str, Any]) -> dict[str, Any]:
+    """What the techniques recorded on the chosen model (per-layer facts among them)."""
+    return {k: v for k, v in result.items() if k not in STANDARD}
+
+
+def missed_by(records: list[dict[str, Any]], constraints: Any) -> dict[str, dict[str, Any]]:
+    """Per constraint that no trial met: the best value any measured trial reached, and the gap."""
+    out = {}
+    for name, quantity in pareto.LIMITS.items():
+        limit = getattr(constraints, name)
+        measured = [(r["values"][quantity], r["number"]) for r in records
+                    if r["state"] in ("complete", "pruned") and r["values"].get(quantity) is not None]
+        if limit is None or not measured:
+            continue
+        best, number = min(measured)
+        if best > limit:
+            out[name] = {"limit": limit, "best": best, "trial": number, "short_by": best - limit}
+    return out
+
+
+def _num(x: Any, fmt: str = ".4g") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def table_rows(rows: list[dict[str, Any]], batch: str) -> list[list[str]]:
+    out = []
+    for r in rows:
+        ratio = (r["latency_ratio"] or {}).get(batch)
+        out.append([("★ " if r["chosen"] else "") + str(r["trial"]), r["candidate"], _num(r["score"]),
+                    _num(r["score_drop"], "+.4f"), _num(r["latency_ms"], ".4f"), _num(ratio, ".3f"),
+                    _num(r["size_bytes"], ",d") if r["size_bytes"] is not None else "-", _num(r["size_ratio"], ".3f")])
+    return out
+
+
+def headers(batch: str) -> list[str]:
+    return ["trial", "candidate", "score", "drop", f"latency ms @{batch}", f"× fp32 @{batch}", "size bytes", "× fp32 size"]
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    batch = str(summary["latency_batch_size"])
+    lines = [f"# modelpress auto: {summary['task']}", "",
+             f"Constraints: {', '.join(f'{k} {v}' for k, v in summary['constraints'].items()) or 'none'}. "
+             f"Objectives (minimised, in this order): {', '.join(summary['objectives'])}. "
+             f"Trials: {sum(summary['counts'][s] for s in ('complete', 'pruned', 'failed'))} of "
+             f"{summary['trials_requested']} ({summary['counts']['complete']} measured, {summary['counts']['pruned']} "
+             f"stopped early, {summary['counts']['failed']} failed; {summary['counts']['feasible']} meet the constraints). "
+             f"Latency is at batch {batch}: the paired ratio to fp32 times the study's fp32 reference.", ""]
+    if summary["chosen"]:
+        lines += ["## Chosen", "", f"Trial {summary['chosen']['trial']}: {summary['chosen']['candidate']}. "
+                  f"Reproduce it with `modelpress run best/recipe.yaml`.", "", "```yaml", summary["chosen_recipe"].rstrip(), "```", ""]
+    else:
+        lines += ["## Nothing meets the constraints", ""]
+        lines += [f"- {k}: the best trial ({v['trial']}) reached {v['best']:.4g}, short of {v['limit']:.4g} by "
+                  f"{v['short_by']:.4g}" for k, v in summary["missed_by"].items()]
+        lines += ["", "Closest candidates:", ""]
+        lines += [f"- trial {r['trial']} {r['candidate']}: {'; '.join(r['violations'])}" for r in summary["closest"]]
+        lines.append("")
+    for title, rows in (("Pareto front", summary["pareto"]), ("Every trial", summary["trials"])):
+        lines += [f"## {title}", "", "| " + " | ".join(headers(batch)) + " | state |", "|" + "---|" * (len(headers(batch)) + 1)]
+        for r, cells in zip(rows, table_rows(rows, batch)):
+            state = r["state"] + ("" if r["feasible"] or r["state"] != "complete" else " (misses constraints)")
+            lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + f" | {state} |")
+        lines.append("")
+    if summary["notes"]:
+        lines += ["## Notes", ""] + [f"- {n}" for n in summary["notes"]] + [""]
+    return "\n".join(lines)

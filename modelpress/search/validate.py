@@ -1,0 +1,121 @@
+"""Strict validation of ``search.space``: every searched setting is a non-empty list of values of the
+setting's type, each accepted by the owner's own range checks (a technique's Config, RuntimeConfig)."""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+from ..config import check, coerce, parse, to_dict
+from ..errors import ConfigError, closest
+
+SPACE_KEYS = ("techniques", "max_steps", "order", "runtime")
+
+
+def _where(*parts: str) -> str:
+    return ".".join(("search.space", *parts))
+
+
+def _choices(value: Any, hint: Any, where: str, build: Any = None) -> list[Any]:
+    """A non-empty list of values of type ``hint``; ``build(v)`` runs the owner's range checks."""
+    if not isinstance(value, list):
+        raise ConfigError(
+            f"'{where}' must be a list of values to try, got {type(value).__name__} {value!r}. "
+            f"Write [{value!r}] to fix one value."[:400])
+    if not value:
+        raise ConfigError(f"'{where}' is an empty list: the search space has nothing to try there. "
+                          f"List at least one value, or leave the key out for the defaults.")
+    out = []
+    for i, v in enumerate(value):
+        v = to_dict(coerce(v, hint, f"{where}[{i}]"))
+        if build is not None:
+            build(v, f"{where}[{i}]")
+        if v not in out:
+            out.append(v)
+    return out
+
+
+def technique_module(name: str) -> Any:
+    from .. import registry
+
+    return registry.module("technique", name)
+
+
+def settings_of(name: str, raw: Any, where: str) -> dict[str, list[Any]]:
+    """Validate one technique's searched settings against its Config."""
+    config_cls = technique_module(name).Config
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"'{where}' must map {name} settings to lists of values, e.g. {{ratio: [0.3, 0.5]}}.")
+    fields = {f.name for f in dataclasses.fields(config_cls) if f.init}
+    hints = typing.get_type_hints(config_cls)
+    out = {}
+    for key, values in raw.items():
+        if key not in fields:
+            raise ConfigError(f"Unknown setting '{key}' for {name} in '{where}'.{closest(str(key), fields)} "
+                              f"Valid settings: {', '.join(sorted(fields))}.")
+
+        def build(v: Any, at: str, key: str = key) -> None:
+            parse(config_cls, {key: v}, where)  # the technique's own range checks, one value at a time
+
+        out[key] = _choices(values, hints[key], f"{where}.{key}", build)
+    return out
+
+
+def _runtime_settings(raw: Any) -> dict[str, list[Any]]:
+    from ..runtime import RuntimeConfig
+
+    if not isinstance(raw, Mapping):
+        raise ConfigError("'search.space.runtime' must map runtime settings to lists, e.g. {backend: [onnxruntime]}.")
+    fields = [f.name for f in dataclasses.fields(RuntimeConfig)]
+    hints = typing.get_type_hints(RuntimeConfig)
+    out = {}
+    for key, values in raw.items():
+        if key not in fields:
+            raise ConfigError(f"Unknown runtime setting '{key}' in 'search.space.runtime'.{closest(str(key), fields)} "
+                              f"Valid settings: {', '.join(fields)}.")
+
+        def build(v: Any, at: str, key: str = key) -> None:
+            parse(RuntimeConfig, {key: v}, "search.space.runtime")
+
+        out[key] = _choices(values, hints[key], _where("runtime", key), build)
+    return out
+
+
+def validate_space(raw: Any) -> dict[str, Any]:
+    """The ``search.space`` mapping, checked and normalised (same shape as the input)."""
+    from .. import registry
+
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"'search.space' must be a mapping (techniques, max_steps, order, runtime and one "
+                          f"entry per technique), got {type(raw).__name__}.")
+    valid = (*SPACE_KEYS, *registry.TECHNIQUES)
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in valid:
+            raise ConfigError(f"Unknown key '{key}' in 'search.space'.{closest(str(key), valid)} "
+                              f"Valid keys: {', '.join(SPACE_KEYS)} and the technique names "
+                              f"({', '.join(sorted(registry.TECHNIQUES)) or 'none registered'}).")
+        if key == "techniques":
+            if not isinstance(value, list):
+                raise ConfigError(f"'search.space.techniques' must be a list of technique names, got {value!r}.")
+            for name in value:
+                if name not in registry.TECHNIQUES:
+                    from ..errors import unknown
+                    raise unknown("technique", str(name), registry.TECHNIQUES)
+            check(len(set(value)) == len(value), f"'search.space.techniques' lists a technique twice: {value}.")
+            out[key] = list(value)
+        elif key == "max_steps":
+            value = coerce(value, int, "search.space.max_steps")
+            check(value >= 0, f"'search.space.max_steps' must be >= 0, got {value}.")
+            out[key] = value
+        elif key == "order":
+            check(value in ("fixed", "search"), f"'search.space.order' must be 'fixed' or 'search', got {value!r}.")
+            out[key] = value
+        elif key == "runtime":
+            out[key] = _runtime_settings(value)
+        else:
+            out[key] = settings_of(key, value, _where(key))
+    return out

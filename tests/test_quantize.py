@@ -1,0 +1,198 @@
+"""quantize: configs and bad input, every mode on real and small models, the ONNX int8 graph that ONNX
+Runtime actually runs, and the pre-flight facts."""
+import copy
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from modelpress.compress import facts, quantize
+from modelpress.compress._quant.preflight import explain_slowdown, optimized_graph
+from modelpress.compress._quant.quantizer import WeightSpec, fake_quant
+from modelpress.config import parse
+from modelpress.errors import ConfigError, ModelpressError
+from modelpress.evaluate import evaluate, predict_fn, torch_predict
+from modelpress.export import onnx as onnx_export
+from modelpress.runtime import open_session
+from modelpress.task import Batches
+from modelpress.zoo import DepthwiseCNN, LeNet5, TinyResNet, TinyTransformer
+
+from .test_contracts import small_task
+
+
+def cfg(**kw):
+    return parse(quantize.Config, kw, "quantize")
+
+
+def run_onnx(model, task, tmp_path, **export):
+    art = onnx_export.export(model, task, tmp_path, onnx_export.Config(**export))
+    return art, open_session(art)
+
+
+def on_grid(w: torch.Tensor, spec: WeightSpec) -> bool:
+    return torch.allclose(fake_quant(w, spec), w, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("settings, needle", [
+    ({"bits": 1}, "'quantize.bits' must be between 2 and 8"),
+    ({"bits": 9, "mode": "weight_only"}, "'quantize.bits' must be between 2 and 8"),
+    ({"bits": 4}, "needs bits: 8.*use mode: weight_only"),
+    ({"group_size": 32}, "group_size' applies to mode: weight_only"),
+    ({"mode": "weight_only", "group_size": 32, "per_channel": False}, "needs per_channel: true"),
+    ({"symmetric": False}, "needs symmetric: true"),
+    ({"calibration": "kl"}, "must be one of"),
+    ({"mode": "fp8"}, "must be one of"),
+    ({"calibraton": "mse"}, "Did you mean 'calibration'"),
+])
+def test_bad_settings_fail_clearly(settings, needle):
+    with pytest.raises(ConfigError, match=needle):
+        cfg(**settings)
+
+
+def test_bad_layers_are_named():
+    model, task = TinyTransformer().eval(), small_task((8, 8))
+    with pytest.raises(ConfigError, match="'nope.*' .*matches no quantizable layer.*blocks.0.attn.q"):
+        quantize.apply(model, cfg(include=["nope.*"]), task)
+    with pytest.raises(ConfigError, match="per_channel' needs layers with output channels.*'norm' \\(LayerNorm\\), whose weight is 1-D"):
+        quantize.apply(model, cfg(include=["norm"]), task)
+    broken = LeNet5().eval()
+    with torch.no_grad():
+        broken.classifier[1].weight[3, 3] = float("inf")
+    before = broken.state_dict()["features.0.weight"].clone()
+    with pytest.raises(ModelpressError, match="'classifier.1.weight' holds NaN or Inf"):
+        quantize.apply(broken, cfg(), small_task((1, 28, 28)))
+    assert torch.equal(broken.state_dict()["features.0.weight"], before)  # nothing was modified
+
+
+def test_bad_data_is_named():
+    task = small_task((1, 28, 28))
+    empty = Batches({"x": np.zeros((0, 1, 28, 28), np.float32)}, batch_size=16)
+    with pytest.raises(ModelpressError, match="calib_data is empty"):
+        quantize.apply(LeNet5().eval(), cfg(), _replace(task, calib_data=empty))
+    quantize.apply(LeNet5().eval(), cfg(mode="weight_only"), _replace(task, calib_data=empty))  # needs no calibration
+    x = task.calib_data.arrays["x"].copy()
+    x[5, 0, 3, 3] = np.nan
+    with pytest.raises(ModelpressError, match="input of layer 'features.0'.*NaN or Inf"):
+        quantize.apply(LeNet5().eval(), cfg(), _replace(task, calib_data=Batches({"x": x}, batch_size=16)))
+
+
+def _replace(task, **kw):
+    import dataclasses
+
+    return dataclasses.replace(task, **kw)
+
+
+def test_static_digits_runs_int8_on_onnxruntime(digits_task, digits_model, tmp_path):
+    model = quantize.apply(copy.deepcopy(digits_model), cfg(), digits_task)
+    f = facts(model)
+    assert f["mode"] == "static" and f["bits"] == 8 and f["folded_batchnorm"] == ["features.1", "features.4"]
+    for name in ("features.0", "classifier.1"):
+        assert on_grid(model.get_submodule(name).weight.detach(), WeightSpec(8))
+    art, session = run_onnx(model, digits_task, tmp_path / "int8")
+    f = facts(model)  # the export added what ONNX Runtime really runs
+    assert f["fallback_layers"] == {} and f["float_ops"] == []
+    assert {op.split(": ")[1] for op in f["int8_ops"]} >= {"QLinearConv", "QGemm"}
+    ran = {n.op_type for n in optimized_graph(__import__("onnx").load(str(art.path))).graph.node}
+    assert not ran & {"Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul"}  # no float matrix work left
+    fp32_art, fp32 = run_onnx(digits_model, digits_task, tmp_path / "fp32")
+    assert art.size_bytes <= 0.3 * fp32_art.size_bytes
+    base = evaluate(predict_fn(fp32), digits_task)
+    assert base - evaluate(predict_fn(session), digits_task) <= 0.01
+
+
+@pytest.mark.parametrize("build, shape", [(TinyResNet, (1, 16, 16)), (DepthwiseCNN, (1, 16, 16)),
+                                          (TinyTransformer, (8, 8))], ids=["resnet", "depthwise", "transformer"])
+def test_static_leaves_no_planned_layer_in_float(build, shape, tmp_path):
+    torch.manual_seed(0)
+    model, task = build().eval(), small_task(shape)
+    q = quantize.apply(copy.deepcopy(model), cfg(calibration="minmax"), task)
+    _, session = run_onnx(q, task, tmp_path)
+    f = facts(q)
+    assert f["fallback_layers"] == {}
+    planned = set(f["layer_bits"])
+    assert planned <= {op.split(": ")[0] for op in f["int8_ops"]}
+    x = task.example_inputs(16)
+    ref = model(torch.from_numpy(x["x"])).detach().numpy()
+    out = session.run(x)[0]
+    cos = (ref * out).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(out, axis=1)
+    assert cos.min() > 0.98
+
+
+def test_dynamic_transformer_is_close_to_fp32(tmp_path):
+    from modelpress.task import load_task
+
+    task = load_task("digits:transformer")
+    model = task.build_model()
+    q = quantize.apply(copy.deepcopy(model), cfg(mode="dynamic"), task)
+    _, session = run_onnx(q, task, tmp_path)
+    f = facts(q)
+    assert any(op.endswith("DynamicQuantizeMatMul") for op in f["int8_ops"]) and f["fallback_layers"] == {}
+    from modelpress.evaluate import parity
+
+    assert parity(torch_predict(model, task), predict_fn(session), task.eval_data)["cosine"] >= 0.99
+    cnn = quantize.apply(LeNet5().eval(), cfg(mode="dynamic"), small_task((1, 28, 28)))
+    assert "ConvInteger" in facts(cnn)["fallback_layers"]["features.0"]  # convolutions stay float, with the reason
+
+
+def test_weight_only_mixed_precision_falls_back_sensitive_layers(digits_task, digits_model):
+    plain = quantize.apply(copy.deepcopy(digits_model), cfg(mode="weight_only", bits=2), digits_task)
+    base = evaluate(torch_predict(digits_model, digits_task), digits_task)
+    assert base - evaluate(torch_predict(plain, digits_task), digits_task) > 0.01  # 2 bits everywhere costs
+    model = quantize.apply(copy.deepcopy(digits_model), cfg(mode="weight_only", bits=2, max_score_drop=0.01), digits_task)
+    f = facts(model)
+    assert f["fallback_layers"] and set(f["fallback_layers"]) <= set(f["layer_bits"])
+    assert all(f["layer_bits"][n] > 2 for n in f["fallback_layers"]) and 2 in f["layer_bits"].values()
+    assert f["estimated_score_drop"] <= 0.01
+    assert base - evaluate(torch_predict(model, digits_task), digits_task) <= 0.01
+    for name, bits in f["layer_bits"].items():
+        assert bits == 32 or on_grid(model.get_submodule(name).weight.detach(), WeightSpec(bits))
+
+
+def test_qat_trains_through_fake_quantization(digits_task, digits_model, tmp_path):
+    task = _replace(digits_task, train_data=digits_task.train_data.take(320))  # 10 steps keep the test short
+    model = quantize.apply(copy.deepcopy(digits_model), cfg(mode="qat", qat_epochs=1, qat_lr=1e-4), task)
+    w0, w1 = digits_model.classifier[1].weight, model.classifier[1].weight
+    assert not torch.allclose(fake_quant(w0.detach(), WeightSpec(8)), w1)  # training moved the weights
+    assert on_grid(w1.detach(), WeightSpec(8))
+    _, session = run_onnx(model, digits_task, tmp_path)
+    base = evaluate(torch_predict(digits_model, digits_task), digits_task)
+    assert base - evaluate(predict_fn(session), digits_task) <= 0.01
+    assert facts(model)["fallback_layers"] == {}
+
+
+def test_preflight_names_float_layers_and_explains_slowdown(tmp_path):
+    task = small_task((1, 28, 28))
+    model = quantize.apply(LeNet5().eval(), cfg(exclude=["classifier.3"]), task)
+    run_onnx(model, task, tmp_path)
+    f = facts(model)
+    assert "classifier.3: Gemm" in f["float_ops"] and not any(op.startswith("classifier.3") for op in f["int8_ops"])
+    reasons = explain_slowdown({"latency_ratio": {"1": 1.4, "32": 0.6}, **f}, {"avx512_vnni": False})
+    assert "batch is too small" in reasons[0] and any("VNNI" in r for r in reasons)
+    assert any("Missing int8 kernels" in r and "classifier.3" in r for r in reasons)
+    assert quantize.explain({"latency_ratio": {"1": 0.5}, **f}) == []
+
+
+def test_old_opset_is_refused(tmp_path):
+    task = small_task((1, 28, 28))
+    model = quantize.apply(LeNet5().eval(), cfg(), task)
+    with pytest.raises(ModelpressError, match="opset 13 or newer.*opset 12"):
+        onnx_export.export(model, task, tmp_path, onnx_export.Config(opset=12))
+
+
+def test_import_stays_light():
+    code = "import sys, modelpress.compress.quantize; print('onnxruntime' in sys.modules, 'onnx' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+def test_later_training_keeps_weights_on_their_grid(digits_task, digits_model):
+    from modelpress.compress._train import TrainConfig, fit
+
+    q = quantize.apply(digits_model, cfg(mode="weight_only", bits=4), digits_task)
+    before = q.classifier[1].weight.detach().clone()
+    fit(q, digits_task.train_data.take(64), TrainConfig(epochs=1, lr=1e-2))
+    assert not torch.equal(before, q.classifier[1].weight)  # training moved it ...
+    for name in facts(q)["layer_bits"]:  # ... from grid point to grid point
+        assert on_grid(q.get_submodule(name).weight.detach(), WeightSpec(4))

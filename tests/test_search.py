@@ -1,0 +1,213 @@
+"""The search's parts without running trials: the strict ``search`` block, the space, constraints and the
+Pareto front, and models stored as data in the prefix cache."""
+import copy
+import sys
+
+import pytest
+import torch
+import yaml
+
+from modelpress.errors import ConfigError
+from modelpress.recipe import Constraints, parse_recipe
+from modelpress.search import pareto
+from modelpress.search.space import resolve
+
+from . import test_search_fakes as fakes
+from . import test_search_fakes_noise as noise
+
+
+@pytest.fixture
+def fake_techniques(monkeypatch):
+    fakes.register(monkeypatch)
+
+
+def recipe(**search):
+    return parse_recipe({"task": "digits", "constraints": {"max_score_drop": 0.01}, "search": search})
+
+
+def test_importing_recipe_loads_neither_optuna_nor_ray():
+    import subprocess
+
+    code = "import sys, modelpress.recipe, modelpress.search.space; print(sorted(m for m in sys.modules if m.split('.')[0] in ('optuna', 'ray')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_search_block_round_trips_through_yaml(fake_techniques):
+    r = recipe(trials=5, objectives=["size", "latency"], space={"techniques": ["shrink"], "shrink": {"rank_ratio": [0.5, 0.25]}})
+    again = parse_recipe(yaml.safe_load(r.to_yaml()))
+    assert again.search == r.search and again.search.objectives == ("size", "latency")
+
+
+@pytest.mark.parametrize("search, message", [
+    ({"trails": 3}, "Did you mean 'trials'"),
+    ({"objectives": ["latency", "latency"]}, "twice"),
+    ({"objectives": ["speed"]}, "Unknown objective 'speed'"),
+    ({"objectives": []}, "at least one"),
+    ({"space": {"shrink": {"rank_ratio": 0.5}}}, r"must be a list of values to try.*\[0\.5\]"),
+    ({"space": {"shrink": {"rank_ratio": ["half"]}}}, r"search\.space\.shrink\.rank_ratio\[0\]' must be a number"),
+    ({"space": {"shrink": {"rank_ratio": [1.5]}}}, r"rank_ratio must be in \(0, 1\], got 1.5"),
+    ({"space": {"shrink": {"rank_ratio": []}}}, "empty list"),
+    ({"space": {"shrink": {"rank": [3]}}}, "Unknown setting 'rank' for shrink"),
+    ({"space": {"shrinc": {}}}, "Did you mean 'shrink'"),
+    ({"space": {"techniques": ["shrink", "nope"]}}, "Unknown technique 'nope'"),
+    ({"space": {"runtime": {"backend": ["onnxruntim"]}}}, "Did you mean 'onnxruntime'"),
+    ({"space": {"runtime": {"threads": [0]}}}, "threads must be at least 1"),
+    ({"space": {"max_steps": -1}}, "max_steps' must be >= 0"),
+    ({"workers": 0}, "workers must be at least 1"),
+])
+def test_bad_search_blocks_are_clear_errors(fake_techniques, search, message):
+    with pytest.raises(ConfigError, match=message):
+        recipe(**search)
+
+
+def test_a_list_outside_search_space_is_a_plain_setting(fake_techniques):
+    # steps take one value per setting: a list there is a type error, never a silent search
+    with pytest.raises(ConfigError, match="must be a number"):
+        parse_recipe({"task": "digits", "steps": [{"shrink": {"rank_ratio": [0.5, 0.25]}}]})
+
+
+def test_space_defaults_come_from_the_techniques_and_narrow(fake_techniques):
+    r = recipe(space={"techniques": ["noise", "shrink"], "shrink": {"rank_ratio": [0.3]}})
+    space = resolve(r.search, r)
+    assert space.techniques == ("noise", "shrink")  # the user's order is the pipeline order
+    assert space.settings["shrink"] == {"rank_ratio": [0.3]}
+    assert space.settings["noise"]["scale"] == noise.SEARCH_SPACE["scale"]
+    assert space.runtime["backend"] == ["onnxruntime"]
+    assert space.pipelines() == ["noise", "shrink", "noise+shrink"]
+    assert space.size() == 1 + 3 + 1 + 3  # fp32, noise x3, shrink x1, both 3x1
+    defaults = [c for _, c in space.defaults()]
+    assert [c.steps for c in defaults] == [(("noise", {"scale": 0.0}),), (("shrink", {"rank_ratio": 0.3}),)]
+
+
+def test_order_search_samples_permutations(fake_techniques):
+    import optuna
+
+    r = recipe(space={"techniques": ["shrink", "noise"], "order": "search", "max_steps": 2})
+    space = resolve(r.search, r)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    orders = set()
+    for _ in range(60):
+        cand = space.sample(study.ask())
+        orders.add(tuple(n for n, _ in cand.steps))
+    assert {("shrink", "noise"), ("noise", "shrink"), ("shrink",), ("noise",)} <= orders
+
+
+def test_sampled_candidate_is_a_recipe_modelpress_run_accepts(fake_techniques):
+    import optuna
+
+    r = recipe(space={"techniques": ["shrink", "noise"]})
+    space = resolve(r.search, r)
+    cand = space.sample(optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask())
+    again = parse_recipe(yaml.safe_load(yaml.safe_dump(cand.recipe_data(r))))
+    assert [s.name for s in again.steps] == [n for n, _ in cand.steps] and again.search is None
+
+
+def test_violations_say_by_how_much():
+    c = Constraints(max_score_drop=0.01, max_size_bytes=1000)
+    values = {"score_drop": 0.03, "latency_ms_batch1": 1.0, "size_bytes": 900, "energy_j": None}
+    (v,) = pareto.violations(c, values)
+    assert v["constraint"] == "max_score_drop" and v["excess"] == pytest.approx(0.02)
+    assert "exceeds max_score_drop 0.01 by 0.02" in pareto.describe(v)
+    assert pareto.constraint_values(c, values) == [pytest.approx(2.0), 0.0, 0.0, 0.0]
+
+
+def rec(number, lat, size, state="complete", drop=0.0):
+    return {"number": number, "state": state, "objectives": {"latency": lat, "size": size},
+            "values": {"score_drop": drop, "latency_ms_batch1": lat, "size_bytes": size, "energy_j": None}}
+
+
+def test_front_and_lexicographic_choice():
+    records = [rec(0, 1.0, 100), rec(1, 0.5, 300), rec(2, 0.51, 120), rec(3, 0.6, 400), rec(4, 2.0, 50)]
+    front = pareto.front(records, ("latency", "size"))
+    assert sorted(r["number"] for r in front) == [0, 1, 2, 4]  # 3 is dominated by 1
+    for a in front:
+        assert not any(pareto.dominates((b["objectives"]["latency"], b["objectives"]["size"]),
+                                        (a["objectives"]["latency"], a["objectives"]["size"])) for b in records)
+    # latency first; 0.51 is within 3% of 0.5, and much smaller: it wins the tie on size
+    assert pareto.choose(front, ("latency", "size"), 0.03)["number"] == 2
+    assert pareto.choose(front, ("latency", "size"), 0.0)["number"] == 1
+    assert pareto.choose(front, ("size", "latency"), 0.03)["number"] == 4
+
+
+def test_closest_ranks_by_relative_excess():
+    c = Constraints(max_score_drop=0.01)
+    records = [rec(0, 1, 1, drop=0.05), rec(1, 1, 1, drop=0.02), rec(2, 1, 1, state="pruned", drop=0.015),
+               rec(3, 1, 1, state="failed", drop=0.0)]
+    assert [r["number"] for r in pareto.closest(records, c, 2)] == [2, 1]
+
+
+@pytest.mark.parametrize("build", ["lenet5", "resnet", "depthwise", "transformer", "shrunk"])
+def test_skeleton_round_trip_is_exact(build):
+    from modelpress.search.skeleton import rebuild, skeleton
+    from modelpress.zoo import DepthwiseCNN, LeNet5, TinyResNet, TinyTransformer
+
+    torch.manual_seed(0)
+    models = {"lenet5": (LeNet5, (1, 28, 28)), "resnet": (TinyResNet, (1, 16, 16)),
+              "depthwise": (DepthwiseCNN, (1, 16, 16)), "transformer": (TinyTransformer, (8, 8)),
+              "shrunk": (lambda: fakes.apply(LeNet5(), fakes.Config(rank_ratio=0.25), None), (1, 28, 28))}
+    factory, shape = models[build]
+    model = factory().eval()
+    from modelpress.compress import facts, record
+
+    record(model, note={"layers": ["a", "b"]}, ratio=0.5)
+    data, tensors = skeleton(model)
+    back = rebuild(yaml.safe_load(yaml.safe_dump(data)), tensors).eval()
+    x = torch.randn(3, *shape)
+    with torch.no_grad():
+        assert torch.equal(back(x), model(x))
+    assert facts(back) == facts(model)
+    assert [n for n, _ in back.named_modules()] == [n for n, _ in model.named_modules()]
+
+
+def test_skeleton_refuses_hooks_and_foreign_classes():
+    from modelpress.search.skeleton import skeleton
+    from modelpress.zoo import LeNet5
+
+    hooked = LeNet5()
+    hooked.features[0].register_forward_hook(lambda m, i, o: o)
+    assert skeleton(hooked) is None
+    with_callable = LeNet5()
+    object.__setattr__(with_callable, "_modelpress_onnx_post_export", [lambda proto, task: proto])
+    assert skeleton(with_callable) is None
+
+    class Local(torch.nn.Module):
+        pass
+
+    outer = LeNet5()
+    outer.extra = Local()
+    assert skeleton(outer) is None
+
+
+def test_prefix_cache_stores_on_disk_and_rebuilds(tmp_path):
+    from modelpress.search.cache import PrefixCache
+    from modelpress.zoo import LeNet5
+
+    torch.manual_seed(0)
+    model = fakes.apply(LeNet5().eval(), fakes.Config(rank_ratio=0.25), None)
+    example = {"x": torch.randn(2, 1, 28, 28).numpy()}
+    assert PrefixCache(tmp_path).put("k1", model, example)
+    fresh = PrefixCache(tmp_path)  # another process: nothing in memory
+    back = fresh.get("k1")
+    assert fresh.hits == {"memory": 0, "disk": 1}
+    x = torch.from_numpy(example["x"])
+    with torch.no_grad():
+        assert torch.equal(back(x), model(x))
+    (tmp_path / "k1" / "skeleton.json").write_text("{broken")
+    assert PrefixCache(tmp_path).get("k1") is None  # damaged entries are recomputed, never trusted
+    hooked = copy.deepcopy(model)
+    hooked.features[0].register_forward_hook(lambda m, i, o: o)
+    cache = PrefixCache(tmp_path)
+    assert not cache.put("k2", hooked, example) and not (tmp_path / "k2").exists()
+    assert cache.get("k2") is not None  # still reused within the process
+
+
+def test_early_stop_threshold():
+    from modelpress.search.trial import early_stop_threshold
+
+    assert early_stop_threshold(None, None, 0.9, 100, 1000) is None
+    assert early_stop_threshold(0.01, None, 0.9, 1000, 1000) == 0.01  # the whole set: no noise margin
+    t = early_stop_threshold(0.01, None, 0.9, 500, 10000)
+    assert 0.01 + 0.03 < t < 0.01 + 0.05  # three standard errors of a 0.9 accuracy on 500 samples
+    assert early_stop_threshold(0.01, 0.002, 0.9, 500, 10000) == pytest.approx(0.012)
+    assert early_stop_threshold(0.5, None, 12.0, 500, 10000) is None  # unknown scale, no margin: never stop
