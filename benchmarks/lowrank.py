@@ -14,7 +14,8 @@ and both. Rows per case:
 - ``dense-reconstruction``: the fp32 model with the same ranks applied to W in place.
 
 Extra columns: ``param_ratio`` (model parameters after / before), ``layer_param_ratio`` (parameters of
-the selected layers after / before), ``recover_epochs``, ``ranks``.
+the selected layers after / before), ``recover_epochs``, ``layers`` (methods and rank ranges; the JSON
+rows also hold ``ranks`` per layer).
 """
 from __future__ import annotations
 
@@ -53,6 +54,15 @@ def selected_params(model: torch.nn.Module, names: list[str]) -> int:
     return sum(count(model.get_submodule(n)) for n in names)
 
 
+def summary(layers: dict) -> str:
+    """'2 svd r40-80, 1 spatial r16': how many layers each method split, and their rank range."""
+    by_method: dict[str, list[int]] = {}
+    for info in layers.values():
+        by_method.setdefault(info["method"], []).extend(info["ranks"])
+    return ", ".join(f"{sum(1 for i in layers.values() if i['method'] == m)} {m} r{min(r)}-{max(r)}"
+                     for m, r in by_method.items()) or "none"
+
+
 def dense_reconstruction(model: torch.nn.Module, layers: dict) -> torch.nn.Module:
     """The fp32 model with each factorized layer's W replaced by its rank-limited approximation."""
     dense = copy.deepcopy(model)
@@ -65,7 +75,7 @@ def dense_reconstruction(model: torch.nn.Module, layers: dict) -> torch.nn.Modul
 
 def main() -> None:
     p = parser(__doc__)
-    p.add_argument("--case", action="append", help="run only cases whose 'task [scope]' contains this text")
+    p.add_argument("--case", action="append", help="run only cases whose 'task (scope)' contains this text")
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
     args = p.parse_args()
     # Factorization and recovery are small; one torch thread avoids oversubscribing a shared 2-core machine.
@@ -73,7 +83,7 @@ def main() -> None:
     torch.set_num_threads(1)
     config_bench = bench_config(args)
     rows = []
-    only = [c for c in CASES if not args.case or any(k in f"{c[0]} [{c[1]}]" for k in args.case)]
+    only = [c for c in CASES if not args.case or any(k in f"{c[0]} ({c[1]})" for k in args.case)]
     for task_name, scope, config in only:
         t0 = time.perf_counter()
         task = load_task(task_name)
@@ -94,15 +104,15 @@ def main() -> None:
             for label, model in candidates.items():
                 session, size = onnx_session(model, task, Path(tmp) / label, args.threads)
                 rows.append(row(
-                    f"{task_name} [{scope}]", label, score_session(session, task), fp32_score, size, base_size,
+                    f"{task_name} ({scope})", label, score_session(session, task), fp32_score, size, base_size,
                     latency_ratios(session, base, task, config_bench),
                     param_ratio=round(count(model) / count(fp32_model), 4),
                     layer_param_ratio=round(selected_params(model, names) / selected_params(fp32_model, names), 4),
                     recover_epochs=epochs if label == "lowrank+recover" else 0,
-                    ranks=info["ranks"]))
-        print(f"{task_name} [{scope}] done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+                    layers=summary(info["lowrank_layers"]), ranks=info["ranks"]))
+        print(f"{task_name} ({scope}) done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     emit(rows, args, f"Low-rank factorization on ONNX Runtime, {args.threads} thread(s) (ratios against fp32)",
-         ("param_ratio", "layer_param_ratio", "recover_epochs", "ranks"))
+         ("param_ratio", "layer_param_ratio", "recover_epochs", "layers"))
 
 
 def _fields(config: lowrank.Config) -> dict:

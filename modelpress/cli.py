@@ -192,6 +192,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, str] = {
     "analyze": "modelpress.analyze.cli",
     "auto": "modelpress.search.cli",
+    "package": "modelpress.package",
+    "predict": "modelpress.package",
 }
 
 

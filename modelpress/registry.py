@@ -17,6 +17,8 @@ TASKS: dict[str, str] = {
     "fashion-mnist": "modelpress.tasks.fashion_mnist:lenet5",
     "fashion-mnist:lenet5": "modelpress.tasks.fashion_mnist:lenet5",
     "fashion-mnist:lenet-300-100": "modelpress.tasks.fashion_mnist:lenet_300_100",
+    "hf-text": "modelpress.tasks.hf_text:from_env",
+    "image-folder": "modelpress.tasks.image_folder:from_env",
 }
 
 # Techniques: module with ``Config`` and ``apply(model, config, task) -> nn.Module``.
@@ -44,6 +46,9 @@ RUNTIMES: dict[str, str] = {
     "executorch": "modelpress.runtime.executorch",
     "tflite": "modelpress.runtime.tflite",
     "openvino": "modelpress.runtime.openvino",
+    "onnxruntime_cuda": "modelpress.runtime.onnxruntime_cuda",
+    "tensorrt": "modelpress.runtime.tensorrt",
+    "torch_cuda": "modelpress.runtime.torch_cuda",
     "torch": "modelpress.runtime.torch",
 }
 

@@ -16,7 +16,8 @@ def test_cluster_recipe_shrinks_the_artifact_and_keeps_the_score(tmp_path):
     result = run(fast(load_recipe(ROOT / "recipes/cluster_digits.yaml")), tmp_path / "run")
     assert result["error"] is None and result["score_drop"] <= 0.02
     assert result["parity"]["agreement"] >= 0.98
-    assert sorted(p.name for p in (tmp_path / "run/artifact").iterdir()) == ["graph.onnx", "manifest.json", "weights.mpcb"]
+    stored = sorted(p.name for p in (tmp_path / "run/artifact").iterdir())
+    assert stored == ["graph.onnx", "manifest.json", "weights.mpcb"]
     assert result["size_ratio"] < 0.16  # 4-bit indices (Huffman-coded) instead of 32-bit floats
     fc = result["storage_layers"]["classifier.1.weight"]
     assert fc["clusters"] <= 16 and fc["bits_per_weight"] <= 4.2

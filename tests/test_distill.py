@@ -1,4 +1,7 @@
-"""Distillation and fine-tuning: the loss, students, recovery with train hooks, teachers, clear errors."""
+"""Distillation and fine-tuning: the loss, students, recovery with train hooks, teachers, clear errors.
+
+Training runs use one thread: these models are too small to gain from two, and one thread keeps the
+tests fast on a busy machine."""
 import copy
 import dataclasses
 
@@ -15,6 +18,14 @@ from modelpress.errors import ConfigError, ModelpressError
 from modelpress.evaluate import evaluate, torch_predict
 from modelpress.task import Batches, Task
 from modelpress.zoo import LeNet5, TinyTransformer
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def random_task(shape, n=64, build=lambda: None, train=True):
@@ -93,7 +104,8 @@ def test_unlabeled_calibration_inputs_suffice():
 
 def test_half_width_student_of_the_digits_cnn_stays_close(digits_task, digits_model):
     before = copy.deepcopy(digits_model)
-    config = parse(distill.Config, {"student": "smaller", "width": 0.5, "epochs": 3, "lr": 2e-3}, "distill")
+    config = parse(distill.Config, {"student": "smaller", "width": 0.5, "epochs": 3, "lr": 2e-3,
+                                            "threads": 1}, "distill")
     student = distill.apply(digits_model, config, digits_task)
     assert same_weights(digits_model, before)  # the teacher / incoming model is left alone
     assert count_params(student) <= 0.3 * count_params(digits_model)
@@ -124,8 +136,8 @@ def damaged(model):
     return model
 
 
-@pytest.mark.parametrize("technique, settings", [(distill, {"epochs": 1, "lr": 1e-3}),
-                                                 (finetune, {"epochs": 1, "lr": 1e-3})])
+@pytest.mark.parametrize("technique, settings", [(distill, {"epochs": 1, "lr": 1e-3, "threads": 1}),
+                                                 (finetune, {"epochs": 1, "lr": 1e-3, "threads": 1})])
 def test_recovery_respects_train_hooks(technique, settings, digits_task, digits_model):
     broken = damaged(digits_model)
     base, lost = score(digits_model, digits_task), score(broken, digits_task)
@@ -156,7 +168,7 @@ def test_transformer_student_keeps_fewer_blocks():
     task = random_task((8, 8), build=lambda: copy.deepcopy(teacher))
     student = distill.apply(teacher, distill.Config(student="smaller"), task)
     assert len(student.blocks) == 1 and student(torch.zeros(2, 8, 8)).shape == (2, 10)
-    assert torch.equal(student.blocks[0].ffn[0].weight, teacher.blocks[0].ffn[0].weight) is False  # trained
+    assert not torch.equal(student.blocks[0].ffn[0].weight, teacher.blocks[0].ffn[0].weight)  # it trained
     with pytest.raises(ConfigError, match="not supported.*shrink: depth"):
         distill.apply(teacher, distill.Config(student="smaller", shrink="width"), task)
 

@@ -88,6 +88,21 @@ def test_sensitivity_spends_the_budget_where_the_error_falls_most():
     assert f["params_before"] - f["params_after"] >= 0.5 * before  # the budget really saved parameters
 
 
+def test_macs_budget_counts_multiply_accumulates_not_parameters():
+    """A conv has few parameters but most of the MACs; a MAC budget must split it, and stay within budget."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(32 * 8 * 8, 64),
+                          nn.ReLU(), nn.Linear(64, 10))
+    out = lowrank_apply(model, task_for((32, 8, 8), n=32), budget="macs", param_ratio=0.5)
+    f = facts(out)
+    assert f["lowrank_budget"]["budget_of"] == "macs" and f["lowrank_budget"]["used"] <= f["lowrank_budget"]["budget"]
+    assert "0" in f["ranks"]  # 9216 params but 590k MACs per sample, against 131k for the Linear
+    layers = f["lowrank_layers"].values()
+    assert sum(v["macs"][1] for v in layers) + sum(
+        0 if n in f["lowrank_layers"] else {"0": 589824, "3": 131072}.get(n, 0) for n in ("0", "3")
+    ) <= 0.5 * (589824 + 131072)
+
+
 def test_conv_method_follows_the_weight_structure():
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)

@@ -211,3 +211,53 @@ def test_early_stop_threshold():
     assert 0.01 + 0.03 < t < 0.01 + 0.05  # three standard errors of a 0.9 accuracy on 500 samples
     assert early_stop_threshold(0.01, 0.002, 0.9, 500, 10000) == pytest.approx(0.012)
     assert early_stop_threshold(0.5, None, 12.0, 500, 10000) is None  # unknown scale, no margin: never stop
+
+
+def test_pipelines_sharing_a_prefix_compute_it_once(fake_techniques, tmp_path, monkeypatch):
+    from modelpress.search import trial
+    from modelpress.search.cache import PrefixCache
+
+    ctx = trial.context("digits")
+    calls = []
+    apply = fakes.apply
+    monkeypatch.setattr(fakes, "apply", lambda m, c, t: calls.append(c) or apply(m, c, t))
+    steps = [{"shrink": {"rank_ratio": 0.25}}, {"noise": {"scale": 0.0}}]
+    first = parse_recipe({"task": "digits", "steps": steps})
+    second = parse_recipe({"task": "digits", "steps": [steps[0], {"noise": {"scale": 0.02}}]})
+    cache = PrefixCache(tmp_path, allowed=(ctx["model_package"],))
+    model, reused = trial.compress_cached(ctx, first, cache)
+    assert reused == 0 and len(calls) == 1
+    _, reused = trial.compress_cached(ctx, second, cache)
+    assert reused == 1 and len(calls) == 1  # shrink(0.25) came from the cache
+    fresh = PrefixCache(tmp_path, allowed=(ctx["model_package"],))  # a new process: the disk entries
+    again, reused = trial.compress_cached(ctx, first, fresh)
+    assert reused == 2 and len(calls) == 1 and fresh.hits["disk"] == 1
+    x = torch.from_numpy(ctx["task"].example_inputs(4)["x"])
+    with torch.no_grad():
+        assert torch.equal(again(x), model(x))
+
+
+def test_seeds_reproduce_the_defaults_and_an_edited_space_continues(fake_techniques):
+    import optuna
+
+    sampler = optuna.samplers.TPESampler(n_startup_trials=2, multivariate=True, group=True, seed=0)
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+    r = recipe(space={"techniques": ["shrink", "noise"], "shrink": {"rank_ratio": [0.5, 0.25]}})
+    space = resolve(r.search, r)
+    for params, cand in space.defaults():
+        study.enqueue_trial(params)
+        trial = study.ask()
+        assert space.sample(trial) == cand  # the enqueued params are in the sampled distributions
+        study.tell(trial, [1.0, 2.0])
+    for i in range(4):
+        trial = study.ask()
+        space.sample(trial)
+        study.tell(trial, [float(i), 1.0])
+    # the same study continued with an edited list: 0.5 is gone, so stored values must not be reused
+    narrowed = recipe(space={"techniques": ["shrink", "noise"], "shrink": {"rank_ratio": [0.05, 0.25]}})
+    space = resolve(narrowed.search, narrowed)
+    for i in range(6):
+        trial = study.ask()
+        cand = space.sample(trial)
+        assert all(s["rank_ratio"] in (0.05, 0.25) for n, s in cand.steps if n == "shrink")
+        study.tell(trial, [float(i), 1.0])

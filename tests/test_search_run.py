@@ -98,9 +98,9 @@ def test_reports_and_the_chosen_recipe_reproduce_with_modelpress_run(searched, t
 
 
 def test_html_report_renders_in_headless_chromium(searched, tmp_path):
-    from PIL import Image
-
     from modelpress.search.plots import COLORS
+
+    image = pytest.importorskip("PIL.Image", reason="reading the screenshot needs Pillow")
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
@@ -115,7 +115,7 @@ def test_html_report_renders_in_headless_chromium(searched, tmp_path):
     dom = subprocess.run([chromium, *flags, "--dump-dom", (out / "report.html").as_uri()],
                          capture_output=True, text=True, timeout=120, check=True).stdout
     assert dom.count('class="plot"') == 2 and 'id="plot-latency"' in dom and 'id="plot-size"' in dom
-    pixels = Image.open(shot).convert("RGB").getdata()
+    pixels = image.open(shot).convert("RGB").getdata()
 
     def count(hex_color: str) -> int:
         want = tuple(int(hex_color[i:i + 2], 16) for i in (1, 3, 5))
@@ -261,3 +261,9 @@ def test_a_folder_that_is_not_a_search_is_left_alone(registered, tmp_path):
     with pytest.raises(ModelpressError, match="not a 'modelpress auto' output folder"):
         auto(parse_recipe(RECIPE), tmp_path, force=True)
     assert (tmp_path / "mine.txt").read_text() == "keep" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_time_limit_starts_no_trial_that_cannot_end_in_time(registered, tmp_path):
+    summary = auto(parse_recipe(RECIPE), tmp_path / "out", timeout_s=1e-3)
+    assert summary["trials"] == [] and summary["chosen"] is None
+    assert (tmp_path / "out/report.html").exists()  # the (empty) reports are written all the same

@@ -61,7 +61,8 @@ class Config(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for where, k in [("clusters", self.clusters), *[(f"layer_clusters['{p}']", v) for p, v in self.layer_clusters.items()]]:
+        named = [("clusters", self.clusters), *[(f"layer_clusters['{p}']", v) for p, v in self.layer_clusters.items()]]
+        for where, k in named:
             check(MIN_CLUSTERS <= k <= MAX_CLUSTERS,
                   f"{where} must be between {MIN_CLUSTERS} and {MAX_CLUSTERS} (indices are stored in at most "
                   f"8 bits), got {k}.")

@@ -149,6 +149,9 @@ def distill(student: nn.Module, teacher: nn.Module, task: Any, config: Config = 
 
     Any student works (yours, or one from ``_students.derive``) as long as its outputs have the teacher's shape.
     """
+    if student is teacher:
+        raise ModelpressError("The student and the teacher are the same module; distill into a copy "
+                              "(copy.deepcopy(model)) or use distill.apply, which copies.")
     names = list(task.input_names)
     data = task.calib_data if config.data == "calib" else \
         train_data_for(task, config.batch_size, labels=config.labels)
@@ -157,11 +160,13 @@ def distill(student: nn.Module, teacher: nn.Module, task: Any, config: Config = 
     inputs, _ = split_batch(first_batch(data))
     kind = loss_kind(config, task)
     pairs = [(f.split("=")[0], f.split("=")[-1]) for f in config.features]
-    s_cap = Capture(student, [s for s, _ in pairs], "student")
-    t_cap = Capture(teacher, [t for _, t in pairs], "teacher")
-    teacher_was_training = teacher.training
     frozen = frozen_parameters(student, config.include, config.exclude)
+    teacher_was_training = teacher.training
+    captures: list[Capture] = []
     try:
+        captures.append(Capture(student, [s for s, _ in pairs], "student"))
+        captures.append(Capture(teacher, [t for _, t in pairs], "teacher"))
+        s_cap, t_cap = captures
         teacher.eval()
         with torch.no_grad():
             x = to_tensors(inputs)
@@ -170,6 +175,7 @@ def distill(student: nn.Module, teacher: nn.Module, task: Any, config: Config = 
             raise ModelpressError(f"The teacher's outputs have shape {tuple(t_out.shape)} but the student's have "
                                   f"{tuple(s_out.shape)}; distillation needs outputs of the same shape (same classes "
                                   f"or embedding width). Give a student with the teacher's output layer.")
+        torch.manual_seed(config.seed)  # the projections' initial weights
         proj = nn.ModuleDict({str(i): projection(s_cap.outputs[s].shape, t_cap.outputs[t].shape, f"{s}={t}")
                               for i, (s, t) in enumerate(pairs)})
 
@@ -191,8 +197,8 @@ def distill(student: nn.Module, teacher: nn.Module, task: Any, config: Config = 
         fit(student, data, config.train_config(), loss_fn, evaluate, f"distilling from {teacher_name}",
             higher_is_better=task.higher_is_better, extra_parameters=list(proj.parameters()))
     finally:
-        s_cap.close()
-        t_cap.close()
+        for capture in captures:
+            capture.close()
         teacher.train(teacher_was_training)
         for p in frozen:
             p.requires_grad_(True)

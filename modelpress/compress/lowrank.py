@@ -22,21 +22,22 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import nn
 
 from . import record
 from ..config import check
-from ..errors import ConfigError, ModelpressError
+from ..errors import ModelpressError
 from ..task import Task
-from ._lowrank_cost import Geometry, measured_ratio
-from ._lowrank_layers import approximation, bases, spec_of, split
+from ._lowrank_cost import measured_ratio
+from ._lowrank_layers import approximation, bases, split
+from ._lowrank_scope import calibration_inputs, geometry, run, select
 from ._lowrank_select import Choice, Layer, by_energy, by_param_ratio, by_sensitivity, explicit
 
 SEARCH_SPACE: dict[str, list] = {
     "param_ratio": [0.5, 0.35, 0.25, 0.7],
     "rank_by": ["sensitivity", "param_ratio", "energy"],
+    "budget": ["params", "macs"],
     "energy": [0.9, 0.95, 0.8],
     "recover_epochs": [0, 2, 5],
 }
@@ -91,6 +92,8 @@ def apply(model: nn.Module, config: Config, task: Task) -> nn.Module:
     inputs = calibration_inputs(task, config.calib_samples)
     layers = geometry(model, modules, inputs)
     plan, skipped, summary = decide(model, layers, config, inputs)
+    skipped.update({n: "not run by the model on the calibration inputs" for n in modules
+                    if n not in {layer.name for layer in layers}})
     measured: dict[str, float] = {}
     if config.cost == "measured":
         plan, skipped, measured = keep_measured(layers, plan, skipped, config)
@@ -105,94 +108,6 @@ def apply(model: nn.Module, config: Config, task: Task) -> nn.Module:
            lowrank_layers={n: layer_facts(c, measured.get(n)) for n, c in plan.items()}, lowrank_skipped=skipped,
            **({"lowrank_budget": summary} if summary else {}))
     return model.eval()
-
-
-# ---- which layers ---------------------------------------------------------------------------------
-
-def select(model: nn.Module, config: Config) -> dict[str, nn.Module]:
-    """The eligible layers the include/exclude patterns select; a pattern (or a ``ranks`` key) that
-    matches no eligible layer is a ConfigError naming why and the eligible layers."""
-    all_named = [(n, m) for n, m in model.named_modules() if n]
-    blocked = {n for n, m in all_named if isinstance(m, nn.MultiheadAttention)}  # reads its weights directly
-    eligible = {n: m for n, m in all_named
-                if not isinstance(spec_of(m), str) and n.rpartition(".")[0] not in blocked}
-    if not eligible:
-        return {}
-
-    def matched(pattern: str, where: str) -> list[str]:
-        hits = [n for n in eligible if fnmatch(n, pattern)]
-        if not hits:
-            raise ConfigError(f"lowrank {where} '{pattern}' matches no layer that can be factorized. "
-                              f"{_why_not(all_named, pattern, blocked)}Eligible layers: {', '.join(eligible)}.")
-        return hits
-
-    chosen = [n for p in config.include for n in matched(p, "include pattern")] if config.include else list(eligible)
-    chosen = [n for n in dict.fromkeys(chosen) if not any(fnmatch(n, p) for p in config.exclude)]
-    for pattern in config.ranks:
-        if not set(matched(pattern, "ranks key")) & set(chosen):
-            raise ConfigError(f"lowrank ranks key '{pattern}' names only layers left out by include/exclude; "
-                              f"include them or remove the key.")
-    return {n: eligible[n] for n in chosen}
-
-
-def _why_not(named: list[tuple[str, nn.Module]], pattern: str, blocked: set[str]) -> str:
-    reasons = []
-    for n, m in named:
-        if fnmatch(n, pattern):
-            why = spec_of(m)
-            if n.rpartition(".")[0] in blocked:
-                why = "it belongs to an nn.MultiheadAttention, which reads its weights directly"
-            if not isinstance(why, str):
-                continue
-            if len(m._modules):
-                why += f" (patterns match layer names: try '{n}.*')"
-            reasons.append(f"'{n}' cannot be factorized: {why}.")
-    return " ".join(reasons[:3]) + (" " if reasons else "")
-
-
-# ---- measurements on calibration inputs -----------------------------------------------------------
-
-def calibration_inputs(task: Task, samples: int) -> dict[str, torch.Tensor]:
-    """Up to ``samples`` calibration inputs, keyed (and ordered) by the task's input names."""
-    taken: dict[str, list[np.ndarray]] = {}
-    total = 0
-    for batch in task.calib_data or ():
-        batch = batch[0] if isinstance(batch, tuple) else batch
-        for k, v in batch.items():
-            taken.setdefault(k, []).append(np.asarray(v))
-        total += len(next(iter(batch.values())))
-        if total >= samples:
-            break
-    if not taken:
-        raise ModelpressError("lowrank needs calibration inputs to measure layer shapes, but the task's "
-                              "calib_data is empty; give the task some calibration batches.")
-    names = [n for n in task.input_names if n in taken] or list(taken)
-    return {k: torch.from_numpy(np.ascontiguousarray(np.concatenate(taken[k])[:samples])) for k in names}
-
-
-def run(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The model's first output on ``inputs`` (positional, in the task's input order)."""
-    with torch.no_grad():
-        out = model(*inputs.values())
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
-def geometry(model: nn.Module, modules: dict[str, nn.Module], inputs: dict[str, torch.Tensor]) -> list[Layer]:
-    """Each selected layer with its per-sample input/output shapes from one forward pass."""
-    shapes: dict[str, tuple] = {}
-
-    def hook(name: str):
-        def keep(module: nn.Module, args: tuple, out: torch.Tensor) -> None:  # None: the output is unchanged
-            shapes.setdefault(name, (tuple(args[0].shape[1:]), tuple(out.shape[1:])))
-        return keep
-
-    hooks = [m.register_forward_hook(hook(name)) for name, m in modules.items()]
-    try:
-        run(model, {k: v[:2] for k, v in inputs.items()})
-    finally:
-        for h in hooks:
-            h.remove()
-    return [Layer(n, m, Geometry(spec_of(m), *shapes[n], m.bias is not None)) for n, m in modules.items() if n in shapes]
 
 
 def decide(model: nn.Module, layers: list[Layer], config: Config, inputs: dict[str, torch.Tensor]

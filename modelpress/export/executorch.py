@@ -86,14 +86,21 @@ def export_program(model: Any, task: Task, batch_size: int | None, target: str) 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            return torch.export.export(model.eval() if hasattr(model, "eval") else model, inputs,
-                                       dynamic_shapes=dynamic)
+            return torch.export.export(eval_mode(model), inputs, dynamic_shapes=dynamic)
         except Exception as e:
             raise ModelpressError(
                 f"{target} export starts from torch.export, which cannot capture this model: "
                 f"{type(e).__name__}: {first_line(e)}. Make the model's forward traceable (no data-dependent "
                 f"Python control flow), or choose export format 'onnx'."
             ) from None
+
+
+def eval_mode(model: Any) -> Any:
+    """``model.eval()``; graph modules from torch.export refuse it (they are already in inference form)."""
+    try:
+        return model.eval()
+    except NotImplementedError:
+        return model
 
 
 def first_line(e: BaseException, limit: int = 300) -> str:

@@ -103,9 +103,20 @@ def _layers(summary: dict[str, Any]) -> str:
     if not layers:
         return ""
     keys = ["layer", "type_before", "type_after", "params_before", "params_after", "zeros", "distinct_values"]
-    head = "".join(f"<th class='text'>{k}</th>" for k in keys)
-    body = "".join("<tr>" + "".join(f"<td class='text'>{_cell(k, r.get(k))}</td>" for k in keys) + "</tr>" for r in layers)
     facts = summary.get("chosen_facts") or {}
+    names = {r["layer"] for r in layers}
+    # facts a technique recorded per layer (a mapping keyed by layer names) become columns
+    per_layer = {k: v for k, v in facts.items() if isinstance(v, dict) and v and set(v) & names}
+
+    def fact(value: Any) -> str:
+        if value is None:
+            return "-"
+        return escape((value if isinstance(value, str) else json.dumps(value, default=str, separators=(",", ":")))[:120])
+
+    head = "".join(f"<th class='text'>{escape(k)}</th>" for k in (*keys, *per_layer))
+    body = "".join("<tr>" + "".join(f"<td class='text'>{_cell(k, r.get(k))}</td>" for k in keys)
+                   + "".join(f"<td class='text'>{fact(v.get(r['layer']))}</td>" for v in per_layer.values()) + "</tr>"
+                   for r in layers)
     facts_html = (f"<h3>What the techniques recorded</h3><pre>{escape(json.dumps(facts, indent=1, default=str)[:20000])}</pre>"
                   if facts else "")
     return f'<h2>Per layer (chosen candidate)</h2><table id="layers"><tr>{head}</tr>{body}</table>{facts_html}'

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ModelFileError, ModelpressError
+from ..errors import ModelFileError, ModelpressError, RuntimeUnavailable
 from . import RuntimeConfig, check_inputs
 
 FORMATS = ("executorch",)
@@ -21,11 +21,14 @@ Runner = Callable[[list[np.ndarray]], list[np.ndarray]]
 
 
 def available() -> bool:
+    # find_spec, not import: importing the runtime takes seconds (it loads torchao); load() imports it
+    # and turns a broken installation into RuntimeUnavailable
+    import importlib.util
+
     try:
-        import executorch.runtime  # noqa: F401
-    except Exception:
+        return importlib.util.find_spec("executorch.runtime") is not None
+    except (ImportError, ValueError):
         return False
-    return True
 
 
 def why_unavailable() -> str:
@@ -110,9 +113,19 @@ def set_threads(threads: int) -> None:
 
 def load(artifact: Any, config: RuntimeConfig = RuntimeConfig()) -> FixedBatchSession:
     import torch
-    from executorch.runtime import Runtime
 
+    try:
+        from executorch.runtime import Runtime
+    except Exception as e:
+        raise RuntimeUnavailable(f"The ExecuTorch runtime does not import ({type(e).__name__}: {e}); reinstall it "
+                                 f"with 'pip install modelpress[executorch]'.") from None
     path = artifact.runnable_path()
+    with open(path, "rb") as f:
+        head = f.read(8)
+    # A .pte is a FlatBuffer with the identifier 'ET' + two digits at bytes 4..8. The loader aborts the
+    # whole process on bytes that are not one, so check before handing it the file.
+    if len(head) < 8 or head[4:6] != b"ET" or not head[6:8].isdigit():
+        raise ModelFileError(f"{path} is not an ExecuTorch program (no 'ET' file identifier); re-export it.")
     set_threads(config.threads)
     try:
         program = Runtime.get().load_program(str(path))

@@ -21,7 +21,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("-o", "--output", help="output folder (default runs/auto-<name>); the same folder continues a study")
     p.add_argument("--trials", type=int, help="finished trials the study ends with (overrides search.trials)")
     p.add_argument("--workers", type=int, help="parallel worker processes (overrides search.workers)")
-    p.add_argument("--timeout", type=float, help="start no new trial after this many seconds")
+    p.add_argument("--timeout", type=float, help="time limit in seconds: start a trial only if it is expected to end in time")
     p.add_argument("--ray", metavar="ADDRESS", help="run trials on the Ray cluster at HOST:PORT ('auto', 'local')")
     p.add_argument("--force", action="store_true", help="discard the study in the output folder and start over")
     p.set_defaults(fn=cmd_auto)

@@ -56,7 +56,7 @@ def auto(recipe: Any, out: str | Path, *, trials: int | None = None, workers: in
     out = Path(out)
     studies.prepare_folder(out, force)
     with studies.FolderLock(out):
-        spec = spec_of(recipe, config, space, ctx["fingerprint"], batch)
+        spec = spec_of(recipe, config, ctx["fingerprint"], batch)
         studies.check_spec(out, spec)
         startup = config.startup_trials or max(len(space.techniques) + 4, config.trials // 4)
         study = studies.open_study(out, ["minimize"] * len(config.objectives), config.seed, startup)
@@ -80,14 +80,15 @@ def auto(recipe: Any, out: str | Path, *, trials: int | None = None, workers: in
         return search.write_reports(final=True)
 
 
-def spec_of(recipe: Any, config: SearchConfig, space: Any, fingerprint: str, batch: int) -> dict[str, Any]:
-    """What makes two invocations the same search (trials, workers and time limits may change)."""
+def spec_of(recipe: Any, config: SearchConfig, fingerprint: str, batch: int) -> dict[str, Any]:
+    """What makes trials of two invocations comparable, so they may share a study: the same task and fp32
+    weights, constraints (they decide the early stops), timing, objectives and early-stop settings. The
+    space may change (narrowed, widened, or a technique's SEARCH_SPACE edited): earlier trials stay valid
+    measurements. Trials, workers and time limits may change too."""
     from ..config import to_dict
 
     return {"task": recipe.task, "model": fingerprint, "constraints": to_dict(recipe.constraints),
             "bench": to_dict(recipe.bench), "objectives": list(config.objectives), "latency_batch_size": batch,
-            "space": {"techniques": list(space.techniques), "max_steps": space.max_steps, "order": space.order,
-                      "settings": space.settings, "runtime": space.runtime, "export": space.export},
             "early_stop": [config.subset_samples, config.early_stop_margin], "seed": config.seed}
 
 
@@ -102,6 +103,7 @@ class Search:
         self.ctx, self.batch, self.run_id, self.progress, self.on_trial = ctx, batch, run_id, progress, on_trial
         self.results = ResultCache(out / "cache" / "results")
         self.chosen: int | None = None
+        self.durations: list[float] = []  # seconds of the trials this invocation ran (cached ones excluded)
 
     def loop(self, runner: Any) -> None:
         deadline = time.monotonic() + self.config.timeout_s if self.config.timeout_s else None
@@ -109,7 +111,7 @@ class Search:
         self.write_reports()
         while True:
             while (len(pending) < runner.slots and studies.finished(self.study) + len(pending) < self.config.trials
-                   and (deadline is None or time.monotonic() < deadline)):
+                   and (deadline is None or time.monotonic() + self._expected_s() < deadline)):
                 trial = self.study.ask()
                 cand = self._sample(trial)
                 if cand is None:
@@ -122,12 +124,22 @@ class Search:
                 self.progress(f"trial {trial.number}: {cand.label()}")
                 pending[runner.submit(self._job(cand))] = (trial, cand, key)
             if not pending:
-                if deadline is not None and time.monotonic() >= deadline:
-                    self.progress(f"time limit of {self.config.timeout_s:g} s reached; run again to continue")
+                if deadline is not None and studies.finished(self.study) < self.config.trials:
+                    self.progress(f"time limit of {self.config.timeout_s:g} s: no further trial would end in time; "
+                                  f"run the same command again to continue")
                 return
             handle, outcome = runner.wait_one(list(pending))
             trial, cand, key = pending.pop(handle)
             self.finish(trial, cand, outcome, key, cached=False)
+
+    def _expected_s(self) -> float:
+        """The median duration of the trials measured so far (0 before the first): a trial starts only
+        when it is expected to end within the time limit."""
+        import statistics
+
+        if len(self.durations) == 0:
+            return 0.0
+        return statistics.median(self.durations)
 
     def _sample(self, trial: Any) -> Candidate | None:
         from optuna.trial import TrialState
@@ -163,6 +175,7 @@ class Search:
 
         files = outcome.pop("files", None) or {}
         if not cached:
+            self.durations.append((outcome.get("seconds") or {}).get("total", 0.0))
             outcome["artifact_dir"] = f"trials/{trial.number:04d}/artifact" if files else None
             self.results.put(key, outcome)
         self._write_trial(trial.number, cand, outcome, files)

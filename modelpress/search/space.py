@@ -43,7 +43,7 @@ class SearchConfig:
     objectives: tuple[str, ...] = ("latency", "size")
     trials: int = 30  # finished trials (complete, stopped early or failed) the study ends with
     workers: int = 1  # parallel worker processes on this machine
-    timeout_s: float | None = None  # no new trial starts after this many seconds of this invocation
+    timeout_s: float | None = None  # time limit of one invocation: a trial starts only if expected to end within it
     seed: int = 0
     latency_batch_size: int | None = None  # batch size of the latency objective; None: the largest benched
     subset_samples: int = 512  # evaluation samples of the cheap first evaluation
@@ -102,6 +102,15 @@ class Candidate:
         """The full recipe (no search block) that ``modelpress run`` reproduces this candidate with."""
         return {"task": recipe.task, "steps": [{n: dict(s)} for n, s in self.steps], "export": self.export,
                 "runtime": self.runtime, "constraints": to_dict(recipe.constraints), "bench": to_dict(recipe.bench)}
+
+
+def param(base: str, choices: list[Any]) -> str:
+    """An Optuna parameter name that changes with its choices ('prune.ratio|1a2b3c'): a study continued
+    with an edited space gives changed settings new names, so the sampler never meets a stored value
+    that its new list lacks."""
+    import hashlib
+
+    return f"{base}|{hashlib.sha256(json.dumps(choices).encode()).hexdigest()[:6]}"
 
 
 def _encode(value: Any) -> Any:
@@ -164,19 +173,17 @@ class Space:
 
     def sample(self, trial: Any) -> Candidate:
         """Draw a candidate with ``trial.suggest_categorical`` (an Optuna trial or anything alike)."""
-        runtime = {k: _decode(trial.suggest_categorical(f"runtime.{k}", [_encode(v) for v in vals]))
-                   if len(vals) > 1 else vals[0] for k, vals in self.runtime.items()}
+        def pick(base: str, values: list[Any]) -> Any:
+            choices = [_encode(v) for v in values]
+            return _decode(trial.suggest_categorical(param(base, choices), choices)) if len(choices) > 1 else values[0]
+
+        runtime = {k: pick(f"runtime.{k}", vals) for k, vals in self.runtime.items()}
         pipelines = self.pipelines()
         if not pipelines:
             return self.candidate([], runtime)
-        combo = trial.suggest_categorical("pipeline", pipelines) if len(pipelines) > 1 else pipelines[0]
-        orders = self.orders(combo)
-        names = (trial.suggest_categorical(f"order[{combo}]", orders) if len(orders) > 1 else orders[0]).split("+")
-        steps = []
-        for name in names:
-            chosen = {k: _decode(trial.suggest_categorical(f"{name}.{k}", [_encode(v) for v in vals]))
-                      if len(vals) > 1 else vals[0] for k, vals in self.settings[name].items()}
-            steps.append((name, chosen))
+        combo = pick("pipeline", pipelines)
+        names = pick(f"order[{combo}]", self.orders(combo)).split("+")
+        steps = [(name, {k: pick(f"{name}.{k}", vals) for k, vals in self.settings[name].items()}) for name in names]
         return self.candidate(steps, runtime)
 
     def candidate(self, steps: list[tuple[str, dict[str, Any]]], runtime: dict[str, Any]) -> Candidate:
@@ -185,15 +192,19 @@ class Space:
     def defaults(self) -> list[tuple[dict[str, Any], Candidate]]:
         """Seeds: each technique alone with its default settings (the first value of every list), as
         (Optuna params, candidate) pairs, so the search always measures the single-technique defaults."""
+        def first(base: str, values: list[Any], value: Any = None) -> dict[str, Any]:
+            choices = [_encode(v) for v in values]
+            return {param(base, choices): choices[0] if value is None else value} if len(choices) > 1 else {}
+
         runtime = {k: v[0] for k, v in self.runtime.items()}
-        rparams = {f"runtime.{k}": _encode(v[0]) for k, v in self.runtime.items() if len(v) > 1}
-        pipelines = self.pipelines()
+        rparams: dict[str, Any] = {}
+        for key, vals in self.runtime.items():
+            rparams.update(first(f"runtime.{key}", vals))
         out = []
         for name in (n for n in self.techniques if self.can_start(n)):
-            params = dict(rparams)
-            if len(pipelines) > 1:
-                params["pipeline"] = name
-            params.update({f"{name}.{k}": _encode(v[0]) for k, v in self.settings[name].items() if len(v) > 1})
+            params = {**rparams, **first("pipeline", self.pipelines(), name)}
+            for key, vals in self.settings[name].items():
+                params.update(first(f"{name}.{key}", vals))
             out.append((params, self.candidate([(name, {k: v[0] for k, v in self.settings[name].items()})], runtime)))
         return out
 

@@ -100,6 +100,7 @@ def early_stop_threshold(max_score_drop: float | None, margin: float | None, bas
 def cheap_evaluation(model: Any, ctx: dict[str, Any], recipe: Any, folder: Path, job: dict[str, Any]) -> dict[str, Any]:
     """Export, load on the runtime and score on the first ``subset_samples`` evaluation samples."""
     from ..evaluate import evaluate, predict_fn, torch_predict
+    from ..isolate import probe
     from ..pipeline import export_model
     from ..runtime import open_session
 
@@ -111,6 +112,8 @@ def cheap_evaluation(model: Any, ctx: dict[str, Any], recipe: Any, folder: Path,
         ctx["subset_scores"][n] = evaluate(torch_predict(ctx["model"], task), task, subset)
     base = ctx["subset_scores"][n]
     art = export_model(model, task, recipe, folder)
+    # A runtime that crashes on this artifact crashes a child process, not the search (a failed trial).
+    probe(art, recipe.runtime, task.example_inputs(1))
     score = evaluate(predict_fn(open_session(art, recipe.runtime)), task, subset)
     drop = task.score_drop(base, score)
     threshold = early_stop_threshold(job.get("max_score_drop"), job.get("margin"), base, n, total)

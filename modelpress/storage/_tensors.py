@@ -75,7 +75,8 @@ def encode(array: np.ndarray, entropy: str) -> tuple[dict[str, Any], list[bytes]
             for bits in ESCAPE_BITS:
                 escape = (1 << bits) - 1
                 runs = positions_to_runs(nonzero, escape)
-                options.append(({**base, "layout": "sparse", "escape": escape, "count": len(nonzero), "runs": len(runs)},
+                sparse = {**base, "layout": "sparse", "escape": escape, "count": len(nonzero), "runs": len(runs)}
+                options.append((sparse,
                                 [book.tobytes(), values, encode_stream(runs, escape + 1, entropy)]))
         for option in options:
             if sum(map(len, option[1])) < sum(map(len, best[1])):

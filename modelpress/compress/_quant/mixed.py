@@ -18,8 +18,12 @@ from .layers import QuantLayer
 def _outputs(model: nn.Module, batches: list[dict], input_names: tuple[str, ...]) -> list[np.ndarray]:
     from .._train import forward, to_tensors
 
+    outs = []
     with torch.no_grad():
-        return [forward(model.eval(), to_tensors(b), input_names).float().numpy() for b in batches]
+        for b in batches:
+            out = forward(model.eval(), to_tensors(b), input_names)
+            outs.append((out[0] if isinstance(out, (tuple, list)) else out).float().numpy())  # the scored output
+    return outs
 
 
 def sensitivity(model: nn.Module, wrapped: Mapping[str, QuantLayer], batches: Iterable[dict],
