@@ -43,17 +43,18 @@ def test_killed_runs_leave_nothing_partial_and_rerun_completes(tmp_path):
     full = start(recipe, tmp_path / "timing")
     assert full.wait(timeout=300) == 0, full.stderr.read()
     duration = time.perf_counter() - t0
-    kills = 0
-    for i in range(10):
-        out = tmp_path / f"out{i % 3}"
+    kills = attempts = 0
+    while kills < 10 and attempts < 20:  # a run that happens to finish before its kill is checked, then retried
+        out = tmp_path / f"out{attempts % 3}"
+        attempts += 1
         proc = start(recipe, out, "--force")
-        time.sleep(rng.uniform(0.05, duration * 0.9))
+        time.sleep(rng.uniform(0.05, duration * 0.8))
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             kills += 1
         proc.wait(timeout=60)
         assert_complete_or_absent(out)
-    assert kills >= 10, f"only {kills} runs were still running when killed"
+    assert kills >= 10, f"only {kills} of {attempts} runs were still running when killed"
     for i in range(3):
         out = tmp_path / f"out{i}"
         proc = start(recipe, out, "--force")
