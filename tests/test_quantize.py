@@ -88,8 +88,9 @@ def test_static_digits_runs_int8_on_onnxruntime(digits_task, digits_model, tmp_p
     model = quantize.apply(copy.deepcopy(digits_model), cfg(), digits_task)
     f = facts(model)
     assert f["mode"] == "static" and f["bits"] == 8 and f["folded_batchnorm"] == ["features.1", "features.4"]
-    for name in ("features.0", "classifier.1"):
-        assert on_grid(model.get_submodule(name).weight.detach(), WeightSpec(8))
+    assert f["weight_granularity"]["features.0"] == "channel"  # per-channel convolutions cost nothing
+    for name, granularity in f["weight_granularity"].items():
+        assert on_grid(model.get_submodule(name).weight.detach(), WeightSpec(8, granularity=granularity))
     art, session = run_onnx(model, digits_task, tmp_path / "int8")
     f = facts(model)  # the export added what ONNX Runtime really runs
     assert f["fallback_layers"] == {} and f["float_ops"] == []
@@ -100,6 +101,21 @@ def test_static_digits_runs_int8_on_onnxruntime(digits_task, digits_model, tmp_p
     assert art.size_bytes <= 0.3 * fp32_art.size_bytes
     base = evaluate(predict_fn(fp32), digits_task)
     assert base - evaluate(predict_fn(session), digits_task) <= 0.01
+
+
+def test_linear_layers_go_per_channel_only_where_it_pays(tmp_path):
+    torch.manual_seed(0)
+    model, task = LeNet5().eval(), small_task((1, 28, 28))
+    with torch.no_grad():
+        model.classifier[1].weight[7] *= 30  # one loud output channel: a single scale would flatten the rest
+    f = facts(quantize.apply(model, cfg(), task))["weight_granularity"]
+    assert f == {"features.0": "channel", "features.3": "channel", "classifier.1": "channel", "classifier.3": "tensor"}
+    always = facts(quantize.apply(model, cfg(per_channel_min_gain_db=0), task))["weight_granularity"]
+    assert set(always.values()) == {"channel"}
+    never = quantize.apply(model, cfg(per_channel=False), task)
+    assert set(facts(never)["weight_granularity"].values()) == {"tensor"}
+    art, _ = run_onnx(never, task, tmp_path, opset=12)  # per-tensor QDQ needs no opset 13
+    assert art.size_bytes > 0
 
 
 @pytest.mark.parametrize("build, shape", [(TinyResNet, (1, 16, 16)), (DepthwiseCNN, (1, 16, 16)),
@@ -154,8 +170,9 @@ def test_qat_trains_through_fake_quantization(digits_task, digits_model, tmp_pat
     task = _replace(digits_task, train_data=digits_task.train_data.take(320))  # 10 steps keep the test short
     model = quantize.apply(copy.deepcopy(digits_model), cfg(mode="qat", qat_epochs=1, qat_lr=1e-4), task)
     w0, w1 = digits_model.classifier[1].weight, model.classifier[1].weight
-    assert not torch.allclose(fake_quant(w0.detach(), WeightSpec(8)), w1)  # training moved the weights
-    assert on_grid(w1.detach(), WeightSpec(8))
+    spec = WeightSpec(8, granularity=facts(model)["weight_granularity"]["classifier.1"])
+    assert not torch.allclose(fake_quant(w0.detach(), spec), w1)  # training moved the weights
+    assert on_grid(w1.detach(), spec)
     _, session = run_onnx(model, digits_task, tmp_path)
     base = evaluate(torch_predict(digits_model, digits_task), digits_task)
     assert base - evaluate(predict_fn(session), digits_task) <= 0.01

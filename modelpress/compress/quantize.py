@@ -40,7 +40,8 @@ SEARCH_SPACE: dict[str, list] = {
 class Config:
     mode: Literal["static", "dynamic", "weight_only", "qat", "mixed"] = "static"
     bits: int = 8  # weight bits: 8 for the int8 modes (ONNX Runtime's kernels), 2..8 for weight_only
-    per_channel: bool = True  # one scale per output channel; false: one per tensor
+    per_channel: bool = True  # one scale per output channel where it pays (see per_channel_min_gain_db)
+    per_channel_min_gain_db: float = 6.0  # int8 Linear layers: per channel only if it cuts weight error this much
     group_size: int = 0  # weight_only: values sharing a scale along a channel's inputs (0 = the whole channel)
     symmetric: bool = True  # weights: zero point 0 (the int8 modes need it)
     weight_range: Literal["minmax", "mse"] = "minmax"  # weight clipping: full range, or least squared error
@@ -70,6 +71,8 @@ class Config:
               f"scale per channel. Set group_size: 0.")
         check(self.group_size == 0 or self.per_channel,
               "'quantize.group_size' splits each output channel into groups, so it needs per_channel: true.")
+        check(0 <= self.per_channel_min_gain_db < float("inf"),
+              f"'quantize.per_channel_min_gain_db' must be >= 0 (0: always per channel), got {self.per_channel_min_gain_db}.")
         check(0 < self.percentile <= 100, f"'quantize.percentile' must be in (0, 100], got {self.percentile}.")
         check(self.calib_samples >= 1, f"'quantize.calib_samples' must be at least 1, got {self.calib_samples}.")
         check(self.max_score_drop is None or self.max_score_drop >= 0,
@@ -78,10 +81,11 @@ class Config:
         check(self.qat_epochs >= 1, f"'quantize.qat_epochs' must be at least 1, got {self.qat_epochs}.")
         check(0 < self.qat_lr < float("inf"), f"'quantize.qat_lr' must be a positive number, got {self.qat_lr}.")
 
-    def weight_spec(self, bits: int | None = None) -> Any:
+    def weight_spec(self, bits: int | None = None, per_channel: bool | None = None) -> Any:
         from ._quant.quantizer import WeightSpec
 
-        granularity = "group" if self.group_size else ("channel" if self.per_channel else "tensor")
+        channel = self.per_channel if per_channel is None else per_channel
+        granularity = "group" if self.group_size else ("channel" if channel else "tensor")
         return WeightSpec(bits or self.bits, self.symmetric, granularity, self.group_size or 128, self.weight_range)
 
     @property

@@ -7,6 +7,7 @@ Convolutions are left float: ONNX Runtime's ConvInteger runs them several times 
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -15,14 +16,16 @@ from .graph import Graph
 from .quantizer import WeightSpec, quantize
 
 INT8_COLUMNS = WeightSpec(bits=8, symmetric=True, granularity="channel")
+INT8_TENSOR = WeightSpec(bits=8, symmetric=True, granularity="tensor")
 
 
 def eligible(g: Graph, node: Any) -> bool:
     return node.op_type in ("Gemm", "MatMul") and g.weight_input(node) is not None
 
 
-def rewrite(proto: Any, targets: list[str]) -> Any:
-    """Replace the Gemm/MatMul nodes named in ``targets`` by their dynamic int8 form, in place."""
+def rewrite(proto: Any, targets: list[str], per_channel: Mapping[str, bool]) -> Any:
+    """Replace the Gemm/MatMul nodes named in ``targets`` by their dynamic int8 form, in place (one weight scale
+    per output column for the nodes ``per_channel`` maps to True, else one per tensor)."""
     import torch
     from onnx import TensorProto, helper
 
@@ -31,9 +34,12 @@ def rewrite(proto: Any, targets: list[str]) -> Any:
     for node in [n for n in g.graph.node if n.name in set(targets) and eligible(g, n)]:
         name, w, axis = g.weight_input(node)
         w_kn = np.ascontiguousarray(w if axis == 1 else w.T)  # MatMulInteger takes B as [K, N]
-        qw = quantize(torch.from_numpy(w_kn.copy()), INT8_COLUMNS, axis=1)
+        channel = per_channel.get(node.name, True)
+        qw = quantize(torch.from_numpy(w_kn.copy()), INT8_COLUMNS if channel else INT8_TENSOR, axis=1)
         w_int8 = qw.integers().numpy().astype(np.int8)
         w_scale = qw.scale.reshape(-1).numpy().astype(np.float32)
+        if not channel:
+            w_scale = w_scale.reshape(())
         x = node.input[0]
         new: list[Any] = []
         if x not in shared:

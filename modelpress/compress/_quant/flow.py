@@ -10,7 +10,7 @@ from ...errors import ConfigError, ModelpressError
 from .. import add_train_hook, record, set_storage
 from .hook import OnnxLowering, Plan
 from .layers import (KeepOnGrid, batches_of, calibrate, check_weights, empty_calibration_error, fold_batchnorm, kind,
-                     select, unwrap, wrap)
+                     select, unwrap, weight_specs, wrap)
 from .mixed import fallback, sensitivity
 
 DYNAMIC_CONV = ("dynamic int8 convolution (ConvInteger) is several times slower than fp32 Conv in ONNX Runtime; "
@@ -45,7 +45,7 @@ def run(model: Any, config: Any, task: Any) -> Any:
         skipped = {n: DYNAMIC_CONV for n, k in kinds.items() if k == "Conv"}
         layers = {n: m for n, m in layers.items() if n not in skipped}
     spec = config.weight_spec()
-    wrapped = wrap(model, layers, spec, act)
+    wrapped = wrap(model, layers, weight_specs(layers, config), act)
     ranges: tuple[dict, dict] = ({}, {})
     estimate = None
     try:
@@ -63,7 +63,7 @@ def run(model: Any, config: Any, task: Any) -> Any:
     int8 = {n: kinds[n] for n, b in layer_bits.items() if b <= 8}
     facts: dict[str, Any] = {
         "mode": config.mode, "bits": config.bits, "layer_bits": layer_bits, "fallback_layers": skipped,
-        "folded_batchnorm": folded,
+        "folded_batchnorm": folded, "weight_granularity": {n: q.spec.granularity for n, q in wrapped.items()},
         "int8_ops": [] if act is None else [f"{n}: {k}" for n, k in int8.items()],
         "float_ops": [f"{n}: {kinds[n]}" for n in kinds if act is None or n not in int8],
     }
@@ -74,7 +74,8 @@ def run(model: Any, config: Any, task: Any) -> Any:
     if act is None:
         set_storage(model, "packed", granularity=spec.granularity, group_size=spec.group_size, symmetric=spec.symmetric)
     elif int8:
-        plan = Plan(mode="dynamic" if act == "dynamic" else "static", layers=int8, per_channel=config.per_channel,
+        plan = Plan(mode="dynamic" if act == "dynamic" else "static", layers=int8,
+                    per_channel={n: wrapped[n].spec.granularity == "channel" for n in int8},
                     input_ranges={n: r for n, r in ranges[0].items() if n in int8},
                     output_ranges={n: r for n, r in ranges[1].items() if n in int8},
                     fallback=skipped, preflight=config.preflight)

@@ -20,7 +20,7 @@ from .graph import Graph, module_name
 class Plan:
     mode: Literal["static", "dynamic"]
     layers: dict[str, str]  # module name -> "Conv" | "Linear": the layers planned for int8
-    per_channel: bool = True
+    per_channel: dict[str, bool] = field(default_factory=dict)  # layer -> one weight scale per output channel
     input_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)  # layer -> calibrated input range
     output_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)  # conv layer -> output range
     fallback: dict[str, str] = field(default_factory=dict)  # layers kept float by the plan, with the reason
@@ -45,7 +45,7 @@ class OnnxLowering:
 
     def __call__(self, proto: Any, task: Any) -> Any:
         opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
-        need = 13 if self.plan.mode == "static" and self.plan.per_channel else 11
+        need = 13 if self.plan.mode == "static" and any(self.plan.per_channel.values()) else 11
         if opset < need:
             raise ModelpressError(
                 f"quantize (mode {self.plan.mode}{', per_channel' if need == 13 else ''}) needs ONNX opset {need} or "
@@ -55,8 +55,9 @@ class OnnxLowering:
         g = Graph(proto)
         nodes = self.targets(g)
         names = [n.name for n in nodes]
+        channel = {n.name: self.plan.per_channel.get(module_name(n.name), True) for n in nodes}
         if self.plan.mode == "dynamic":
-            dynamic.rewrite(proto, names)
+            dynamic.rewrite(proto, names, channel)
         else:
             ranges = {}
             for n in nodes:
@@ -64,7 +65,7 @@ class OnnxLowering:
                 ranges[n.input[0]] = tuple(self.plan.input_ranges[m])
                 if m in self.plan.output_ranges:
                     ranges[n.output[0]] = tuple(self.plan.output_ranges[m])
-            qdq.rewrite(proto, names, ranges, per_channel=self.plan.per_channel)
+            qdq.rewrite(proto, names, ranges, channel)
         found = {module_name(n.name) for n in nodes}
         fallback = dict(self.plan.fallback)
         fallback.update({m: "not found as a Conv/Gemm/MatMul with constant weights in the exported graph"

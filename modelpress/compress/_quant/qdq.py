@@ -5,7 +5,7 @@ calibrated range), the weight becomes an int8 initializer behind DequantizeLinea
 channel: zero point 0 is what the u8 x s8 VNNI kernels take), the bias an int32 initializer with scale
 ``s_x * s_w``. The quantization point of an input is repeated upstream through pass-through ops
 (MaxPool, Flatten, Reshape, ...) and through ReLU when the zero point is 0 — exact, since quantizing commutes
-with those — so it lands on the producing Conv/Gemm's output and ONNX Runtime fuses
+with those — when that reaches a quantized Conv/Gemm's output, so ONNX Runtime fuses
 ``DQ -> Conv -> (ReLU) -> Q`` into one QLinearConv instead of leaving float islands between int8 ops.
 A Conv whose output reaches no quantized consumer gets its own output quantization for the same reason.
 """
@@ -26,19 +26,29 @@ SHAPE_ONLY = {"Shape", "Size"}  # consumers that read only the shape keep the fl
 
 
 def plan_points(g: Graph, targets: list[Any], ranges: Mapping[str, Range]) -> dict[str, tuple[float, int]]:
-    """Tensor -> (scale, zero point) of every quantization point, after pushing them upstream."""
+    """Tensor -> (scale, zero point) of every quantization point.
+
+    A target's input point is repeated up a chain of pass-through ops only when the chain starts at another
+    target: then ``DQ -> Conv -> Q`` fuses and MaxPool & co. run on uint8. Below a float op the point stays
+    where it is, so the float producer's MaxPool runs on float NCHWc kernels (uint8 MaxPool in NCHW layout
+    measured 6x slower) and only the smaller tensor is quantized."""
+    names = {n.name for n in targets}
     params = {n.input[0]: act_qparams(*ranges[n.input[0]]) for n in targets}
-    work = list(params)
-    while work:
-        t = work.pop()
-        p = g.producer.get(t)
-        if p is None or not (p.op_type in PASS_THROUGH or (p.op_type == "Relu" and params[t][1] == 0)):
-            continue
-        src = p.input[0]
-        if src in params or src in g.outputs or len(g.consumers[src]) != 1 or g.array(src) is not None:
-            continue
-        params[src] = params[t]
-        work.append(src)
+    for start in list(params):
+        chain, t = [], start
+        while True:
+            p = g.producer.get(t)
+            if p is None or not (p.op_type in PASS_THROUGH or (p.op_type == "Relu" and params[start][1] == 0)):
+                break
+            src = p.input[0]
+            users = [c for c in g.consumers[src] if c.op_type not in SHAPE_ONLY]
+            if src in params or src in g.outputs or len(users) != 1 or g.array(src) is not None:
+                break  # another user of src would see quantized values: keep the point where it is
+            chain.append(src)
+            t = src
+        top = g.producer.get(t)
+        if chain and top is not None and top.name in names:
+            params.update({c: params[start] for c in chain})
     for n in targets:
         y = n.output[0]
         if n.op_type == "Conv" and y not in params and y not in g.outputs and y in ranges:
@@ -76,7 +86,8 @@ def _quantize_weight(g: Graph, node: Any, x_scale: float, spec: WeightSpec) -> N
     ws = g.add_initializer(f"{name}_scale", w_scale)
     wz = g.add_initializer(f"{name}_zero_point", np.zeros_like(w_int8, shape=w_scale.shape))
     out = g.fresh(f"{name}_dequantized")
-    g.insert_before(node, [helper.make_node("DequantizeLinear", [wq, ws, wz], [out], axis=axis,
+    per_axis = {"axis": axis} if w_scale.ndim else {}  # opset < 13 knows no axis attribute
+    g.insert_before(node, [helper.make_node("DequantizeLinear", [wq, ws, wz], [out], **per_axis,
                                             name=g.fresh(f"{name}_DequantizeLinear"))])
     node.input[1] = out
     if len(node.input) > 2 and node.input[2]:
@@ -90,7 +101,8 @@ def _quantize_weight(g: Graph, node: Any, x_scale: float, spec: WeightSpec) -> N
                 bs = g.add_initializer(f"{old}_scale", b_scale)
                 bz = g.add_initializer(f"{old}_zero_point", np.zeros(b_scale.shape, np.int32))
                 bout = g.fresh(f"{old}_dequantized")
-                g.insert_before(node, [helper.make_node("DequantizeLinear", [bq, bs, bz], [bout], axis=0,
+                g.insert_before(node, [helper.make_node("DequantizeLinear", [bq, bs, bz], [bout],
+                                                        **({"axis": 0} if per_axis else {}),
                                                         name=g.fresh(f"{old}_DequantizeLinear"))])
                 node.input[2] = bout
                 g.reindex()
@@ -99,8 +111,9 @@ def _quantize_weight(g: Graph, node: Any, x_scale: float, spec: WeightSpec) -> N
     g.remove_initializer(name)
 
 
-def rewrite(proto: Any, targets: list[str], ranges: Mapping[str, Range], per_channel: bool = True) -> Any:
-    """Quantize the nodes named in ``targets`` (static u8 activations, s8 weights) in place."""
+def rewrite(proto: Any, targets: list[str], ranges: Mapping[str, Range], per_channel: Mapping[str, bool]) -> Any:
+    """Quantize the nodes named in ``targets`` (static u8 activations, s8 weights, one scale per output channel
+    for the nodes ``per_channel`` maps to True, else per tensor) in place."""
     g = Graph(proto)
     nodes = [n for n in g.graph.node if n.name in set(targets)]
     params = plan_points(g, nodes, ranges)
@@ -108,5 +121,6 @@ def rewrite(proto: Any, targets: list[str], ranges: Mapping[str, Range], per_cha
     for tensor, (scale, zp) in params.items():
         _insert_qdq(g, tensor, scale, zp)
     for node in nodes:
-        _quantize_weight(g, node, params[inputs[node.name]][0], INT8_CHANNELS if per_channel else INT8_TENSOR)
+        spec = INT8_CHANNELS if per_channel.get(node.name, True) else INT8_TENSOR
+        _quantize_weight(g, node, params[inputs[node.name]][0], spec)
     return proto

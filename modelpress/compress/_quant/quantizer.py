@@ -136,6 +136,13 @@ def fake_quant(w: torch.Tensor, spec: WeightSpec, axis: int = 0) -> torch.Tensor
     return w + (w_hat - w).detach() if w.requires_grad else w_hat
 
 
+def sqnr_db(w: torch.Tensor, w_hat: torch.Tensor) -> float:
+    """Signal-to-quantization-noise ratio in dB (inf when exact)."""
+    noise = float(((w - w_hat).double() ** 2).sum())
+    signal = float((w.double() ** 2).sum())
+    return float("inf") if noise == 0 else 10 * float(np.log10(max(signal, 1e-300) / noise))
+
+
 def act_qparams(lo: float, hi: float) -> tuple[float, int]:
     """Scale and zero point for an unsigned 8-bit activation covering ``[lo, hi]`` (the range always holds 0,
     so 0.0 is exact and a ReLU output gets zero point 0)."""
