@@ -5,8 +5,9 @@
 Models: ``fashion-mnist:lenet5`` and ``digits:transformer``. For each, every installed CPU runtime runs an
 fp32 artifact and an int8 one: ONNX Runtime (int8 = modelpress ``quantize: {mode: static}``, QDQ; ONNX
 Runtime's ``quantize_static`` stands in when that module is missing), OpenVINO (int8 = NNCF
-post-training), LiteRT and ExecuTorch (int8 = PT2E static), and torch (``torch.export`` program, fp32).
-GPU runtimes join when available (benchmarks/gpu.py measures them in depth).
+post-training), LiteRT and ExecuTorch (int8 = PT2E static). Eager torch is left out: with its OpenMP
+threads interleaved among other runtimes' thread pools on 2 cores it measured 100x slower than alone
+(benchmarks/baseline.py compares it with ONNX Runtime on its own). GPU runtimes join when available (benchmarks/gpu.py measures them in depth).
 
 All sessions of a model are timed interleaved in one loop (2 threads each). Columns: ``lat×@B`` is
 latency / fp32 ONNX Runtime at batch B (median of per-round ratios); ``vs_fp32_same@32`` is the int8
@@ -41,7 +42,6 @@ CANDIDATES = [
     ("tflite-int8", "tflite", "tflite", {"int8": True}, False),
     ("executorch-fp32", "executorch", "executorch", {}, False),
     ("executorch-int8", "executorch", "executorch", {"int8": True}, False),
-    ("torch-fp32", "torch", "torch", {}, False),
     ("onnxruntime_cuda-fp32", "onnxruntime_cuda", "onnx", {}, False),
     ("tensorrt-fp16", "tensorrt", "onnx", {}, False),
     ("torch_cuda-fp16", "torch_cuda", "torch", {}, False),
@@ -105,7 +105,7 @@ def measure_model(name: str, task_name: str, args: Any) -> list[dict[str, Any]]:
         for label, backend, fmt, options, int8_ort in CANDIDATES:
             runtime = registry.module("runtime", backend)
             if not runtime.available():
-                con.print(f"[dim]{name}: skip {label}: {runtime.why_unavailable()}[/dim]")
+                con.print(f"{name}: skip {label}: {runtime.why_unavailable()}", markup=False)
                 continue
             con.print(f"{name}: exporting {label}")
             t0 = time.perf_counter()
@@ -149,7 +149,7 @@ def rows_for(name: str, info: dict, timing: dict, energy: dict, meter: Any, torc
         par = facts["parity"]
         e = energy.get(label)
         rows.append(row(name, label, facts["score"], torch_score, facts["size_bytes"], info[base]["size_bytes"], lat,
-                        runtime=facts["runtime"], size_bytes=facts["size_bytes"],
+                        runtime=facts["runtime"], artifact_bytes=facts["size_bytes"],
                         p50_ms={str(bs): round(percentiles([x for r in t[label] for x in r])["p50"], 4)
                                 for bs, t in timing.items()},
                         max_abs_diff=float(f"{par['max_abs_diff']:.3g}"), agreement=round(par["agreement"], 4),
@@ -171,7 +171,7 @@ def main() -> None:
         r["p50_ms@32"] = (r.get("p50_ms") or {}).get("32")
         r["int8/fp32_same@32"] = r.get("vs_fp32_same_runtime_32")
     emit(rows, args, "runtimes: fp32 and int8 on every installed runtime (ratios vs fp32 ONNX Runtime)",
-         ("p50_ms@1", "p50_ms@32", "int8/fp32_same@32", "max_abs_diff", "agreement", "size_bytes", "energy_j",
+         ("p50_ms@1", "p50_ms@32", "int8/fp32_same@32", "max_abs_diff", "agreement", "artifact_bytes", "energy_j",
           "export_s"))
     methods = {r["int8_method"] for r in rows if r.get("int8_method")}
     print(f"ONNX Runtime int8 made with: {', '.join(sorted(methods)) or '-'}; energy: "

@@ -180,3 +180,17 @@ def test_finetune_trains_only_included_layers():
     assert torch.equal(out.features[0].weight, model.features[0].weight)
     assert not torch.equal(out.classifier[3].weight, model.classifier[3].weight)
     assert all(p.requires_grad for p in out.parameters())  # freezing is undone afterwards
+
+
+def test_bad_calls_leave_the_models_clean():
+    torch.manual_seed(0)
+    model, task = LeNet5().eval(), random_task((1, 28, 28))
+    with pytest.raises(ModelpressError, match="same module"):
+        distill.distill(model, model, task)
+    student = copy.deepcopy(model)
+    with pytest.raises(ConfigError, match="matches no layer"):
+        distill.distill(student, model, task, distill.Config(include=("conv*",), features=("features.3",)))
+    with pytest.raises(ConfigError, match="teacher layer.*nope not found"):
+        distill.distill(student, model, task, distill.Config(features=("features.3=nope",)))
+    assert not any(m._forward_hooks for m in [*student.modules(), *model.modules()])  # no capture hook left behind
+    assert all(p.requires_grad for p in student.parameters())

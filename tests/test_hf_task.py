@@ -8,7 +8,7 @@ import pytest
 
 from modelpress.errors import ConfigError, ModelFileError, ModelpressError
 from modelpress.evaluate import evaluate, parity, predict_fn, torch_predict
-from modelpress.runtime import RuntimeConfig, open_session
+from modelpress.runtime import open_session
 
 transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")

@@ -132,3 +132,31 @@ def test_split_covers_every_sample_once(n, sizes):
     assert sum(take for take, _ in chunks) == n
     assert all(size in sizes and 1 <= take <= size for take, size in chunks)
     assert all(take == size for take, size in chunks[:-1])  # only the last piece is ever padded
+
+
+SMALL = ("lenet5", "resnet", "depthwise", "transformer")
+
+
+@pytest.mark.parametrize("model_name", SMALL)
+@pytest.mark.parametrize("name", sorted(registry.RUNTIMES))
+def test_every_runtime_runs_every_small_model(name, model_name, tmp_path):
+    """The contract over the registry: each available runtime exports (with the first format it runs) and
+    runs the four contract models (plain CNN, residual adds, depthwise convolutions, attention) with fp32
+    parity. One compiled batch size keeps the fixed-batch targets quick."""
+    import dataclasses
+
+    import torch
+
+    from tests.test_contracts import SMALL_MODELS, small_task
+
+    needs(name)
+    build, shape = SMALL_MODELS[model_name]
+    torch.manual_seed(0)
+    model, task = build().eval(), small_task(shape)
+    fmt = registry.module("runtime", name).FORMATS[0]
+    exporter = registry.module("export format", fmt)
+    fields = {f.name for f in dataclasses.fields(exporter.Config)}
+    art = exporter.export(model, task, tmp_path, exporter.Config(**({"batch_sizes": (16,)} if "batch_sizes" in fields else {})))
+    session = open_session(art, RuntimeConfig(backend=name, threads=1))
+    p = parity(torch_predict(model, task), predict_fn(session), task.eval_data)
+    assert p["max_abs_diff"] <= 1e-3 and p["agreement"] >= 0.99

@@ -5,11 +5,9 @@ thread count for the run, shows a progress bar with the loss and the task metric
 that metric. Batches are ``(inputs, target)`` or inputs alone (unlabeled data): a custom ``loss_fn``
 (distillation) then trains on a teacher's outputs instead of labels.
 
->>> from modelpress.task import Batches
->>> from modelpress.zoo import LeNet300100
->>> data = Batches({"x": np.zeros((8, 1, 28, 28), np.float32)}, np.zeros(8, np.int64), batch_size=4)
->>> fit(LeNet300100(), data, TrainConfig(epochs=1)).training
-False
+>>> config = TrainConfig(epochs=2, lr=1e-3, threads=1)  # then: fit(model, task.train_data, config)
+>>> config.threads, config.optimizer
+(1, 'adamw')
 """
 from __future__ import annotations
 

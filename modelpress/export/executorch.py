@@ -118,11 +118,6 @@ def layer_of(node: Any) -> tuple[str, str]:
     return str(path), name
 
 
-def op_name(target: Any) -> str:
-    """'aten.linalg_inv_ex.default' for an OpOverload."""
-    return str(target)
-
-
 def locate(programs: Iterable[Any], wanted: Callable[[str], bool]) -> list[tuple[str, str, str]]:
     """(op, layer, class) for every distinct op in ``programs`` (exported programs or graph modules)
     whose name satisfies ``wanted``."""
@@ -132,7 +127,7 @@ def locate(programs: Iterable[Any], wanted: Callable[[str], bool]) -> list[tuple
         for node in graph.nodes:
             if node.op != "call_function":
                 continue
-            name = op_name(node.target)
+            name = str(node.target)  # 'aten.linalg_inv_ex.default'
             if name not in found and wanted(name):
                 found[name] = (name, *layer_of(node))
     return list(found.values())
@@ -258,8 +253,8 @@ def export(model: Any, task: Task, folder: Path, config: Config = Config(), **ma
         try:
             edge = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()])
         except Exception as e:
-            decomposed = [p.run_decompositions() for p in programs.values()][:1]
-            raise conversion_error("ExecuTorch", e, [*programs.values(), *decomposed], ALTERNATIVES) from None
+            first = next(iter(programs.values()))  # core-ATen form: the ops the edge dialect checks
+            raise conversion_error("ExecuTorch", e, [first, first.run_decompositions()], ALTERNATIVES) from None
         missing = missing_kernels(edge, list(programs))
         if missing:
             raise unsupported_op_error("ExecuTorch (XNNPACK and the portable kernels)", missing, "", ALTERNATIVES)

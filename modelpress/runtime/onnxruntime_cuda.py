@@ -18,6 +18,7 @@ from .onnxruntime import OrtSession
 
 FORMATS = ("onnx",)
 EXTRA = "gpu"
+DEVICE = "cuda"  # where it runs, whatever RuntimeConfig.device says (energy: NVML, not RAPL)
 PROVIDER = "CUDAExecutionProvider"
 
 
@@ -41,8 +42,8 @@ def provider_reason(provider: str) -> str:
     except ImportError:
         return "onnxruntime is not installed; install the GPU build with 'pip install modelpress[gpu]'."
     if provider not in ort.get_available_providers():
-        return (f"this onnxruntime build has no {provider} (it offers {', '.join(ort.get_available_providers())}); "
-                f"install the GPU build with 'pip install modelpress[gpu]' (onnxruntime-gpu replaces onnxruntime).")
+        return (f"this onnxruntime build has no {provider}; install the GPU build (onnxruntime-gpu) with "
+                f"'pip install modelpress[gpu]'.")
     if not gpu_names():
         return "no NVIDIA GPU is visible (nvidia-smi is missing or lists none)."
     return ""

@@ -16,6 +16,7 @@ from .onnxruntime_cuda import open_on_gpu, provider_reason
 
 FORMATS = ("onnx",)
 EXTRA = "gpu"
+DEVICE = "cuda"  # where it runs, whatever RuntimeConfig.device says (energy: NVML, not RAPL)
 PROVIDER = "TensorrtExecutionProvider"
 
 

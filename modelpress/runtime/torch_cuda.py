@@ -15,6 +15,7 @@ from . import RuntimeConfig, check_inputs
 
 FORMATS = ("torch",)
 EXTRA = "gpu"
+DEVICE = "cuda"  # where it runs, whatever RuntimeConfig.device says (energy: NVML, not RAPL)
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "auto": "float16"}
 
 
