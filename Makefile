@@ -14,7 +14,7 @@ $(VENV)/.installed: $(VENV)/bin/python pyproject.toml requirements-dev.txt const
 install: $(VENV)/.installed
 
 run: install
-	$(VENV)/bin/modelpress run recipes/baseline.yaml -o runs/baseline --force
+	$(VENV)/bin/modelpress auto recipes/auto_digits.yaml -o runs/auto-digits
 
 test: install
 	$(PY) -m pytest -q --durations=20

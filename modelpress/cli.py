@@ -167,6 +167,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    from rich.markup import escape
     from rich.table import Table
 
     from .doctor import report
@@ -177,13 +178,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     for col in ("runtime", "available", "version", "note"):
         table.add_column(col)
     for r in info["runtimes"]:
-        table.add_row(r["name"], "yes" if r["available"] else "no", r["version"] or "-", r["note"])
+        table.add_row(r["name"], "yes" if r["available"] else "no", r["version"] or "-", escape(r["note"]))
     con.print(table)
     cpu = info["cpu"]
     con.print(f"CPU: {cpu['model']} ({cpu['cores']} cores)")
     con.print("ISA flags: " + ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in cpu["flags"].items()))
     con.print(f"GPUs: {', '.join(info['gpus']) or 'none found'}")
-    con.print(f"energy meter: {info['energy']}")
+    for device, meter in info["energy"].items():
+        con.print(f"energy meter ({device}): {escape(meter)}")
     return 0
 
 

@@ -12,7 +12,7 @@ from typing import Any
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "avx_vnni")
 DISTRIBUTIONS = {"onnxruntime": ("onnxruntime", "onnxruntime-gpu"), "torch": ("torch",),
                  "openvino": ("openvino",), "tflite": ("ai-edge-litert",), "executorch": ("executorch",),
-                 "tensorrt": ("tensorrt", "onnxruntime-gpu"), "cuda": ("torch",), "onnxruntime_cuda": ("onnxruntime-gpu",)}
+                 "tensorrt": ("onnxruntime-gpu", "tensorrt"), "torch_cuda": ("torch",), "onnxruntime_cuda": ("onnxruntime-gpu",)}
 
 
 def cpu_info() -> dict[str, Any]:
@@ -54,6 +54,6 @@ def report() -> dict[str, Any]:
         ok = mod.available()
         runtimes.append({"name": name, "available": ok, "version": version(DISTRIBUTIONS.get(name, (name,))),
                          "note": "" if ok else mod.why_unavailable()})
-    meter = EnergyMeter()
-    return {"runtimes": runtimes, "cpu": cpu_info(), "gpus": gpus(),
-            "energy": "RAPL" if meter.available else f"unavailable ({meter.why})"}
+    meters = {"cpu": ("RAPL", EnergyMeter("cpu")), "cuda": ("NVML", EnergyMeter("cuda"))}
+    energy = {device: name if m.available else f"unavailable ({m.why})" for device, (name, m) in meters.items()}
+    return {"runtimes": runtimes, "cpu": cpu_info(), "gpus": gpus(), "energy": energy}

@@ -6,6 +6,7 @@ interrupted run never leaves a half-written result.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import shutil
@@ -95,10 +96,14 @@ def publish(stage: Path, out: Path) -> None:
         stage.rename(out)
 
 
-def export_model(model: Any, task: Task, recipe: Recipe, folder: Path) -> Artifact:
-    """Export with the recipe's exporter, then encode with the storage codec a technique asked for."""
+def export_model(model: Any, task: Task, recipe: Recipe, folder: Path, fp32: bool = False) -> Artifact:
+    """Export with the recipe's exporter, then encode with the storage codec a technique asked for.
+    ``fp32``: the baseline export, with the exporter's own int8 option (OpenVINO, LiteRT) turned off."""
     exporter = registry.module("export format", recipe.export.format)
-    art = exporter.export(model, task, folder, recipe.export.exporter_config(),
+    config = recipe.export.exporter_config()
+    if fp32 and getattr(config, "int8", False):
+        config = dataclasses.replace(config, int8=False)
+    art = exporter.export(model, task, folder, config,
                           recipe={"task": recipe.task, "steps": [s.to_yaml() for s in recipe.steps]})
     wanted = storage(model)
     if wanted:
@@ -122,7 +127,7 @@ def measure(model: Any, baseline: Any, task: Task, recipe: Recipe, folder: Path,
     progress("exporting")
     art = export_model(model, task, recipe, folder / "artifact")
     with tempfile.TemporaryDirectory() as tmp:
-        base_art = export_model(baseline, task, recipe, Path(tmp))
+        base_art = export_model(baseline, task, recipe, Path(tmp), fp32=True)
         progress(f"loading on {recipe.runtime.backend}")
         example = task.example_inputs
         probe(art, recipe.runtime, example(1))
@@ -132,7 +137,8 @@ def measure(model: Any, baseline: Any, task: Task, recipe: Recipe, folder: Path,
         score = evaluate(predict_fn(session), task)
         par = parity(torch_predict(model, task), predict_fn(session), task.eval_data)
         latency = compare(session.run, base_session.run, example, recipe.bench, progress)
-        meter = EnergyMeter()
+        # a runtime that always runs on one device (CUDA, TensorRT) says so; its energy comes from that meter
+        meter = EnergyMeter(getattr(registry.module("runtime", recipe.runtime.backend), "DEVICE", recipe.runtime.device))
         energy = meter.measure(lambda: session.run(example(1)), 200)
         base_size = base_art.size_bytes
     result: dict[str, Any] = {
@@ -142,13 +148,14 @@ def measure(model: Any, baseline: Any, task: Task, recipe: Recipe, folder: Path,
         "latency_ms": {str(bs): v["candidate"] for bs, v in latency.items()},
         "baseline_latency_ms": {str(bs): v["baseline"] for bs, v in latency.items()},
         "latency_ratio": {str(bs): v["paired_ratio"] for bs, v in latency.items()},
+        "speedup_measured": {str(bs): 1 / v["paired_ratio"] for bs, v in latency.items()},
         "throughput_per_s": {str(bs): v for bs, v in throughput_per_s({b: v["candidate"] for b, v in latency.items()}).items()},
         "size_bytes": art.size_bytes, "baseline_size_bytes": base_size, "size_ratio": art.size_bytes / base_size,
         "peak_memory_bytes": peak_bytes, "parity": par,
         "energy_j_per_inference": energy, "energy_note": None if energy is not None else meter.why,
         **facts(model),
     }
-    result["notes"] = notes(result)
+    result["notes"] = notes(result, [s.name for s in recipe.steps])
     violations = recipe.constraints.violations(result)
     result["constraints_met"] = not violations
     result["violations"] = violations
@@ -156,8 +163,10 @@ def measure(model: Any, baseline: Any, task: Task, recipe: Recipe, folder: Path,
     return result
 
 
-def notes(result: dict[str, Any]) -> list[str]:
-    """Plain statements about what the measurements show (for example: smaller but not faster)."""
+def notes(result: dict[str, Any], techniques: list[str] = ()) -> list[str]:
+    """Plain statements about what the measurements show (for example: smaller but not faster), then what
+    the techniques said: their facts named ``*_note``, and the lines of a technique's ``explain(result)``
+    (quantize: why int8 came out slower)."""
     out = []
     ratios = result["latency_ratio"]
     if result["size_ratio"] < 0.9 and all(r >= 0.95 for r in ratios.values()):
@@ -166,6 +175,10 @@ def notes(result: dict[str, Any]) -> list[str]:
     for bs, r in ratios.items():
         if r > 1.05:
             out.append(f"At batch {bs} the artifact is slower than the fp32 baseline ({r:.2f}x its latency).")
+    out += [v for k, v in result.items() if k.endswith("_note") and k != "energy_note" and v]
+    for name in dict.fromkeys(techniques):
+        explain = getattr(registry.module("technique", name), "explain", None)
+        out += explain(result) if explain else []
     return out
 
 

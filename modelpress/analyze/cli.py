@@ -43,7 +43,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     import time
 
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+    from .._progress import progress_bar
 
     from . import AnalyzeConfig, analyze, write
     from .render import print_analysis
@@ -61,8 +63,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         from ..load import load_into
 
         model = load_into(model, args.model, trust_pickle=args.trust_pickle)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=con, transient=True) as bar:
+    with progress_bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
         job = bar.add_task("analyzing", total=None)
 
         def stage(message: str) -> None:

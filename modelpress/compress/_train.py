@@ -144,7 +144,9 @@ def fit(model: nn.Module, train_data: Iterable, config: TrainConfig = TrainConfi
     alongside the model (e.g. a distillation loss's projections). Train hooks of earlier techniques run
     around every optimizer step.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+
+    from .._progress import progress_bar
 
     if train_data is None:
         raise ModelpressError("This step needs training data, but the task has no train_data.")
@@ -172,7 +174,7 @@ def fit(model: nn.Module, train_data: Iterable, config: TrainConfig = TrainConfi
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[status]}"), TimeRemainingColumn())
     try:
-        with Progress(*columns, transient=True) as progress:
+        with progress_bar(*columns) as progress:
             bar = progress.add_task(description, total=total if steps_per_epoch else None, status="")
             metric = ""
             for epoch in range(config.epochs):

@@ -38,7 +38,7 @@ LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 SEARCH_SPACE: dict[str, list] = {
     "clusters": [32, 16, 64, 256, 8],
     "init": ["linear", "density", "kmeans++"],
-    "granularity": ["layer", "channel"],
+    "granularity": ["layer"],  # per channel needs clusters <= weights per channel: a user's choice, not a default
 }
 
 

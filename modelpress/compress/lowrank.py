@@ -132,7 +132,7 @@ def decide(model: nn.Module, layers: list[Layer], config: Config, inputs: dict[s
 
 
 def sensitivity_plan(model: nn.Module, layers: list[Layer], config: Config, inputs: dict[str, torch.Tensor]):
-    from rich.progress import Progress
+    from .._progress import progress_bar
 
     reference = run(model, inputs).to(torch.float64)
     scale = float((reference ** 2).sum()) or 1.0
@@ -154,7 +154,7 @@ def sensitivity_plan(model: nn.Module, layers: list[Layer], config: Config, inpu
                 weight.copy_(original)
         return float(((out - reference) ** 2).sum()) / scale
 
-    with Progress(transient=True) as progress:
+    with progress_bar() as progress:
         bar = progress.add_task("lowrank: layer sensitivity", total=len(layers))
         return by_sensitivity(layers, config.param_ratio, config.rank_multiple, config.conv_method,
                               config.max_cost_ratio, sensitivity, config.budget, lambda: progress.advance(bar))
@@ -162,11 +162,11 @@ def sensitivity_plan(model: nn.Module, layers: list[Layer], config: Config, inpu
 
 def keep_measured(layers: list[Layer], plan: dict[str, Choice], skipped: dict[str, str], config: Config):
     """Keep only the layers whose split runs at most ``max_cost_ratio`` of the original's latency."""
-    from rich.progress import track
+    from .._progress import track
 
     by_name = {layer.name: layer for layer in layers}
     kept, skipped, measured = {}, dict(skipped), {}
-    for name, c in track(plan.items(), "lowrank: timing layers", transient=True):
+    for name, c in track(plan.items(), "lowrank: timing layers", len(plan)):
         layer = by_name[name]
         ratio = measured_ratio(layer.module, split(layer.module, c.method, c.ranks), layer.geometry.in_shape,
                                config.measure_batch_size)
