@@ -9,6 +9,7 @@ $(VENV)/bin/python:
 
 $(VENV)/.installed: $(VENV)/bin/python pyproject.toml requirements-dev.txt constraints-dev.txt
 	$(PIP) install -q -r requirements-dev.txt -c constraints-dev.txt
+	-$(VENV)/bin/opt_in_out --opt_out >/dev/null 2>&1  # OpenVINO's telemetry: off in development and CI
 	touch $@
 
 install: $(VENV)/.installed

@@ -64,3 +64,14 @@ def check_inputs(inputs: dict[str, np.ndarray], spec: dict[str, dict[str, Any]])
             raise ModelpressError(f"Input '{name}' has shape {list(got.shape)}, but the model expects {shape}.")
         if want.get("dtype") and str(got.dtype) != want["dtype"]:
             raise ModelpressError(f"Input '{name}' has dtype {got.dtype}, but the model expects {want['dtype']}.")
+
+
+def importable(module: str) -> bool:
+    """Whether a runtime's library imports here (a broken installation counts as absent)."""
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except Exception:
+        return False
+    return True

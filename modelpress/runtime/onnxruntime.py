@@ -6,18 +6,14 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelFileError
-from . import RuntimeConfig, check_inputs
+from . import RuntimeConfig, check_inputs, importable
 
 FORMATS = ("onnx",)
 EXTRA = "onnxruntime"
 
 
 def available() -> bool:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importable("onnxruntime")
 
 
 def why_unavailable() -> str:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelFileError, ModelpressError
-from . import RuntimeConfig, check_inputs
+from . import RuntimeConfig, check_inputs, importable
 
 FORMATS = ("openvino",)
 EXTRA = "openvino"
@@ -20,11 +20,7 @@ HINTS = {"fp32": "f32", "int8": "f32", "bf16": "bf16", "fp16": "f16", "auto": No
 
 
 def available() -> bool:
-    try:
-        import openvino  # noqa: F401
-    except Exception:
-        return False
-    return True
+    return importable("openvino")
 
 
 def why_unavailable() -> str:

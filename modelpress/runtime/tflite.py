@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelFileError
-from . import RuntimeConfig
+from . import RuntimeConfig, importable
 from .executorch import FixedBatchSession, Runner, batch_methods
 
 FORMATS = ("tflite",)
@@ -20,11 +20,7 @@ EXTRA = "tflite"
 
 
 def available() -> bool:
-    try:
-        import ai_edge_litert.interpreter  # noqa: F401
-    except Exception:
-        return False
-    return True
+    return importable("ai_edge_litert.interpreter")
 
 
 def why_unavailable() -> str:

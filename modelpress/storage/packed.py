@@ -15,15 +15,15 @@ the scale (at most one float32 ulp per value).
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .. import artifact as art_mod
-from ..artifact import Artifact, atomic_write_bytes, sha256
+from ..artifact import Artifact, atomic_write_bytes
 from ..errors import ModelFileError
+from . import cached_decoding
 
 ENCODING = "packed"
 FILE = "model.packed"
@@ -155,17 +155,32 @@ def encode(artifact: Artifact, model: Any, options: dict[str, Any]) -> Artifact:
 
 def decode(artifact: Artifact) -> Path:
     """A dense, runnable ``model.onnx`` (cached under the temporary folder, keyed by content hash)."""
+    info = artifact.manifest.get("packed")
+    if artifact.manifest.get("encoding") != ENCODING or not info:
+        return artifact.path
+    return cached_decoding(artifact, "packed", info.get("dense_file", "model.onnx"), lambda: _dense(artifact))
+
+
+def _dense(artifact: Artifact) -> bytes:
     import onnx
     import safetensors.numpy
     from onnx import numpy_helper
 
-    info = artifact.manifest.get("packed")
-    if artifact.manifest.get("encoding") != ENCODING or not info:
-        return artifact.path
-    digest = sha256(artifact.path)  # the file's own hash: a changed file never reuses a stale decoding
-    target = Path(tempfile.gettempdir()) / "modelpress-decoded" / f"packed-{digest[:32]}" / info.get("dense_file", "model.onnx")
-    if target.exists():
-        return target
+    try:
+        arrays = safetensors.numpy.load(artifact.path.read_bytes())
+        proto = onnx.load_from_string(arrays[_SKELETON].tobytes())
+        index = json.loads(arrays[_INDEX].tobytes())
+        for key, meta in index.items():
+            count = int(np.prod(meta["shape"]))
+            codes = unpack_bits(arrays[f"{key}.codes"], meta["bits"], count)
+            scale = arrays[f"{key}.scale"]
+            zp = arrays.get(f"{key}.zero_point", np.zeros(scale.shape, np.uint8)).astype(np.float32)
+            dense = dequantize(codes, scale, zp, meta)
+            proto.graph.initializer[int(key)].CopyFrom(numpy_helper.from_array(dense, meta["name"]))
+    except Exception as e:
+        raise ModelFileError(f"{artifact.path} is not a valid packed artifact ({type(e).__name__}: {e}); "
+                             f"re-export it.") from None
+    return proto.SerializeToString()
     try:
         arrays = safetensors.numpy.load(artifact.path.read_bytes())
         proto = onnx.load_from_string(arrays[_SKELETON].tobytes())

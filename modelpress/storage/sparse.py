@@ -17,15 +17,15 @@ file and only gains those records.
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .. import artifact as art_mod
-from ..artifact import Artifact, atomic_write_bytes, sha256
+from ..artifact import Artifact, atomic_write_bytes
 from ..errors import ModelFileError
+from . import cached_decoding
 
 ENCODING = "sparse"
 FILE = "model.sparse"
@@ -104,17 +104,33 @@ def encode(artifact: Artifact, model: Any, options: dict[str, Any]) -> Artifact:
 
 def decode(artifact: Artifact) -> Path:
     """A dense, runnable ``model.onnx`` (cached under the temporary folder, keyed by content hash)."""
+    info = artifact.manifest.get("sparse")
+    if artifact.manifest.get("encoding") != ENCODING or not info:
+        return artifact.path
+    return cached_decoding(artifact, "sparse", info.get("dense_file", "model.onnx"), lambda: _dense(artifact, info))
+
+
+def _dense(artifact: Artifact, info: dict[str, Any]) -> bytes:
     import onnx
     import safetensors.numpy
     from onnx import numpy_helper
 
-    info = artifact.manifest.get("sparse")
-    if artifact.manifest.get("encoding") != ENCODING or not info:
-        return artifact.path
-    digest = sha256(artifact.path)  # of the bytes on disk, so a changed file is never served from the cache
-    target = Path(tempfile.gettempdir()) / "modelpress-decoded" / digest[:32] / info.get("dense_file", "model.onnx")
-    if target.exists():
-        return target
+    try:
+        arrays = safetensors.numpy.load(_decompress(artifact.path.read_bytes(), info["compression"]))
+        proto = onnx.load_from_string(arrays[_SKELETON].tobytes())
+        index = json.loads(arrays[_INDEX].tobytes())
+    except ModelFileError:
+        raise
+    except Exception as e:
+        raise ModelFileError(f"{artifact.path} is not a valid sparse artifact ({type(e).__name__}); re-export it.") from None
+    for i, meta in index.items():
+        shape, dtype = meta["shape"], np.dtype(meta["dtype"])
+        size = int(np.prod(shape))
+        mask = np.unpackbits(arrays[f"{i}.mask"], count=size).astype(bool)
+        dense = np.zeros(size, dtype=dtype)
+        dense[mask] = arrays[f"{i}.values"]
+        proto.graph.initializer[int(i)].CopyFrom(numpy_helper.from_array(dense.reshape(shape), meta["name"]))
+    return proto.SerializeToString()
     try:
         arrays = safetensors.numpy.load(_decompress(artifact.path.read_bytes(), info["compression"]))
         proto = onnx.load_from_string(arrays[_SKELETON].tobytes())
