@@ -267,3 +267,15 @@ def test_time_limit_starts_no_trial_that_cannot_end_in_time(registered, tmp_path
     summary = auto(parse_recipe(RECIPE), tmp_path / "out", timeout_s=1e-3)
     assert summary["trials"] == [] and summary["chosen"] is None
     assert (tmp_path / "out/report.html").exists()  # the (empty) reports are written all the same
+
+
+def test_repeated_proposals_do_not_count_and_an_exhausted_space_stops(registered, tmp_path):
+    search = {"trials": 10, "subset_samples": 128, "startup_trials": 2,
+              "space": {"techniques": ["shrink"], "max_steps": 1, "shrink": {"rank_ratio": [0.5, 0.25]}}}
+    summary = auto(parse_recipe({**RECIPE, "search": search}), tmp_path / "out")
+    measured = [r for r in summary["trials"] if not r["cached"]]
+    labels = [r["candidate"] for r in measured]
+    assert len(labels) == len(set(labels)) == 3  # fp32 and the two ranks, each measured once
+    assert summary["counts"]["repeats"] == len(summary["trials"]) - 3 >= 50  # then it gave up on the space
+    front = [r["candidate"] for r in summary["pareto"]]
+    assert len(front) == len(set(front))

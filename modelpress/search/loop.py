@@ -32,6 +32,7 @@ from . import study as studies
 from .space import Candidate, SearchConfig, resolve
 
 Progress = Callable[[str], None]
+MAX_REPEATS = 50  # proposals in a row that repeat measured candidates before the search gives up on the space
 
 
 def auto(recipe: Any, out: str | Path, *, trials: int | None = None, workers: int | None = None,
@@ -108,6 +109,7 @@ class Search:
     def loop(self, runner: Any) -> None:
         deadline = time.monotonic() + self.config.timeout_s if self.config.timeout_s else None
         pending: dict[Any, tuple[Any, Candidate, str]] = {}
+        repeats = 0  # proposals in a row that repeat a measured candidate
         self.write_reports()
         while True:
             while (len(pending) < runner.slots and studies.finished(self.study) + len(pending) < self.config.trials
@@ -120,9 +122,17 @@ class Search:
                 cached = self.results.get(key)
                 if cached is not None:
                     self.finish(trial, cand, cached, key, cached=True)
+                    repeats += 1
+                    if repeats >= MAX_REPEATS:
+                        break
                     continue
+                repeats = 0
                 self.progress(f"trial {trial.number}: {cand.label()}")
                 pending[runner.submit(self._job(cand))] = (trial, cand, key)
+            if not pending and repeats >= MAX_REPEATS:
+                self.progress(f"the sampler proposed {MAX_REPEATS} measured candidates in a row: the space looks "
+                              f"exhausted ({self.space.size()} candidates); widen it or ask for fewer trials")
+                return
             if not pending:
                 if deadline is not None and studies.finished(self.study) < self.config.trials:
                     self.progress(f"time limit of {self.config.timeout_s:g} s: no further trial would end in time; "

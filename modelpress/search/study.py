@@ -114,11 +114,12 @@ def recover(study: Any) -> list[int]:
 
 
 def finished(study: Any) -> int:
-    """Trials that count toward ``trials``: complete, stopped early, or failed on their own."""
+    """Trials that count toward ``trials``: complete, stopped early, or failed on their own. A repeat of a
+    candidate already measured (answered from the result cache) does not count: ``trials`` distinct ones."""
     from optuna.trial import TrialState
 
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
-    return sum(1 for t in done if not interrupted(t))
+    return sum(1 for t in done if not interrupted(t) and not t.user_attrs.get("cached"))
 
 
 def interrupted(trial: Any) -> bool:

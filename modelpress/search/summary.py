@@ -38,14 +38,16 @@ def summarize(records: list[dict[str, Any]], recipe: Any, config: Any, space: An
     from ..config import to_dict
 
     constraints = recipe.constraints
-    ok = [r for r in records if pareto.feasible(r, constraints)]
+    measured = [r for r in records if not r.get("cached")]  # a repeat is the same measurement again
+    ok = [r for r in measured if pareto.feasible(r, constraints)]
     front = sorted(pareto.front(ok, config.objectives), key=lambda r: tuple(r["objectives"][o] for o in config.objectives))
     chosen = pareto.choose(front, config.objectives, config.tie_tolerance)
     front_numbers = {r["number"] for r in front}
     number = chosen["number"] if chosen else None
     rows = [row(r, constraints, front_numbers, number) for r in records]
     by_number = {r["trial"]: r for r in rows}
-    counts = {s: sum(1 for r in records if r["state"] == s) for s in ("complete", "pruned", "failed")}
+    counts = {s: sum(1 for r in measured if r["state"] == s) for s in ("complete", "pruned", "failed")}
+    counts["repeats"] = len(records) - len(measured)
     summary: dict[str, Any] = {
         "task": recipe.task, "constraints": {k: v for k, v in to_dict(constraints).items() if v is not None},
         "objectives": list(config.objectives), "trials_requested": config.trials, "counts": {**counts, "feasible": len(ok)},
@@ -55,8 +57,8 @@ def summarize(records: list[dict[str, Any]], recipe: Any, config: Any, space: An
         "chosen_layers": (chosen["outcome"].get("layers") or []) if chosen else [],
         "chosen_facts": _facts(chosen["outcome"].get("result") or {}) if chosen else {},
         "pareto": [by_number[r["number"]] for r in front],
-        "closest": [] if ok else [by_number[r["number"]] for r in pareto.closest(records, constraints, config.keep_closest)],
-        "missed_by": {} if ok else missed_by(records, constraints),
+        "closest": [] if ok else [by_number[r["number"]] for r in pareto.closest(measured, constraints, config.keep_closest)],
+        "missed_by": {} if ok else missed_by(measured, constraints),
         "trials": rows, "notes": list(space.notes), **extra,
     }
     return summary
@@ -113,7 +115,8 @@ def markdown(summary: dict[str, Any]) -> str:
              f"Objectives (minimised, in this order): {', '.join(summary['objectives'])}. "
              f"Trials: {sum(summary['counts'][s] for s in ('complete', 'pruned', 'failed'))} of "
              f"{summary['trials_requested']} ({summary['counts']['complete']} measured, {summary['counts']['pruned']} "
-             f"stopped early, {summary['counts']['failed']} failed; {summary['counts']['feasible']} meet the constraints). "
+             f"stopped early, {summary['counts']['failed']} failed; {summary['counts']['feasible']} meet the constraints; "
+             f"{summary['counts'].get('repeats', 0)} repeated proposals answered from the cache). "
              f"Latency is at batch {batch}: the paired ratio to fp32 times the study's fp32 reference.", ""]
     if summary["chosen"]:
         lines += ["## Chosen", "", f"Trial {summary['chosen']['trial']}: {summary['chosen']['candidate']}. "
