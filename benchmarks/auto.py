@@ -131,7 +131,7 @@ def main() -> None:
     labels = {"fp32": "fp32", "auto": f"auto: {summary['chosen']['candidate']}",
               **{n: f"{n} only (defaults)" for n in DEFAULTS}}
     rows = [row("fashion-mnist:lenet5", labels[k], scores[k], scores["fp32"], sizes[k], fp32_size, ratios[k],
-                size_bytes=sizes[k], latency_ms=medians[k]) for k in arts]
+                bytes=sizes[k], latency_ms=medians[k]) for k in arts]
     auto_row = rows[1]
     drop = scores["fp32"] - scores["auto"]
     targets = {
@@ -144,7 +144,7 @@ def main() -> None:
     auto_row.update(targets=targets, resume=resume, search_trials=summary["counts"],
                     search_score=summary["chosen"]["score"], chosen_trial=summary["chosen"]["trial"])
     emit(rows, args, "modelpress auto against single-technique defaults (ONNX Runtime, 2 threads)",
-         ("size_bytes",))
+         ("bytes",))
     for name, ok in targets.items():
         print(f"target {name}: {'met' if ok else 'MISSED'}")
     print(f"resume check: {resume}")

@@ -93,6 +93,24 @@ def test_order_search_samples_permutations(fake_techniques):
     assert {("shrink", "noise"), ("noise", "shrink"), ("shrink",), ("noise",)} <= orders
 
 
+@pytest.mark.parametrize("order", ["fixed", "search"])
+def test_params_of_a_candidate_make_the_sampler_draw_it_and_extensions_keep_its_steps(fake_techniques, order):
+    import optuna
+
+    r = recipe(space={"techniques": ["shrink", "noise"], "order": order, "max_steps": 2,
+                      "shrink": {"rank_ratio": [0.5, 0.25, 0.05]}, "noise": {"scale": [3.0, 0.0]}})
+    space = resolve(r.search, r)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    for _ in range(20):
+        cand = space.sample(study.ask())
+        assert space.sample(optuna.trial.FixedTrial(space.params_of(cand))) == cand
+    alone = space.candidate([("shrink", {"rank_ratio": 0.25})], space.baseline().runtime)
+    (params, ext), = space.extensions(alone)
+    assert dict(ext.steps) == {"shrink": {"rank_ratio": 0.25}, "noise": {"scale": 3.0}}  # noise at its first value
+    assert space.sample(optuna.trial.FixedTrial(params)) == ext
+    assert space.extensions(ext) == []  # max_steps reached
+
+
 def test_sampled_candidate_is_a_recipe_modelpress_run_accepts(fake_techniques):
     import optuna
 

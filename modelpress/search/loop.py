@@ -104,6 +104,7 @@ class Search:
         self.ctx, self.batch, self.run_id, self.progress, self.on_trial = ctx, batch, run_id, progress, on_trial
         self.results = ResultCache(out / "cache" / "results")
         self.chosen: int | None = None
+        self.queued: set[str] = set()  # result keys of the extensions queued by this invocation
         self.durations: list[float] = []  # seconds of the trials this invocation ran (cached ones excluded)
 
     def loop(self, runner: Any) -> None:
@@ -247,9 +248,23 @@ class Search:
         atomic_write_text(self.out / "report.html", render(summary))
         chosen = summary["chosen"]
         if chosen and chosen["trial"] != self.chosen:
-            self._write_best(next(r for r in recs if r["number"] == chosen["trial"]), summary["chosen_recipe"])
+            record = next(r for r in recs if r["number"] == chosen["trial"])
+            self._write_best(record, summary["chosen_recipe"])
             self.chosen = chosen["trial"]
+            if not final:
+                self._extend(record)
         return summary
+
+    def _extend(self, record: dict[str, Any]) -> None:
+        """Queue the new choice's one-step extensions that were never measured (see ``Space.extensions``)."""
+        if not record.get("candidate"):
+            return
+        for params, ext in self.space.extensions(Candidate.from_json(record["candidate"])):
+            key = self._key(ext)
+            if key in self.queued or self.results.get(key) is not None:
+                continue
+            self.queued.add(key)
+            self.study.enqueue_trial(params, user_attrs={"seed": f"extends:{record['number']}"})
 
     def _write_best(self, record: dict[str, Any], recipe_yaml: str) -> None:
         """``best/``: the chosen candidate's recipe.yaml (``modelpress run`` reproduces it), result.json and

@@ -211,6 +211,50 @@ class Space:
     def baseline(self) -> Candidate:
         return self.candidate([], {k: v[0] for k, v in self.runtime.items()})
 
+    def params_of(self, cand: Candidate) -> dict[str, Any] | None:
+        """The Optuna params with which ``sample`` draws ``cand``; None when the space cannot draw it."""
+        params: dict[str, Any] = {}
+
+        def put(base: str, values: list[Any], value: Any) -> None:
+            choices = [_encode(v) for v in values]
+            if _encode(value) not in choices:
+                raise KeyError(base)
+            if len(choices) > 1:
+                params[param(base, choices)] = _encode(value)
+
+        names = [n for n, _ in cand.steps]
+        try:
+            for key, vals in self.runtime.items():
+                put(f"runtime.{key}", vals, cand.runtime[key])
+            combo = "+".join(sorted(names, key=self.techniques.index))
+            put("pipeline", self.pipelines(), combo)
+            put(f"order[{combo}]", self.orders(combo), "+".join(names))
+            for name, settings in cand.steps:
+                for key, vals in self.settings[name].items():
+                    put(f"{name}.{key}", vals, settings[key])
+        except (KeyError, ValueError):
+            return None
+        return params
+
+    def extensions(self, cand: Candidate) -> list[tuple[dict[str, Any], Candidate]]:
+        """``cand`` with one more technique at its default settings (the first value of each list), where
+        the space allows it, as (Optuna params, candidate) pairs: next to a good pipeline, a longer one
+        that keeps it (say, pruning that made the model fast, then clustering that makes it small) is
+        worth measuring before the sampler happens upon it."""
+        names = [n for n, _ in cand.steps]
+        if not names or len(names) >= self.max_steps:
+            return []
+        out = []
+        for name in (t for t in self.techniques if t not in names):
+            steps = [*cand.steps, (name, {k: v[0] for k, v in self.settings[name].items()})]
+            if self.order != "search":
+                steps.sort(key=lambda step: self.techniques.index(step[0]))
+            ext = self.candidate(steps, cand.runtime)
+            params = self.params_of(ext)
+            if params is not None:
+                out.append((params, ext))
+        return out
+
 
 def _order(names: list[str]) -> list[str]:
     def rank(name: str) -> tuple[float, str]:
