@@ -1,6 +1,6 @@
 """Distillation on Fashion-MNIST LeNet-5 (the teacher), side by side in one run with the same epochs and seed.
 
-    python benchmarks/distill.py [--json rows.json] [--quick] [--threads N]
+    python benchmarks/distill.py [--json rows.json] [--quick] [--threads N] [--seeds 0,1,2] [--init teacher|random]
 
 Candidates, each against the teacher's fp32 ONNX artifact on ONNX Runtime:
 
@@ -42,6 +42,8 @@ KD, LABELS = "half-width student, distilled", "half-width student, labels only"
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads while training (default: torch's)")
+    p.add_argument("--init", choices=["teacher", "random"], default="teacher",
+                   help="students start from the teacher's strongest channels, or from random weights")
     p.add_argument("--seeds", default="0,1,2", help="seeds of the two students (each trained once per seed; the "
                                                     "targets compare the means)")
     args = p.parse_args()
@@ -58,7 +60,7 @@ def main() -> None:
     example = tuple(torch.from_numpy(v) for v in task.example_inputs(2).values())
     candidates = {}  # name -> trained model
     for seed in seeds:  # same init, data order and seed for both students of a pair
-        student = derive(teacher, example, width=0.5, init="teacher", seed=seed)
+        student = derive(teacher, example, width=0.5, init=args.init, seed=seed)
         candidates[f"{KD} (seed {seed})"] = distill.distill(copy.deepcopy(student), teacher, task,
                                                             dataclasses.replace(kd, seed=seed))
         candidates[f"{LABELS} (seed {seed})"] = finetune.apply(student, dataclasses.replace(labels, seed=seed), task)
@@ -90,7 +92,7 @@ def main() -> None:
                             epochs=student_epochs if "student" in name else recovery_epochs))
     rows = with_means(rows, seeds)
     judge(rows, teacher_score)
-    emit(rows, args, f"Distillation on {TASK} (alpha {ALPHA}, T {TEMPERATURE}; students: seeds {args.seeds}; "
+    emit(rows, args, f"Distillation on {TASK} (alpha {ALPHA}, T {TEMPERATURE}; students: {args.init} init, seeds {args.seeds}; "
                      f"recovery: seed {SEED})",
          ("params", "params_ratio", "recovered", "met"))
 

@@ -181,20 +181,3 @@ def _dense(artifact: Artifact) -> bytes:
         raise ModelFileError(f"{artifact.path} is not a valid packed artifact ({type(e).__name__}: {e}); "
                              f"re-export it.") from None
     return proto.SerializeToString()
-    try:
-        arrays = safetensors.numpy.load(artifact.path.read_bytes())
-        proto = onnx.load_from_string(arrays[_SKELETON].tobytes())
-        index = json.loads(arrays[_INDEX].tobytes())
-        for key, meta in index.items():
-            count = int(np.prod(meta["shape"]))
-            codes = unpack_bits(arrays[f"{key}.codes"], meta["bits"], count)
-            scale = arrays[f"{key}.scale"]
-            zp = arrays.get(f"{key}.zero_point", np.zeros(scale.shape, np.uint8)).astype(np.float32)
-            dense = dequantize(codes, scale, zp, meta)
-            proto.graph.initializer[int(key)].CopyFrom(numpy_helper.from_array(dense, meta["name"]))
-    except Exception as e:
-        raise ModelFileError(f"{artifact.path} is not a valid packed artifact ({type(e).__name__}: {e}); "
-                             f"re-export it.") from None
-    target.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(target, proto.SerializeToString())
-    return target

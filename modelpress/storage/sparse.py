@@ -131,21 +131,3 @@ def _dense(artifact: Artifact, info: dict[str, Any]) -> bytes:
         dense[mask] = arrays[f"{i}.values"]
         proto.graph.initializer[int(i)].CopyFrom(numpy_helper.from_array(dense.reshape(shape), meta["name"]))
     return proto.SerializeToString()
-    try:
-        arrays = safetensors.numpy.load(_decompress(artifact.path.read_bytes(), info["compression"]))
-        proto = onnx.load_from_string(arrays[_SKELETON].tobytes())
-        index = json.loads(arrays[_INDEX].tobytes())
-    except ModelFileError:
-        raise
-    except Exception as e:
-        raise ModelFileError(f"{artifact.path} is not a valid sparse artifact ({type(e).__name__}); re-export it.") from None
-    for i, meta in index.items():
-        shape, dtype = meta["shape"], np.dtype(meta["dtype"])
-        size = int(np.prod(shape))
-        mask = np.unpackbits(arrays[f"{i}.mask"], count=size).astype(bool)
-        dense = np.zeros(size, dtype=dtype)
-        dense[mask] = arrays[f"{i}.values"]
-        proto.graph.initializer[int(i)].CopyFrom(numpy_helper.from_array(dense.reshape(shape), meta["name"]))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(target, proto.SerializeToString())
-    return target
