@@ -1,6 +1,7 @@
 """Distillation on Fashion-MNIST LeNet-5 (the teacher), side by side in one run with the same epochs and seed.
 
     python benchmarks/distill.py [--json rows.json] [--quick] [--threads N] [--seeds 0,1,2] [--init teacher|random]
+                                 [--student-epochs 8]
 
 Candidates, each against the teacher's fp32 ONNX artifact on ONNX Runtime:
 
@@ -33,7 +34,7 @@ from modelpress.compress._students import count_params, derive
 from modelpress.task import load_task
 
 TASK = "fashion-mnist:lenet5"
-STUDENT_EPOCHS, RECOVERY_EPOCHS, LR, SEED = 3, 3, 1e-3, 0
+STUDENT_EPOCHS, RECOVERY_EPOCHS, LR, SEED = 8, 3, 1e-3, 0  # recovery: the target says "within 3 epochs"
 ALPHA, TEMPERATURE = distill.Config.alpha, distill.Config.temperature  # the technique's defaults (0.5, 4.0)
 QUICK_EPOCHS, QUICK_TRAIN_SAMPLES = 1, 4096
 KD, LABELS = "half-width student, distilled", "half-width student, labels only"
@@ -42,6 +43,8 @@ KD, LABELS = "half-width student, distilled", "half-width student, labels only"
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads while training (default: torch's)")
+    p.add_argument("--student-epochs", type=int, default=STUDENT_EPOCHS,
+                   help=f"epochs of both half-width students (default {STUDENT_EPOCHS})")
     p.add_argument("--init", choices=["teacher", "random"], default="teacher",
                    help="students start from the teacher's strongest channels, or from random weights")
     p.add_argument("--seeds", default="0,1,2", help="seeds of the two students (each trained once per seed; the "
@@ -49,7 +52,7 @@ def main() -> None:
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     task = load_task(TASK)
-    student_epochs, recovery_epochs = (QUICK_EPOCHS, QUICK_EPOCHS) if args.quick else (STUDENT_EPOCHS, RECOVERY_EPOCHS)
+    student_epochs, recovery_epochs = (QUICK_EPOCHS, QUICK_EPOCHS) if args.quick else (args.student_epochs, RECOVERY_EPOCHS)
     if args.quick:  # a smoke test of the whole path, not numbers for BENCHMARKS.md
         task = dataclasses.replace(task, train_data=task.train_data.take(QUICK_TRAIN_SAMPLES))
     teacher = task.build_model()
@@ -92,7 +95,8 @@ def main() -> None:
                             epochs=student_epochs if "student" in name else recovery_epochs))
     rows = with_means(rows, seeds)
     judge(rows, teacher_score)
-    emit(rows, args, f"Distillation on {TASK} (alpha {ALPHA}, T {TEMPERATURE}; students: {args.init} init, seeds {args.seeds}; "
+    emit(rows, args, f"Distillation on {TASK} (alpha {ALPHA}, T {TEMPERATURE}; students: {args.init} init, {student_epochs} epochs, "
+                     f"seeds {args.seeds}; "
                      f"recovery: seed {SEED})",
          ("params", "params_ratio", "recovered", "met"))
 
