@@ -36,12 +36,12 @@ def bench_config(args: argparse.Namespace) -> BenchConfig:
     return QUICK if args.quick else BENCH
 
 
-def onnx_session(model: Any, task: Any, folder: Path, threads: int = 2):
+def onnx_session(model: Any, task: Any, folder: Path, threads: int = 2, spinning: bool = False):
     """Export ``model`` to ONNX under ``folder`` and open it on ONNX Runtime; returns (session, size_bytes)."""
     from modelpress.export import onnx as onnx_export
 
     art = onnx_export.export(model, task, folder)
-    return open_session(art, RuntimeConfig(threads=threads)), art.size_bytes
+    return open_session(art, RuntimeConfig(threads=threads, spinning=spinning)), art.size_bytes
 
 
 def latency_ratios(candidate: Any, baseline: Any, task: Any, config: BenchConfig) -> dict[str, float]:

@@ -1,7 +1,7 @@
 """Quantization on ONNX Runtime: fp32 against every quantize mode, and against ONNX Runtime's own
 ``quantize_static`` / ``quantize_dynamic`` with default settings on the same model and data.
 
-    python benchmarks/quantize.py [--json rows.json] [--quick] [--tasks digits,fashion-mnist:lenet5] [--threads 2]
+    python benchmarks/quantize.py [--json rows.json] [--quick] [--tasks digits,fashion-mnist:lenet5] [--threads 2] [--spinning]
 
 Rows (besides the common fields): ``cosine`` (mean cosine similarity of the outputs to the fp32 artifact's
 over the whole evaluation set), ``int8_ops`` / ``float_ops`` / ``fallback_layers`` (what ONNX Runtime ran)
@@ -85,6 +85,8 @@ def main() -> None:
     p = parser(__doc__)
     p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated task names")
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
+    p.add_argument("--spinning", action="store_true",
+                   help="ONNX Runtime's idle threads spin (its own default; modelpress turns it off by default)")
     args = p.parse_args()
     config = bench_config(args)
     rows = []
@@ -93,7 +95,7 @@ def main() -> None:
         model = task.build_model()
         with tempdir() as tmp:
             tmp = Path(tmp)
-            fp32, fp32_size = onnx_session(model, task, tmp / "fp32", args.threads)
+            fp32, fp32_size = onnx_session(model, task, tmp / "fp32", args.threads, args.spinning)
             fp32_score = score_session(fp32, task)
             rows.append(row(name, "fp32", fp32_score, fp32_score, fp32_size, fp32_size, None, cosine=1.0))
             sessions = {}
@@ -103,7 +105,7 @@ def main() -> None:
                 q = quantize.apply(copy.deepcopy(model), recipe.steps[0].config, task)
                 art = export_model(q, task, recipe, tmp / candidate.replace(" ", "_"))
                 apply_s = time.perf_counter() - t0
-                session = open_session(art, RuntimeConfig(threads=args.threads))
+                session = open_session(art, RuntimeConfig(threads=args.threads, spinning=args.spinning))
                 sessions[candidate] = session
                 f = facts(q)
                 r = measure(name, candidate, session, art.size_bytes, fp32, fp32_size, fp32_score, task, config,
@@ -114,7 +116,7 @@ def main() -> None:
                 rows.append(r)
             for kind in ("static", "dynamic"):
                 art = ort_quantized(kind, tmp / "fp32" / "model.onnx", task, tmp / f"ort_{kind}")
-                session = open_session(art, RuntimeConfig(threads=args.threads))
+                session = open_session(art, RuntimeConfig(threads=args.threads, spinning=args.spinning))
                 sessions[f"ort {kind}"] = session
                 rows.append(measure(name, f"ORT quantize_{kind} (defaults)", session, art.size_bytes, fp32, fp32_size,
                                     fp32_score, task, config))
@@ -124,7 +126,7 @@ def main() -> None:
                                                       correct(sessions["ort static"], task))
             for bs, ratio in ours["vs_ort_static"].items():
                 ours[f"vs_ort@{bs}"] = ratio
-    emit(rows, args, f"quantize: each mode against fp32 on ONNX Runtime, {args.threads} thread(s) (latency ratio < 1 = faster)",
+    emit(rows, args, f"quantize: each mode against fp32 on ONNX Runtime, {args.threads} thread(s){', spinning' if args.spinning else ''} (latency ratio < 1 = faster)",
          ("cosine", "vs_ort@1", "vs_ort@32", "quantize_s"))
 
 

@@ -83,3 +83,16 @@ def test_missing_manifest(tmp_path):
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(ModelFileError, match="damaged"):
         artifact.load(tmp_path)
+
+
+def test_spinning_threads_give_the_same_outputs_and_only_onnxruntime_has_the_switch(onnx_artifact, digits_task):
+    from modelpress.errors import ConfigError
+    from modelpress.recipe import parse_recipe
+
+    x = digits_task.example_inputs(4)
+    quiet = open_session(onnx_artifact, RuntimeConfig(threads=2)).run(x)
+    spinning = open_session(onnx_artifact, RuntimeConfig(threads=2, spinning=True)).run(x)
+    np.testing.assert_array_equal(quiet[0], spinning[0])
+    assert parse_recipe({"task": "digits", "runtime": {"spinning": True}}).runtime.spinning
+    with pytest.raises(ConfigError, match="spinning is an ONNX Runtime setting"):
+        parse_recipe({"task": "digits", "export": {"format": "openvino"}, "runtime": {"backend": "openvino", "spinning": True}})

@@ -20,12 +20,19 @@ class Session(Protocol):
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]: ...
 
 
+SPINNING = ("onnxruntime", "onnxruntime_cuda", "tensorrt")  # the runtimes that honour RuntimeConfig.spinning
+
+
 @dataclass(frozen=True)
 class RuntimeConfig:
     backend: str = "onnxruntime"
     device: Literal["cpu", "cuda"] = "cpu"
     threads: int = 2
     precision: Literal["fp32", "fp16", "bf16", "int8", "auto"] = "fp32"
+    # ONNX Runtime: idle worker threads spin while waiting for work (ONNX Runtime's own default). Lower
+    # latency for small models on few cores, CPU burned while idle; off here by default so that sessions
+    # timed interleaved in one process measure the models rather than each other's spinning threads.
+    spinning: bool = False
 
     def __post_init__(self) -> None:
         from ..registry import RUNTIMES
@@ -34,6 +41,9 @@ class RuntimeConfig:
         if self.backend not in RUNTIMES:
             raise unknown("runtime", self.backend, RUNTIMES)
         check(self.threads >= 1, f"threads must be at least 1, got {self.threads}.")
+        check(not self.spinning or self.backend in SPINNING,
+              f"spinning is an ONNX Runtime setting ({', '.join(SPINNING)}); the {self.backend} runtime has no such "
+              f"switch. Remove 'spinning' from the runtime block.")
 
 
 def open_session(artifact: Any, config: RuntimeConfig = RuntimeConfig()) -> Session:

@@ -20,7 +20,7 @@ def why_unavailable() -> str:
     return "onnxruntime is not installed; install it with 'pip install onnxruntime'."
 
 
-def session_options(threads: int) -> Any:
+def session_options(threads: int, spinning: bool = False) -> Any:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -28,9 +28,9 @@ def session_options(threads: int) -> Any:
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3
-    # Idle worker threads must not spin: sessions timed interleaved in one process would steal each
-    # other's cores and the comparison would measure the contention, not the models.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # By default idle worker threads do not spin: sessions timed interleaved in one process would steal
+    # each other's cores and the comparison would measure the contention, not the models.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     return opts
 
 
@@ -39,7 +39,8 @@ class OrtSession:
         import onnxruntime as ort
 
         try:
-            self._sess = ort.InferenceSession(path, session_options(config.threads), providers=providers)
+            self._sess = ort.InferenceSession(path, session_options(config.threads, config.spinning),
+                                              providers=providers)
         except Exception as e:
             raise ModelFileError(f"ONNX Runtime cannot load {path}: {str(e).splitlines()[0][:300]}") from None
         self.input_names = tuple(i.name for i in self._sess.get_inputs())
