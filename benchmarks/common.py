@@ -51,7 +51,8 @@ def latency_ratios(candidate: Any, baseline: Any, task: Any, config: BenchConfig
 
 
 def row(model: str, candidate: str, score: float, fp32_score: float, size_bytes: int, fp32_size_bytes: int,
-        latency_ratio: dict[str, float] | None, **extra: Any) -> dict[str, Any]:
+        latency_ratio: dict[str, float] | None, /, **extra: Any) -> dict[str, Any]:
+    """One benchmark row; the fixed fields are positional-only, so any name may be an extra column."""
     return {"model": model, "candidate": candidate, "score": round(score, 4), "score_drop": round(fp32_score - score, 4),
             "size_ratio": round(size_bytes / fp32_size_bytes, 4), "latency_ratio": latency_ratio, **extra}
 
