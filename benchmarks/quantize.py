@@ -2,6 +2,7 @@
 ``quantize_static`` / ``quantize_dynamic`` with default settings on the same model and data.
 
     python benchmarks/quantize.py [--json rows.json] [--quick] [--tasks digits,fashion-mnist:lenet5] [--threads 2] [--spinning]
+                                   [--profile]
 
 Rows (besides the common fields): ``cosine`` (mean cosine similarity of the outputs to the fp32 artifact's
 over the whole evaluation set), ``int8_ops`` / ``float_ops`` / ``fallback_layers`` (what ONNX Runtime ran)
@@ -32,6 +33,7 @@ from modelpress.task import load_task
 TASKS = ("digits", "fashion-mnist:lenet5", "fashion-mnist:lenet-300-100", "digits:transformer")
 MODES = {
     "static": {"mode": "static"},
+    "static, per channel everywhere": {"mode": "static", "per_channel_min_gain_db": 0.0},
     "dynamic": {"mode": "dynamic"},
     "qat (1 epoch)": {"mode": "qat", "qat_epochs": 1},
     "mixed (max drop 0.005)": {"mode": "mixed"},
@@ -81,12 +83,32 @@ def measure(name, candidate, session, size, fp32, fp32_size, fp32_score, task, c
                cosine=round(cosine, 6), **extra)
 
 
+def kernel_profile(files: dict[str, Path], task) -> dict[str, dict[str, dict[str, float]]]:
+    """Kernel time per run at batch 32 by op type (ONNX Runtime's profiler), on 1 and 2 threads; printed."""
+    import onnx
+
+    from modelpress.analyze.profile import profile_onnx
+
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for label, path in files.items():
+        proto = onnx.load(str(path))
+        for threads in (1, 2):
+            ops = profile_onnx(proto, task, {"rows": [], "modules": []}, (32,), runs=150, threads=threads)["batches"]["32"]["ops"]
+            out.setdefault(label, {})[str(threads)] = {o["op"]: round(o["us_per_run"], 1) for o in ops}
+            top = ", ".join(f"{o['op']} {o['us_per_run']:.0f}" for o in ops[:4])
+            print(f"{task.name} {label}, {threads} thread(s), batch 32, kernel µs per run: "
+                  f"{sum(o['us_per_run'] for o in ops):.0f} ({top})")
+    return out
+
+
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated task names")
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
     p.add_argument("--spinning", action="store_true",
                    help="ONNX Runtime's idle threads spin (its own default; modelpress turns it off by default)")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile fp32 and static int8 at batch 32 on 1 and 2 threads (kernel time per op type)")
     args = p.parse_args()
     config = bench_config(args)
     rows = []
@@ -98,7 +120,7 @@ def main() -> None:
             fp32, fp32_size = onnx_session(model, task, tmp / "fp32", args.threads, args.spinning)
             fp32_score = score_session(fp32, task)
             rows.append(row(name, "fp32", fp32_score, fp32_score, fp32_size, fp32_size, None, cosine=1.0))
-            sessions = {}
+            sessions, paths = {}, {}
             for candidate, settings in MODES.items():
                 t0 = time.perf_counter()
                 recipe = parse_recipe({"task": name, "steps": [{"quantize": settings}]})
@@ -106,7 +128,7 @@ def main() -> None:
                 art = export_model(q, task, recipe, tmp / candidate.replace(" ", "_"))
                 apply_s = time.perf_counter() - t0
                 session = open_session(art, RuntimeConfig(threads=args.threads, spinning=args.spinning))
-                sessions[candidate] = session
+                sessions[candidate], paths[candidate] = session, art.runnable_path()
                 f = facts(q)
                 r = measure(name, candidate, session, art.size_bytes, fp32, fp32_size, fp32_score, task, config,
                             quantize_s=round(apply_s, 1), int8_ops=f.get("int8_ops"), float_ops=f.get("float_ops"),
@@ -126,6 +148,9 @@ def main() -> None:
                                                       correct(sessions["ort static"], task))
             for bs, ratio in ours["vs_ort_static"].items():
                 ours[f"vs_ort@{bs}"] = ratio
+            if args.profile:
+                ours["kernel_us@32"] = kernel_profile({"fp32": tmp / "fp32" / "model.onnx",
+                                                       "static": paths["static"]}, task)
     emit(rows, args, f"quantize: each mode against fp32 on ONNX Runtime, {args.threads} thread(s){', spinning' if args.spinning else ''} (latency ratio < 1 = faster)",
          ("cosine", "vs_ort@1", "vs_ort@32", "quantize_s"))
 

@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -163,7 +163,7 @@ def measure(model: Any, baseline: Any, task: Task, recipe: Recipe, folder: Path,
     return result
 
 
-def notes(result: dict[str, Any], techniques: list[str] = ()) -> list[str]:
+def notes(result: dict[str, Any], techniques: Sequence[str] = ()) -> list[str]:
     """Plain statements about what the measurements show (for example: smaller but not faster), then what
     the techniques said: their facts named ``*_note``, and the lines of a technique's ``explain(result)``
     (quantize: why int8 came out slower)."""

@@ -30,8 +30,8 @@ def plan_points(g: Graph, targets: list[Any], ranges: Mapping[str, Range]) -> di
 
     A target's input point is repeated up a chain of pass-through ops only when the chain starts at another
     target: then ``DQ -> Conv -> Q`` fuses and MaxPool & co. run on uint8. Below a float op the point stays
-    where it is, so the float producer's MaxPool runs on float NCHWc kernels (uint8 MaxPool in NCHW layout
-    measured 6x slower) and only the smaller tensor is quantized."""
+    where it is, so the float producer's MaxPool runs on ONNX Runtime's float NCHWc kernels rather than on
+    uint8 in NCHW layout, and only the smaller tensor is quantized."""
     names = {n.name for n in targets}
     params = {n.input[0]: act_qparams(*ranges[n.input[0]]) for n in targets}
     for start in list(params):
