@@ -36,12 +36,31 @@ def bench_config(args: argparse.Namespace) -> BenchConfig:
     return QUICK if args.quick else BENCH
 
 
-def onnx_session(model: Any, task: Any, folder: Path, threads: int = 2, spinning: bool = False):
+def ort_args(p: argparse.ArgumentParser) -> None:
+    """--threads, --streams and --spinning: the ONNX Runtime settings every session of the run uses."""
+    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
+    p.add_argument("--streams", type=int, default=1,
+                   help="split each batch across this many sessions run at once, threads / streams each (default 1)")
+    p.add_argument("--spinning", action="store_true",
+                   help="ONNX Runtime's idle threads spin (its own default; modelpress turns it off by default)")
+
+
+def ort_config(args: argparse.Namespace) -> RuntimeConfig:
+    return RuntimeConfig(threads=args.threads, streams=args.streams, spinning=args.spinning)
+
+
+def ort_title(args: argparse.Namespace) -> str:
+    """'2 thread(s), 2 streams, spinning': the run's ONNX Runtime settings for a table title."""
+    return (f"{args.threads} thread(s){f', {args.streams} streams' if args.streams > 1 else ''}"
+            f"{', spinning' if args.spinning else ''}")
+
+
+def onnx_session(model: Any, task: Any, folder: Path, runtime: RuntimeConfig = RuntimeConfig()):
     """Export ``model`` to ONNX under ``folder`` and open it on ONNX Runtime; returns (session, size_bytes)."""
     from modelpress.export import onnx as onnx_export
 
     art = onnx_export.export(model, task, folder)
-    return open_session(art, RuntimeConfig(threads=threads, spinning=spinning)), art.size_bytes
+    return open_session(art, runtime), art.size_bytes
 
 
 def latency_ratios(candidate: Any, baseline: Any, task: Any, config: BenchConfig) -> dict[str, float]:

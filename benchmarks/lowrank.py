@@ -2,7 +2,7 @@
 latency at batch 1 and 32, and beside each the dense reconstruction (the same ranks, but every W
 replaced by its approximation in place: the same accuracy as the split before recovery, no saving).
 
-    python benchmarks/lowrank.py [--json rows.json] [--quick] [--threads 2] [--spinning]
+    python benchmarks/lowrank.py [--json rows.json] [--quick] [--threads 2] [--streams 1] [--spinning]
 
 Cases: fashion-mnist lenet-300-100 and lenet5 (every eligible layer; ranks by sensitivity under a global
 budget of parameters or MACs), and the digits transformer with its FFN layers, its attention projections,
@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 
 import torch
-from common import bench_config, emit, latency_ratios, onnx_session, parser, row, score_session, tempdir
+from common import (bench_config, emit, latency_ratios, onnx_session, ort_args, ort_config, ort_title, parser, row,
+                    score_session, tempdir)
 
 from modelpress.compress import facts
 from modelpress.compress import lowrank
@@ -76,9 +77,7 @@ def dense_reconstruction(model: torch.nn.Module, layers: dict) -> torch.nn.Modul
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--case", action="append", help="run only cases whose 'task (scope)' contains this text")
-    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
-    p.add_argument("--spinning", action="store_true",
-                   help="ONNX Runtime's idle threads spin (its own default; modelpress turns it off by default)")
+    ort_args(p)
     args = p.parse_args()
     # Factorization and recovery are small; one torch thread avoids oversubscribing a shared 2-core machine.
     # ONNX Runtime sessions use their own pool (--threads).
@@ -101,10 +100,10 @@ def main() -> None:
         candidates = {"lowrank": split, "lowrank+recover": recovered,
                       "dense-reconstruction": dense_reconstruction(fp32_model, info["lowrank_layers"])}
         with tempdir() as tmp:
-            base, base_size = onnx_session(fp32_model, task, Path(tmp) / "fp32", args.threads, args.spinning)
+            base, base_size = onnx_session(fp32_model, task, Path(tmp) / "fp32", ort_config(args))
             fp32_score = score_session(base, task)
             for label, model in candidates.items():
-                session, size = onnx_session(model, task, Path(tmp) / label, args.threads, args.spinning)
+                session, size = onnx_session(model, task, Path(tmp) / label, ort_config(args))
                 rows.append(row(
                     f"{task_name} ({scope})", label, score_session(session, task), fp32_score, size, base_size,
                     latency_ratios(session, base, task, config_bench),
@@ -113,7 +112,7 @@ def main() -> None:
                     recover_epochs=epochs if label == "lowrank+recover" else 0,
                     layers=summary(info["lowrank_layers"]), ranks=info["ranks"]))
         print(f"{task_name} ({scope}) done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-    emit(rows, args, f"Low-rank factorization on ONNX Runtime, {args.threads} thread(s){', spinning' if args.spinning else ''} (ratios against fp32)",
+    emit(rows, args, f"Low-rank factorization on ONNX Runtime, {ort_title(args)} (ratios against fp32)",
          ("param_ratio", "layer_param_ratio", "recover_epochs", "layers"))
 
 

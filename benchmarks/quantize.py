@@ -1,7 +1,7 @@
 """Quantization on ONNX Runtime: fp32 against every quantize mode, and against ONNX Runtime's own
 ``quantize_static`` / ``quantize_dynamic`` with default settings on the same model and data.
 
-    python benchmarks/quantize.py [--json rows.json] [--quick] [--tasks digits,fashion-mnist:lenet5] [--threads 2] [--spinning]
+    python benchmarks/quantize.py [--json rows.json] [--quick] [--tasks digits,fashion-mnist:lenet5] [--threads 2] [--streams 1] [--spinning]
                                    [--profile]
 
 Rows (besides the common fields): ``cosine`` (mean cosine similarity of the outputs to the fp32 artifact's
@@ -14,20 +14,23 @@ on how many evaluation samples only ours / only ORT's is right, with the exact t
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from pathlib import Path
 
 import numpy as np
 
-from common import bench_config, emit, latency_ratios, onnx_session, parser, row, score_session, tempdir
+from common import (bench_config, emit, latency_ratios, onnx_session, ort_args, ort_config, ort_title, parser, row,
+                    score_session, tempdir)
 
+from modelpress.artifact import load as load_artifact
 from modelpress.artifact import write_for_task
 from modelpress.compress import facts, quantize
 from modelpress.evaluate import parity, predict_fn
 from modelpress.pipeline import export_model
 from modelpress.recipe import parse_recipe
-from modelpress.runtime import RuntimeConfig, open_session
+from modelpress.runtime import open_session
 from modelpress.task import load_task
 
 TASKS = ("digits", "fashion-mnist:lenet5", "fashion-mnist:lenet-300-100", "digits:transformer")
@@ -104,22 +107,23 @@ def kernel_profile(files: dict[str, Path], task) -> dict[str, dict[str, dict[str
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated task names")
-    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
-    p.add_argument("--spinning", action="store_true",
-                   help="ONNX Runtime's idle threads spin (its own default; modelpress turns it off by default)")
+    ort_args(p)
     p.add_argument("--profile", action="store_true",
                    help="also profile fp32 and static int8 at batch 32 on 1 and 2 threads (kernel time per op type)")
     args = p.parse_args()
-    config = bench_config(args)
+    config, runtime = bench_config(args), ort_config(args)
     rows = []
     for name in args.tasks.split(","):
         task = load_task(name)
         model = task.build_model()
         with tempdir() as tmp:
             tmp = Path(tmp)
-            fp32, fp32_size = onnx_session(model, task, tmp / "fp32", args.threads, args.spinning)
+            fp32, fp32_size = onnx_session(model, task, tmp / "fp32", runtime)
             fp32_score = score_session(fp32, task)
             rows.append(row(name, "fp32", fp32_score, fp32_score, fp32_size, fp32_size, None, cosine=1.0))
+            if runtime.streams > 1:  # the baseline on one stream: a ratio > 1 says streams made fp32 faster too
+                one = open_session(load_artifact(tmp / "fp32"), dataclasses.replace(runtime, streams=1))
+                rows.append(measure(name, "fp32, 1 stream", one, fp32_size, fp32, fp32_size, fp32_score, task, config))
             sessions, paths = {}, {}
             for candidate, settings in MODES.items():
                 t0 = time.perf_counter()
@@ -127,7 +131,7 @@ def main() -> None:
                 q = quantize.apply(copy.deepcopy(model), recipe.steps[0].config, task)
                 art = export_model(q, task, recipe, tmp / candidate.replace(" ", "_"))
                 apply_s = time.perf_counter() - t0
-                session = open_session(art, RuntimeConfig(threads=args.threads, spinning=args.spinning))
+                session = open_session(art, runtime)
                 sessions[candidate], paths[candidate] = session, art.runnable_path()
                 f = facts(q)
                 r = measure(name, candidate, session, art.size_bytes, fp32, fp32_size, fp32_score, task, config,
@@ -138,7 +142,7 @@ def main() -> None:
                 rows.append(r)
             for kind in ("static", "dynamic"):
                 art = ort_quantized(kind, tmp / "fp32" / "model.onnx", task, tmp / f"ort_{kind}")
-                session = open_session(art, RuntimeConfig(threads=args.threads, spinning=args.spinning))
+                session = open_session(art, runtime)
                 sessions[f"ort {kind}"] = session
                 rows.append(measure(name, f"ORT quantize_{kind} (defaults)", session, art.size_bytes, fp32, fp32_size,
                                     fp32_score, task, config))
@@ -151,7 +155,7 @@ def main() -> None:
             if args.profile:
                 ours["kernel_us@32"] = kernel_profile({"fp32": tmp / "fp32" / "model.onnx",
                                                        "static": paths["static"]}, task)
-    emit(rows, args, f"quantize: each mode against fp32 on ONNX Runtime, {args.threads} thread(s){', spinning' if args.spinning else ''} (latency ratio < 1 = faster)",
+    emit(rows, args, f"quantize: each mode against fp32 on ONNX Runtime, {ort_title(args)} (latency ratio < 1 = faster)",
          ("cosine", "vs_ort@1", "vs_ort@32", "quantize_s"))
 
 

@@ -106,7 +106,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
     config = bench.BenchConfig(batch_sizes=batch_sizes, rounds=args.rounds)
-    runtime = RuntimeConfig(backend=args.runtime, threads=args.threads)
+    runtime = RuntimeConfig(backend=args.runtime, threads=args.threads, streams=args.streams)
     con = console()
     with tempfile.TemporaryDirectory() as tmp:
         def artifact_for(target: str, folder: Path):
@@ -129,7 +129,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         session, peak_bytes = bench.peak_memory(lambda: open_session(first, runtime),
                                                 lambda sess: sess.run(example(max(batch_sizes))))
 
-        table = Table(title=f"latency on {args.runtime} ({args.threads} threads)")
+        table = Table(title=f"latency on {args.runtime} ({args.threads} threads"
+                            f"{f', {args.streams} streams' if args.streams > 1 else ''})")
         for col in ("batch", "p50 ms", "p90 ms", "p99 ms", "throughput/s"):
             table.add_column(col, justify="right")
         if args.compare:
@@ -227,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--compare", help="a second task or artifact, timed interleaved with the first")
     b.add_argument("--runtime", default="onnxruntime")
     b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--streams", type=int, default=1,
+                   help="split each batch across this many sessions run at once (ONNX Runtime; threads / streams each)")
     b.add_argument("--batch-sizes", default="1,32")
     b.add_argument("--rounds", type=int, default=15)
     model_args(b)

@@ -96,3 +96,50 @@ def test_spinning_threads_give_the_same_outputs_and_only_onnxruntime_has_the_swi
     assert parse_recipe({"task": "digits", "runtime": {"spinning": True}}).runtime.spinning
     with pytest.raises(ConfigError, match="spinning is an ONNX Runtime setting"):
         parse_recipe({"task": "digits", "export": {"format": "openvino"}, "runtime": {"backend": "openvino", "spinning": True}})
+
+
+@pytest.mark.parametrize("batch", [1, 2, 7, 32])
+def test_streams_split_the_batch_and_give_the_same_outputs(onnx_artifact, digits_task, batch):
+    from modelpress.runtime._streams import BatchStreams
+
+    x = digits_task.example_inputs(batch)
+    one = open_session(onnx_artifact, RuntimeConfig(threads=2)).run(x)
+    streams = open_session(onnx_artifact, RuntimeConfig(threads=4, streams=2))
+    assert isinstance(streams, BatchStreams) and len(streams.sessions) == 2
+    out = streams.run(x)
+    assert out[0].shape == one[0].shape
+    np.testing.assert_allclose(out[0], one[0], rtol=1e-5, atol=1e-5)
+
+
+def test_streams_run_parts_on_separate_sessions_and_refuse_outputs_without_a_batch_axis():
+    from modelpress.runtime._streams import BatchStreams
+
+    class Recorder:
+        input_names = ("x",)
+
+        def __init__(self, reduce: bool = False):
+            self.seen, self.reduce = [], reduce
+
+        def run(self, inputs):
+            self.seen.append(len(inputs["x"]))
+            return [inputs["x"].sum(0) if self.reduce else inputs["x"] * 2]
+
+    a, b, c = Recorder(), Recorder(), Recorder()
+    out = BatchStreams([a, b, c]).run({"x": np.arange(8.0)})
+    np.testing.assert_array_equal(out[0], np.arange(8.0) * 2)
+    assert (a.seen, b.seen, c.seen) == ([3], [2], [3])
+    with pytest.raises(ModelpressError, match="do not carry the batch on axis 0.*streams: 1"):
+        BatchStreams([Recorder(True), Recorder(True)]).run({"x": np.ones((4, 3))})
+
+
+def test_streams_settings_are_checked():
+    from modelpress.errors import ConfigError
+    from modelpress.recipe import parse_recipe
+
+    assert parse_recipe({"task": "digits", "runtime": {"threads": 2, "streams": 2}}).runtime.streams == 2
+    with pytest.raises(ConfigError, match="streams must be at least 1"):
+        RuntimeConfig(streams=0)
+    with pytest.raises(ConfigError, match=r"threads \(3\) must be a multiple of streams \(2\)"):
+        RuntimeConfig(threads=3, streams=2)
+    with pytest.raises(ConfigError, match="streams is supported on the onnxruntime runtime"):
+        parse_recipe({"task": "digits", "export": {"format": "openvino"}, "runtime": {"backend": "openvino", "streams": 2}})

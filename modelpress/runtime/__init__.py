@@ -21,6 +21,7 @@ class Session(Protocol):
 
 
 SPINNING = ("onnxruntime", "onnxruntime_cuda", "tensorrt")  # the runtimes that honour RuntimeConfig.spinning
+STREAMS = ("onnxruntime",)  # CPU runtimes measured to run RuntimeConfig.streams sessions in parallel (GIL released)
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,10 @@ class RuntimeConfig:
     # latency for small models on few cores, CPU burned while idle; off here by default so that sessions
     # timed interleaved in one process measure the models rather than each other's spinning threads.
     spinning: bool = False
+    # Split each batch into up to ``streams`` parts that run at once, each on its own session with
+    # threads / streams intra-op threads (data parallelism across the batch instead of inside each
+    # operator). A batch of 1 runs on one stream. Outputs must carry the batch on axis 0.
+    streams: int = 1
 
     def __post_init__(self) -> None:
         from ..registry import RUNTIMES
@@ -44,6 +49,13 @@ class RuntimeConfig:
         check(not self.spinning or self.backend in SPINNING,
               f"spinning is an ONNX Runtime setting ({', '.join(SPINNING)}); the {self.backend} runtime has no such "
               f"switch. Remove 'spinning' from the runtime block.")
+        check(self.streams >= 1, f"streams must be at least 1, got {self.streams}.")
+        check(self.streams == 1 or self.backend in STREAMS,
+              f"streams is supported on the {', '.join(STREAMS)} runtime; the {self.backend} runtime has no "
+              f"parallel batch streams here. Remove 'streams' from the runtime block.")
+        check(self.threads % self.streams == 0,
+              f"threads ({self.threads}) must be a multiple of streams ({self.streams}): each stream gets "
+              f"threads / streams intra-op threads.")
 
 
 def open_session(artifact: Any, config: RuntimeConfig = RuntimeConfig()) -> Session:
@@ -57,7 +69,14 @@ def open_session(artifact: Any, config: RuntimeConfig = RuntimeConfig()) -> Sess
         )
     if not backend.available():
         raise RuntimeUnavailable(f"The {config.backend} runtime is not usable here: {backend.why_unavailable()}")
-    return backend.load(artifact, config)
+    if config.streams == 1:
+        return backend.load(artifact, config)
+    from dataclasses import replace
+
+    from ._streams import BatchStreams
+
+    one = replace(config, threads=config.threads // config.streams, streams=1)
+    return BatchStreams([backend.load(artifact, one) for _ in range(config.streams)])
 
 
 def check_inputs(inputs: dict[str, np.ndarray], spec: dict[str, dict[str, Any]]) -> None:

@@ -121,6 +121,13 @@ def explain_slowdown(result: Mapping[str, Any], cpu_flags: Mapping[str, bool] | 
     if any(op.split(": ")[1] == "ConvInteger" for op in int8_ops):
         out.append("ConvInteger (dynamic int8 convolution) has no fast kernel in ONNX Runtime's CPU provider; "
                    "use static quantization for convolutions.")
+    runtime = (result.get("recipe") or {}).get("runtime") or {}
+    threads, streams = int(runtime.get("threads", 1)), int(runtime.get("streams", 1))
+    if streams == 1 and threads > 1 and any(op.split(": ")[1] == "QLinearConv" for op in int8_ops):
+        out.append(f"ONNX Runtime's int8 convolution (QLinearConv) splits each image across the {threads} intra-op "
+                   f"threads, and on small images that synchronisation can cost more than the extra threads bring. "
+                   f"Split the batch instead: runtime {{threads: {threads}, streams: {threads}}} (LeNet-5 on 2 cores: "
+                   f"benchmarks/quantize.py --streams 2).")
     if not (cpu_flags.get("avx512_vnni") or cpu_flags.get("avx_vnni") or cpu_flags.get("amx_int8")):
         out.append("This CPU has no VNNI or AMX int8 dot-product instructions: int8 matrix kernels gain little over "
                    "fp32 here.")
