@@ -5,8 +5,9 @@ replaced by its approximation in place: the same accuracy as the split before re
     python benchmarks/lowrank.py [--json rows.json] [--quick] [--threads 2] [--streams 1] [--spinning]
 
 Cases: fashion-mnist lenet-300-100 and lenet5 (every eligible layer; ranks by sensitivity under a global
-budget of parameters or MACs), and the digits transformer with its FFN layers, its attention projections,
-and both. Rows per case:
+budget of parameters or MACs), the digits transformer (width 64, 8 tokens) with its FFN layers, its attention
+projections, and both, and the fashion-mnist transformer (width 128, 28 tokens) with its FFN layers and with
+FFN and attention together. Rows per case:
 
 - ``lowrank``: the split model straight after factorization (no training);
 - ``lowrank+recover``: the same split after ``recover_epochs`` of fine-tuning with distillation from
@@ -44,6 +45,9 @@ CASES = (
     ("digits:transformer", "attention 0.5", lowrank.Config(include=ATTENTION, param_ratio=0.5, recover_epochs=5)),
     ("digits:transformer", "ffn+attention 0.4", lowrank.Config(include=FFN + ATTENTION, param_ratio=0.4,
                                                                recover_epochs=5)),
+    ("fashion-mnist:transformer", "ffn 0.4", lowrank.Config(include=FFN, param_ratio=0.4, recover_epochs=1)),
+    ("fashion-mnist:transformer", "ffn+attention 0.4", lowrank.Config(include=FFN + ATTENTION, param_ratio=0.4,
+                                                                      recover_epochs=1)),
 )
 
 

@@ -144,6 +144,7 @@ def measure(model: Any, baseline: Any, task: Task, recipe: Recipe, folder: Path,
     result: dict[str, Any] = {
         "task": task.name, "recipe": [s.to_yaml() for s in recipe.steps],
         "export": recipe.export.format, "runtime": recipe.runtime.backend, "device": recipe.runtime.device,
+        "threads": recipe.runtime.threads, "streams": recipe.runtime.streams,
         "score": score, "baseline_score": baseline_score, "score_drop": task.score_drop(baseline_score, score),
         "latency_ms": {str(bs): v["candidate"] for bs, v in latency.items()},
         "baseline_latency_ms": {str(bs): v["baseline"] for bs, v in latency.items()},

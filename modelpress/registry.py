@@ -17,6 +17,7 @@ TASKS: dict[str, str] = {
     "fashion-mnist": "modelpress.tasks.fashion_mnist:lenet5",
     "fashion-mnist:lenet5": "modelpress.tasks.fashion_mnist:lenet5",
     "fashion-mnist:lenet-300-100": "modelpress.tasks.fashion_mnist:lenet_300_100",
+    "fashion-mnist:transformer": "modelpress.tasks.fashion_mnist:transformer",
     "hf-text": "modelpress.tasks.hf_text:from_env",
     "image-folder": "modelpress.tasks.image_folder:from_env",
 }

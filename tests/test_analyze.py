@@ -349,6 +349,14 @@ def test_hardware_advice(flags, gpus, precision):
             assert f in recs[0]["evidence"]["flags"]
 
 
+def test_timing_advice_names_the_batch_size_that_was_profiled():
+    prof = {"batch_size": 32, "run_us_median": 1880.0, "kernel_share_of_run": 0.8}
+    recs = hardware_advice({"flags": {}, "gpus": [], "model": "test CPU"}, [], prof, prof, {"time_share": {}})
+    rec = next(r for r in recs if r["title"].startswith("Judge speedups"))
+    assert rec["reason"].startswith("At batch 32 one inference takes 1880 µs")
+    assert rec["evidence"]["run_us_batch32"] == 1880.0 and "run_us_batch1" not in rec["evidence"]
+
+
 # ---- output -----------------------------------------------------------------------------------------
 
 def test_recommended_steps_run_through_the_techniques(conv_analysis, mlp_analysis):

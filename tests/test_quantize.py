@@ -189,9 +189,9 @@ def test_preflight_names_float_layers_and_explains_slowdown(tmp_path):
     assert "batch is too small" in reasons[0] and any("VNNI" in r for r in reasons)
     assert any("Missing int8 kernels" in r and "classifier.3" in r for r in reasons)
     assert quantize.explain({"latency_ratio": {"1": 0.5}, **f}) == []
-    two_threads = {"latency_ratio": {"32": 1.1}, "recipe": {"runtime": {"threads": 2, "streams": 1}}, **f}
+    two_threads = {"latency_ratio": {"32": 1.1}, "threads": 2, "streams": 1, **f}
     assert any("streams: 2" in r for r in explain_slowdown(two_threads, {"avx512_vnni": True}))
-    two_threads["recipe"]["runtime"]["streams"] = 2
+    two_threads["streams"] = 2
     assert not any("streams" in r for r in explain_slowdown(two_threads, {"avx512_vnni": True}))
 
 

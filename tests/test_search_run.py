@@ -280,3 +280,29 @@ def test_repeated_proposals_do_not_count_and_an_exhausted_space_stops(registered
     assert summary["counts"]["repeats"] == len(summary["trials"]) - 3 >= 50  # then it gave up on the space
     front = [r["candidate"] for r in summary["pareto"]]
     assert len(front) == len(set(front))
+
+
+def test_each_runtime_setting_the_space_varies_has_its_own_fp32_reference():
+    from types import SimpleNamespace
+
+    from modelpress.search.loop import Search
+    from modelpress.search.space import Candidate
+
+    class Study:
+        user_attrs: dict = {}
+
+        def set_user_attr(self, key, value):
+            self.user_attrs = {**self.user_attrs, key: value}
+
+    search = SimpleNamespace(study=Study(), batch=32,
+                             space=SimpleNamespace(runtime={"backend": ["onnxruntime"], "threads": [2], "streams": [1, 2]}))
+
+    def objectives(streams, ratio, fp32_ms):
+        cand = Candidate((), {"format": "onnx"}, {"backend": "onnxruntime", "threads": 2, "streams": streams})
+        result = {"latency_ratio": {"32": ratio}, "baseline_latency_ms": {"32": {"p50": fp32_ms}}, "size_bytes": 1}
+        return Search._objectives(search, cand, {"result": result})["latency"]
+
+    assert objectives(1, 0.5, 2.0) == 1.0
+    assert objectives(2, 0.5, 1.0) == 0.5  # its own reference (fp32 on 2 streams), not the 1-stream one
+    assert objectives(1, 0.25, 9.0) == 0.5  # the first 1-stream reference stays
+    assert set(search.study.user_attrs["reference_ms"]) == {"onnxruntime streams=1", "onnxruntime streams=2"}

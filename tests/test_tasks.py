@@ -68,7 +68,8 @@ def test_missing_fashion_mnist_says_how_to_install(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, floor", [("fashion-mnist:lenet5", 0.90), ("fashion-mnist:lenet-300-100", 0.88)])
+@pytest.mark.parametrize("name, floor", [("fashion-mnist:lenet5", 0.90), ("fashion-mnist:lenet-300-100", 0.88),
+                                         ("fashion-mnist:transformer", 0.88)])
 def test_fashion_mnist_reference_models(name, floor):
     task = load_task(name)
     assert task.eval_data.num_samples == 10000

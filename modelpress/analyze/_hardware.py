@@ -72,12 +72,12 @@ def hardware_advice(hw: dict[str, Any], tags: list[str], prof1: dict | None, pro
         big = f"; at batch {prof_big['batch_size']} it takes {prof_big['run_us_median']:.0f} µs" if prof_big else ""
         out.append(_rec(
             "caution", "Judge speedups at the batch size you serve",
-            f"At batch 1 one inference takes {prof1['run_us_median']:.0f} µs on ONNX Runtime (median under the "
+            f"At batch {prof1['batch_size']} one inference takes {prof1['run_us_median']:.0f} µs on ONNX Runtime (median under the "
             f"profiler), {ev.pct(prof1['kernel_share_of_run'] or 0)} of it in kernels and {ev.pct(layout)} of the "
             f"kernel time in layout reorders the runtime inserted{big}. Nodes added by compression (quantize/"
             f"dequantize pairs, reorders around odd channel counts) cost fixed time per inference, so on a small "
             f"model they can cancel the gain: time candidates against this baseline (modelpress run, bench).",
-            {"run_us_batch1": prof1["run_us_median"], "kernel_share_of_run": prof1["kernel_share_of_run"],
+            {f"run_us_batch{prof1['batch_size']}": prof1["run_us_median"], "kernel_share_of_run": prof1["kernel_share_of_run"],
              "layout_time_share": round(layout, 4),
              **({f"run_us_batch{prof_big['batch_size']}": prof_big["run_us_median"]} if prof_big else {})}))
     return out

@@ -97,7 +97,8 @@ def _block(hardware: dict[str, Any]) -> int:
 def speed_advice(table, facts, basis, sens, hardware, prof1, tolerance) -> list[dict[str, Any]]:
     out = []
     share, macs = facts[basis], facts["mac_share"]
-    what = "of the measured kernel time at batch 1" if basis == "time_share" else "of the MACs (no profile)"
+    what = (f"of the measured kernel time at batch {prof1['batch_size']}" if basis == "time_share" and prof1
+            else "of the MACs (no profile)")
     conv_share = share.get("conv", 0.0)
     if conv_share >= 0.3:
         convs = ev.layers_of(table, "conv")

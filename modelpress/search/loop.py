@@ -10,7 +10,7 @@
 4. Return the summary (also in ``out/result.json``, ``report.md``, ``report.html``).
 
 The latency objective is the candidate's paired latency ratio to fp32 (timed interleaved in the same
-trial) times the study's fp32 reference latency on that runtime, so candidates timed minutes apart
+trial) times the study's fp32 reference latency on that runtime setting, so candidates timed minutes apart
 compare without the machine's drift between fast and slow periods.
 """
 from __future__ import annotations
@@ -209,12 +209,16 @@ class Search:
         self.on_trial({**row, "finished": studies.finished(self.study), "of": self.config.trials})
 
     def _objectives(self, cand: Candidate, outcome: dict[str, Any]) -> dict[str, float]:
-        result, backend, bs = outcome["result"], cand.runtime["backend"], str(self.batch)
+        result, bs = outcome["result"], str(self.batch)
+        # One fp32 reference per runtime setting the space varies (backend, and e.g. threads or streams):
+        # the candidate's ratio is to fp32 timed on its own setting.
+        varied = [k for k, values in self.space.runtime.items() if k != "backend" and len(values) > 1]
+        key = " ".join([cand.runtime["backend"], *(f"{k}={cand.runtime[k]}" for k in varied)])
         reference = dict(self.study.user_attrs.get("reference_ms", {}))
-        if backend not in reference:  # the first measurement on a runtime fixes its fp32 reference
-            reference[backend] = {b: v["p50"] for b, v in result["baseline_latency_ms"].items()}
+        if key not in reference:  # the first measurement on a runtime setting fixes its fp32 reference
+            reference[key] = {b: v["p50"] for b, v in result["baseline_latency_ms"].items()}
             self.study.set_user_attr("reference_ms", reference)
-        return {"latency": result["latency_ratio"][bs] * reference[backend][bs], "size": float(result["size_bytes"]),
+        return {"latency": result["latency_ratio"][bs] * reference[key][bs], "size": float(result["size_bytes"]),
                 "energy": result.get("energy_j_per_inference")}
 
     def _write_trial(self, number: int, cand: Candidate, outcome: dict[str, Any], files: dict[str, bytes]) -> None:

@@ -121,8 +121,7 @@ def explain_slowdown(result: Mapping[str, Any], cpu_flags: Mapping[str, bool] | 
     if any(op.split(": ")[1] == "ConvInteger" for op in int8_ops):
         out.append("ConvInteger (dynamic int8 convolution) has no fast kernel in ONNX Runtime's CPU provider; "
                    "use static quantization for convolutions.")
-    runtime = (result.get("recipe") or {}).get("runtime") or {}
-    threads, streams = int(runtime.get("threads", 1)), int(runtime.get("streams", 1))
+    threads, streams = int(result.get("threads") or 1), int(result.get("streams") or 1)
     if streams == 1 and threads > 1 and any(op.split(": ")[1] == "QLinearConv" for op in int8_ops):
         out.append(f"ONNX Runtime's int8 convolution (QLinearConv) splits each image across the {threads} intra-op "
                    f"threads, and on small images that synchronisation can cost more than the extra threads bring. "
