@@ -349,6 +349,16 @@ def test_hardware_advice(flags, gpus, precision):
             assert f in recs[0]["evidence"]["flags"]
 
 
+def test_one_flipped_sample_is_not_sensitivity():
+    from modelpress.analyze._evidence import split_tolerant
+
+    sens = {"resolution": 1 / 128, "layers": [{"layer": n, "results": {"int8": {"drop": d}}}
+                                              for n, d in (("a", 0.0), ("b", 1 / 128), ("c", 2 / 128))]}
+    assert split_tolerant(sens, "int8", ["a", "b", "c"], 0.005)[:2] == (["a", "b"], ["c"])
+    sens["resolution"] = 1 / 1000
+    assert split_tolerant(sens, "int8", ["a", "b", "c"], 0.005)[:2] == (["a"], ["b", "c"])
+
+
 def test_timing_advice_names_the_batch_size_that_was_profiled():
     prof = {"batch_size": 32, "run_us_median": 1880.0, "kernel_share_of_run": 0.8}
     recs = hardware_advice({"flags": {}, "gpus": [], "model": "test CPU"}, [], prof, prof, {"time_share": {}})

@@ -217,3 +217,46 @@ def test_later_training_keeps_weights_on_their_grid(digits_task, digits_model):
     assert not torch.equal(before, q.classifier[1].weight)  # training moved it ...
     for name in facts(q)["layer_bits"]:  # ... from grid point to grid point
         assert on_grid(q.get_submodule(name).weight.detach(), WeightSpec(4))
+
+
+def test_bias_correction_removes_the_mean_error_rounding_adds():
+    from modelpress.compress._quant.layers import batches_of, calibrate, correct_bias, select, weight_specs, wrap
+    from modelpress.compress._train import forward, to_tensors
+
+    torch.manual_seed(0)
+    model, task = LeNet5().eval(), small_task((1, 28, 28))
+    layers = select(model, (), (), True)
+    wrapped = wrap(model, layers, weight_specs(layers, cfg(per_channel=False)), "static")
+    calibrate(model, wrapped, batches_of(task.calib_data, 64), task.input_names, "minmax", 99.99)
+    original = {n: m.bias.detach().clone() for n, m in layers.items()}
+
+    def mean_error() -> dict[str, torch.Tensor]:
+        """Per layer and output channel: mean of (float layer with its original bias − quantized layer)."""
+        sums: dict[str, list] = {}
+
+        def hook(name):
+            def record(module, args, y):
+                float_out = module.layer(args[0]) - module.layer.bias.view(-1, *([1] * (y.dim() - 2))) + \
+                    original[name].view(-1, *([1] * (y.dim() - 2)))
+                d = (float_out - y).transpose(0, 1).reshape(y.shape[1], -1)
+                sums.setdefault(name, []).append(d.mean(1))
+            return record
+
+        hooks = [q.register_forward_hook(hook(n)) for n, q in wrapped.items()]
+        with torch.no_grad():
+            for x in batches_of(task.calib_data, 64):
+                forward(model, to_tensors(x), task.input_names)
+        for h in hooks:
+            h.remove()
+        return {n: torch.stack(v).mean(0) for n, v in sums.items()}
+
+    before = mean_error()
+    shifts = correct_bias(model, wrapped, batches_of(task.calib_data, 64), task.input_names)
+    after = mean_error()
+    assert set(shifts) == set(layers) and all(v > 0 for v in shifts.values())
+    # channels whose mean error is clearly not noise get it removed: less is left in every layer, and in all
+    # layers together a small part of what rounding added
+    assert all(after[n].norm() < before[n].norm() for n in layers), (before, after)
+    assert sum(after[n].norm() for n in layers) < 0.5 * sum(before[n].norm() for n in layers)
+    assert "bias_correction" in facts(quantize.apply(LeNet5().eval(), cfg(), task))
+    assert "bias_correction" not in facts(quantize.apply(LeNet5().eval(), cfg(bias_correction=False), task))

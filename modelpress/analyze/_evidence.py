@@ -68,11 +68,14 @@ def drops(sens: dict[str, Any] | None, probe: str) -> dict[str, float]:
 
 def split_tolerant(sens: dict[str, Any] | None, probe: str, layers: list[str], tolerance: float
                    ) -> tuple[list[str], list[str], dict[str, float]]:
-    """(layers whose drop <= tolerance, layers above it, their drops) among ``layers`` that were probed."""
+    """(layers whose drop <= tolerance, layers above it, their drops) among ``layers`` that were probed.
+    A drop of one evaluation sample (the score's resolution) counts as tolerated: it cannot tell a layer
+    that is sensitive from one sample near the decision boundary."""
     d = drops(sens, probe)
+    limit = max(tolerance, (sens or {}).get("resolution") or 0.0) + 1e-12
     probed = [n for n in layers if n in d]
-    ok = [n for n in probed if d[n] <= tolerance]
-    bad = [n for n in probed if d[n] > tolerance]
+    ok = [n for n in probed if d[n] <= limit]
+    bad = [n for n in probed if d[n] > limit]
     return ok, bad, {n: round(d[n], 4) for n in probed}
 
 

@@ -170,7 +170,7 @@ def linear_speed(table, facts, share, what, sens, tolerance) -> list[dict[str, A
                   if ev.probed(sens, "int8") else ""),
                {"linear_time_share": round(lin_t, 4), "linear_mac_share": round(lin_m, 4), "int8_drop": d8,
                 "sensitive_layers": bad8},
-               {"quantize": {"mode": "dynamic", "exclude": bad8}})]
+               {"quantize": {"mode": "dynamic", "exclude": bad8}} if ok8 or not bad8 else None)]
     big = [r for r in rows if r["mac_share"] >= 0.1 and (ev.half_rank_mac_ratio(r) or 1.0) < 0.9]
     okr, badr, dr = ev.split_tolerant(sens, "lowrank", [r["module"] for r in big], tolerance)
     measured = ev.probed(sens, "lowrank")
@@ -247,7 +247,7 @@ def precision_advice(table, sens, tolerance, covered: set[str]) -> list[dict[str
                   f"tolerance {tolerance:g}; one evaluation sample is {sens['resolution']:.4f}).")
     return [rec("precision", "int8 everywhere except the sensitive layers" if bad8 else "int8 for every layer",
                 reason, {"int8_drop": d8, "sensitive_layers": bad8},
-                {"quantize": {"mode": "static", "exclude": bad8}})]
+                {"quantize": {"mode": "static", "exclude": bad8}} if ok8 else None)]
 
 
 def ordered_steps(recs: list[dict[str, Any]]) -> list[dict[str, Any]]:

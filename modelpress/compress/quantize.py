@@ -3,7 +3,8 @@
 Modes (``quantize: {mode: ...}`` in a recipe):
 
 - ``static`` (default): int8 weights (per output channel) and u8 activations with ranges calibrated on the
-  task's calibration data; exported as ONNX QDQ that ONNX Runtime fuses into its int8 kernels.
+  task's calibration data, biases corrected for the mean shift rounding causes; exported as ONNX QDQ that
+  ONNX Runtime fuses into its int8 kernels.
 - ``dynamic``: int8 weights of Linear layers; activations quantized at run time (no calibration).
 - ``weight_only``: 2- to 8-bit weights, per channel or in groups, stored packed (``storage: packed``) so the
   artifact really shrinks; the runtime computes in float.
@@ -15,7 +16,7 @@ Modes (``quantize: {mode: ...}`` in a recipe):
 
 Facts recorded for the result: ``mode``, ``bits``, ``layer_bits``, ``fallback_layers`` (layer -> why it is
 not int8), ``int8_ops`` / ``float_ops`` / ``quant_boundaries`` (read from ONNX Runtime's fused graph when the
-model is exported to ONNX), ``folded_batchnorm``.
+model is exported to ONNX), ``folded_batchnorm``, ``bias_correction`` (largest bias shift per layer).
 
 >>> from modelpress.config import parse
 >>> parse(Config, {"mode": "weight_only", "bits": 4, "group_size": 64}, "quantize").bits
@@ -48,6 +49,7 @@ class Config:
     calibration: Literal["minmax", "percentile", "mse", "entropy"] = "mse"  # activation range observer
     percentile: float = 99.99  # for calibration: percentile
     calib_samples: int = 512  # calibration samples used at most (streamed)
+    bias_correction: bool = True  # static/mixed: shift each bias by the mean output error rounding caused
     fold_batchnorm: bool = True  # fold BatchNorm into the convolution before quantizing
     max_score_drop: float | None = None  # accuracy-aware fallback (mode mixed: 0.005 when unset)
     eval_samples: int = 2000  # evaluation samples the accuracy-aware fallback scores on

@@ -9,8 +9,8 @@ import torch
 from ...errors import ConfigError, ModelpressError
 from .. import add_train_hook, record, set_storage
 from .hook import OnnxLowering, Plan
-from .layers import (KeepOnGrid, batches_of, calibrate, check_weights, empty_calibration_error, fold_batchnorm, kind,
-                     select, unwrap, weight_specs, wrap)
+from .layers import (KeepOnGrid, batches_of, calibrate, check_weights, correct_bias, empty_calibration_error,
+                     fold_batchnorm, kind, select, unwrap, weight_specs, wrap)
 from .mixed import fallback, sensitivity
 
 DYNAMIC_CONV = ("dynamic int8 convolution (ConvInteger) is several times slower than fp32 Conv in ONNX Runtime; "
@@ -47,11 +47,14 @@ def run(model: Any, config: Any, task: Any) -> Any:
     spec = config.weight_spec()
     wrapped = wrap(model, layers, weight_specs(layers, config), act)
     ranges: tuple[dict, dict] = ({}, {})
-    estimate = None
+    estimate, shifts = None, {}
     try:
         if act == "static":
             ranges = calibrate(model, wrapped, batches_of(task.calib_data, config.calib_samples), task.input_names,
                                config.calibration, config.percentile)
+            if config.bias_correction and config.mode != "qat":
+                shifts = correct_bias(model, wrapped, batches_of(task.calib_data, config.calib_samples),
+                                      task.input_names)
         if config.mode == "qat":
             _train(model, config, task)
         if config.score_limit is not None:
@@ -67,6 +70,8 @@ def run(model: Any, config: Any, task: Any) -> Any:
         "int8_ops": [] if act is None else [f"{n}: {k}" for n, k in int8.items()],
         "float_ops": [f"{n}: {kinds[n]}" for n in kinds if act is None or n not in int8],
     }
+    if shifts:
+        facts["bias_correction"] = {n: round(v, 6) for n, v in shifts.items()}
     if estimate is not None:
         facts["estimated_score_drop"] = estimate
     record(model, **facts)

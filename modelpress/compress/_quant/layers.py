@@ -253,3 +253,45 @@ class KeepOnGrid:
             for name, spec in self.specs.items():
                 weight = model.get_submodule(name).weight
                 weight.copy_(fake_quant(weight.detach(), spec))
+
+
+def correct_bias(model: nn.Module, wrapped: Mapping[str, QuantLayer], batches: Iterable[dict],
+                 input_names: tuple[str, ...], min_z: float = 2.0) -> dict[str, float]:
+    """Bias correction: in one streamed pass of the quantized model over ``batches``, measure per output
+    channel of every enabled layer the error its own rounding adds (float layer on the layer's actual input
+    minus the quantized layer), and add its mean to the bias where that mean is clearly not noise (at least
+    ``min_z`` standard errors from zero). Returns the largest shift per corrected layer."""
+    from .._train import forward, to_tensors
+
+    stats: dict[str, list[torch.Tensor]] = {}  # layer -> [sum, sum of squares] per channel, and the count
+
+    def observer(name: str) -> Any:
+        linear = isinstance(wrapped[name].layer, nn.Linear)
+
+        def observe(module: QuantLayer, args: tuple[torch.Tensor, ...], y: torch.Tensor) -> None:
+            if not module.enabled:
+                return
+            d = (module.layer(args[0]) - y).detach().double()
+            rows = d.reshape(-1, d.shape[-1]) if linear else d.transpose(0, 1).reshape(d.shape[1], -1).T
+            new = [rows.sum(0), (rows * rows).sum(0), torch.tensor(float(rows.shape[0]), dtype=torch.float64)]
+            stats[name] = new if name not in stats else [a + b for a, b in zip(stats[name], new)]
+        return observe
+
+    names = [n for n, q in wrapped.items() if q.enabled and q.layer.bias is not None]
+    hooks = [wrapped[n].register_forward_hook(observer(n)) for n in names]
+    try:
+        with torch.no_grad():
+            for inputs in batches:
+                forward(model.eval(), to_tensors(inputs), input_names)
+    finally:
+        for h in hooks:
+            h.remove()
+    shifts = {}
+    for name, (total, squares, n) in stats.items():
+        mean = total / n
+        stderr = ((squares / n - mean * mean).clamp(min=0) / n).sqrt()
+        shift = torch.where(mean.abs() >= min_z * stderr, mean, torch.zeros_like(mean)).float()
+        with torch.no_grad():
+            wrapped[name].layer.bias.add_(shift.to(wrapped[name].layer.bias.dtype))
+        shifts[name] = float(shift.abs().max())
+    return shifts
