@@ -2,7 +2,7 @@
 ``quantize_static`` / ``quantize_dynamic`` with default settings on the same model and data.
 
     python benchmarks/quantize.py [--json rows.json] [--quick] [--tasks digits,fashion-mnist:lenet5] [--threads 2] [--streams 1] [--spinning]
-                                   [--profile]
+                                   [--profile] [--calib-slices K]
 
 Rows (besides the common fields): ``cosine`` (mean cosine similarity of the outputs to the fp32 artifact's
 over the whole evaluation set), ``int8_ops`` / ``float_ops`` / ``fallback_layers`` (what ONNX Runtime ran)
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import time
 from pathlib import Path
@@ -105,15 +106,45 @@ def kernel_profile(files: dict[str, Path], task) -> dict[str, dict[str, dict[str
     return out
 
 
+def calibration_slices(name: str, slices: int, folder: Path) -> list[dict]:
+    """Our static int8 against ORT's quantize_static, each calibrated on the same disjoint 512-sample slice
+    of the training inputs, ``slices`` times: does the score difference keep its sign?"""
+    from modelpress.task import Batches
+
+    base = load_task(name)
+    model, arrays, rows = base.build_model(), base.train_data.arrays, []
+    for i in range(slices):
+        task = dataclasses.replace(base, calib_data=Batches({k: v[512 * i: 512 * (i + 1)] for k, v in arrays.items()},
+                                                            batch_size=64))
+        sub = folder / f"slice{i}"
+        onnx_session(model, task, sub / "fp32")
+        theirs = correct(open_session(ort_quantized("static", sub / "fp32" / "model.onnx", task, sub / "ort")), task)
+        recipe = parse_recipe({"task": name, "steps": [{"quantize": {"mode": "static"}}]})
+        art = export_model(quantize.apply(copy.deepcopy(model), recipe.steps[0].config, task), task, recipe, sub / "q")
+        ours = correct(open_session(art), task)
+        rows.append({"model": name, "slice": i, "ours": round(float(ours.mean()), 4), "ort": round(float(theirs.mean()), 4),
+                     **sign_test(ours, theirs)})
+        print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated task names")
     ort_args(p)
     p.add_argument("--profile", action="store_true",
                    help="also profile fp32 and static int8 at batch 32 on 1 and 2 threads (kernel time per op type)")
+    p.add_argument("--calib-slices", type=int, default=0, metavar="K",
+                   help="instead: our static int8 against ORT's quantize_static on K disjoint calibration slices")
     args = p.parse_args()
     config, runtime = bench_config(args), ort_config(args)
     rows = []
+    if args.calib_slices:
+        with tempdir() as tmp:
+            rows = [r for name in args.tasks.split(",") for r in calibration_slices(name, args.calib_slices, Path(tmp))]
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=1))
+        return
     for name in args.tasks.split(","):
         task = load_task(name)
         model = task.build_model()
