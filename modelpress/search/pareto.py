@@ -61,12 +61,18 @@ def front(records: list[dict[str, Any]], objectives: tuple[str, ...]) -> list[di
     return [r for r, p in points if not any(dominates(q, p) for _, q in points)]
 
 
-def choose(candidates: list[dict[str, Any]], objectives: tuple[str, ...], tolerance: float) -> dict[str, Any] | None:
+def choose(candidates: list[dict[str, Any]], objectives: tuple[str, ...], tolerance: float,
+           references: list[dict[str, Any]] = ()) -> dict[str, Any] | None:
     """Lexicographic choice: keep the records within ``tolerance`` (relative) of the best first objective,
-    then of the best second among those, and so on; the last objective is minimised exactly."""
+    then of the best second among those, and so on; the last objective is minimised exactly. When some
+    candidates are no worse than every one of ``references`` (the single-technique defaults that meet the
+    constraints) on every objective, the choice is made among those only."""
     pool = list(candidates)
     if not pool:
         return None
+    covering = [r for r in pool if all(r["objectives"][o] <= ref["objectives"][o] for ref in references
+                                       for o in objectives)]
+    pool = covering or pool
     for i, name in enumerate(objectives):
         best = min(r["objectives"][name] for r in pool)
         slack = 0.0 if i == len(objectives) - 1 else tolerance * abs(best)

@@ -41,7 +41,8 @@ def summarize(records: list[dict[str, Any]], recipe: Any, config: Any, space: An
     measured = [r for r in records if not r.get("cached")]  # a repeat is the same measurement again
     ok = [r for r in measured if pareto.feasible(r, constraints)]
     front = sorted(pareto.front(ok, config.objectives), key=lambda r: tuple(r["objectives"][o] for o in config.objectives))
-    chosen = pareto.choose(front, config.objectives, config.tie_tolerance)
+    defaults = [r for r in ok if str(r.get("seed") or "").startswith("default:")]
+    chosen = pareto.choose(front, config.objectives, config.tie_tolerance, defaults)
     front_numbers = {r["number"] for r in front}
     number = chosen["number"] if chosen else None
     rows = [row(r, constraints, front_numbers, number) for r in records]
