@@ -253,10 +253,32 @@ def test_bias_correction_removes_the_mean_error_rounding_adds():
     before = mean_error()
     shifts = correct_bias(model, wrapped, batches_of(task.calib_data, 64), task.input_names)
     after = mean_error()
-    assert set(shifts) == set(layers) and all(v > 0 for v in shifts.values())
+    assert set(shifts) == set(layers) and all(float(v.abs().max()) > 0 for v in shifts.values())
     # channels whose mean error is clearly not noise get it removed: less is left in every layer, and in all
     # layers together a small part of what rounding added
     assert all(after[n].norm() < before[n].norm() for n in layers), (before, after)
     assert sum(after[n].norm() for n in layers) < 0.5 * sum(before[n].norm() for n in layers)
     assert "bias_correction" in facts(quantize.apply(LeNet5().eval(), cfg(), task))
     assert "bias_correction" not in facts(quantize.apply(LeNet5().eval(), cfg(bias_correction=False), task))
+
+
+def test_layers_back_in_float_keep_their_original_bias():
+    from modelpress.task import Task
+
+    torch.manual_seed(0)
+    model = LeNet5().eval()
+    x = np.random.default_rng(0).standard_normal((96, 1, 28, 28)).astype(np.float32)
+    with torch.no_grad():
+        y = model(torch.from_numpy(x)).argmax(-1).numpy()  # labels: the float model's own answers
+    task = Task(name="self-labelled", build_model=lambda: model, input_names=("x",), output_names=("logits",),
+                calib_data=Batches({"x": x[:32]}, batch_size=16), eval_data=Batches({"x": x}, y, batch_size=32),
+                num_classes=10)
+    # activation ranges cut at the 5th percentile: int8 ruins every layer, and layers go back to float
+    q = quantize.apply(model, cfg(mode="mixed", max_score_drop=0.0, calibration="percentile", percentile=5.0), task)
+    f = facts(q)
+    floats = [n for n, why in f["fallback_layers"].items() if "kept in float" in why]
+    assert "features.0" in floats, f["fallback_layers"]
+    for name in floats:
+        torch.testing.assert_close(q.get_submodule(name).bias, model.get_submodule(name).bias, rtol=0, atol=1e-6)
+        assert name not in f.get("bias_correction", {})
+    assert set(f.get("bias_correction", {})) <= {n for n, b in f["layer_bits"].items() if b == 8}

@@ -32,7 +32,7 @@ class BatchStreams:
         shards = [{k: v[lo:hi] for k, v in inputs.items()} for lo, hi in zip(bounds[:-1], bounds[1:])]
         futures = [self._pool.submit(s.run, x) for s, x in zip(self.sessions[1:parts], shards[1:])]
         results = [self.sessions[0].run(shards[0])] + [f.result() for f in futures]
-        for outs, shard, (lo, hi) in zip(results, shards, zip(bounds[:-1], bounds[1:])):
+        for outs, lo, hi in zip(results, bounds[:-1], bounds[1:]):
             for i, out in enumerate(outs):
                 if np.ndim(out) == 0 or np.shape(out)[0] != hi - lo:
                     raise ModelpressError(

@@ -10,7 +10,7 @@ from ...errors import ConfigError, ModelpressError
 from .. import add_train_hook, record, set_storage
 from .hook import OnnxLowering, Plan
 from .layers import (KeepOnGrid, batches_of, calibrate, check_weights, correct_bias, empty_calibration_error,
-                     fold_batchnorm, kind, select, unwrap, weight_specs, wrap)
+                     fold_batchnorm, kind, select, shift_biases, unwrap, weight_specs, wrap)
 from .mixed import fallback, sensitivity
 
 DYNAMIC_CONV = ("dynamic int8 convolution (ConvInteger) is several times slower than fp32 Conv in ONNX Runtime; "
@@ -58,7 +58,7 @@ def run(model: Any, config: Any, task: Any) -> Any:
         if config.mode == "qat":
             _train(model, config, task)
         if config.score_limit is not None:
-            demoted, estimate = _accuracy_aware(model, wrapped, config, task)
+            demoted, estimate = _accuracy_aware(model, wrapped, config, task, shifts)
             skipped.update(demoted)
     finally:
         unwrap(model, wrapped, write_weights=True)
@@ -71,7 +71,7 @@ def run(model: Any, config: Any, task: Any) -> Any:
         "float_ops": [f"{n}: {kinds[n]}" for n in kinds if act is None or n not in int8],
     }
     if shifts:
-        facts["bias_correction"] = {n: round(v, 6) for n, v in shifts.items()}
+        facts["bias_correction"] = {n: round(float(v.abs().max()), 6) for n, v in shifts.items()}
     if estimate is not None:
         facts["estimated_score_drop"] = estimate
     record(model, **facts)
@@ -111,14 +111,18 @@ def _subset(data: Any, max_samples: int) -> list[tuple[dict, Any]]:
     return out
 
 
-def _accuracy_aware(model: Any, wrapped: dict, config: Any, task: Any) -> tuple[dict[str, str], float]:
-    """Fall back layers, most sensitive first, until the simulated score drop is within the limit."""
+def _accuracy_aware(model: Any, wrapped: dict, config: Any, task: Any, shifts: dict[str, torch.Tensor]
+                    ) -> tuple[dict[str, str], float]:
+    """Fall back layers, most sensitive first, until the simulated score drop is within the limit. A layer
+    that goes back to float also gives back its bias correction (removed from ``shifts``)."""
     from ...evaluate import evaluate, torch_predict
 
     data = _subset(task.eval_data, config.eval_samples)
     for q in wrapped.values():
         q.enabled = False
+    shift_biases(wrapped, shifts, -1.0)  # the float model, as it was
     baseline = evaluate(torch_predict(model, task), task, data)
+    shift_biases(wrapped, shifts, 1.0)
     for q in wrapped.values():
         q.enabled = True
 
@@ -140,6 +144,8 @@ def _accuracy_aware(model: Any, wrapped: dict, config: Any, task: Any) -> tuple[
             reasons[name] = f"kept at 8 bits (sensitivity {scores[name]:.2e}) to hold max_score_drop"
         else:
             q.enabled = False
+            if name in shifts:
+                shift_biases(wrapped, {name: shifts.pop(name)}, -1.0)
             reasons[name] = f"kept in float (sensitivity {scores[name]:.2e}) to hold max_score_drop"
 
     ladder = order + order if any(q.spec.bits < 8 for q in wrapped.values()) else order

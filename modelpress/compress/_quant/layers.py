@@ -260,7 +260,8 @@ def correct_bias(model: nn.Module, wrapped: Mapping[str, QuantLayer], batches: I
     """Bias correction: in one streamed pass of the quantized model over ``batches``, measure per output
     channel of every enabled layer the error its own rounding adds (float layer on the layer's actual input
     minus the quantized layer), and add its mean to the bias where that mean is clearly not noise (at least
-    ``min_z`` standard errors from zero). Returns the largest shift per corrected layer."""
+    ``min_z`` standard errors from zero). Returns the shift added per layer (undo it with ``uncorrect_bias``
+    for a layer that goes back to float)."""
     from .._train import forward, to_tensors
 
     stats: dict[str, list[torch.Tensor]] = {}  # layer -> [sum, sum of squares] per channel, and the count
@@ -293,5 +294,13 @@ def correct_bias(model: nn.Module, wrapped: Mapping[str, QuantLayer], batches: I
         shift = torch.where(mean.abs() >= min_z * stderr, mean, torch.zeros_like(mean)).float()
         with torch.no_grad():
             wrapped[name].layer.bias.add_(shift.to(wrapped[name].layer.bias.dtype))
-        shifts[name] = float(shift.abs().max())
+        shifts[name] = shift
     return shifts
+
+
+def shift_biases(wrapped: Mapping[str, QuantLayer], shifts: Mapping[str, torch.Tensor], sign: float) -> None:
+    """Add (sign 1) or take back (sign -1) the bias correction ``shifts`` of those layers."""
+    with torch.no_grad():
+        for name, shift in shifts.items():
+            bias = wrapped[name].layer.bias
+            bias.add_(sign * shift.to(bias.dtype))
