@@ -9,7 +9,10 @@ over the whole evaluation set), ``int8_ops`` / ``float_ops`` / ``fallback_layers
 and ``why_slower`` (quantize.explain on the measured ratios). Our static row also has ``vs_ort_static``
 (latency ratio to ORT's quantize_static per batch size, timed interleaved) and ``vs_ort_static_samples``:
 on how many evaluation samples only ours / only ORT's is right, with the exact two-sided sign-test
-(McNemar) p-value of that difference.
+(McNemar) p-value of that difference. With ``--streams N`` (N > 1) every session splits its batches across N
+sessions, and a row ``fp32, 1 stream`` times the fp32 model on one session against the N-stream fp32 (above
+1: streams made fp32 faster too). ``--calib-slices K`` instead calibrates our static int8 and ORT's
+quantize_static on K disjoint 512-sample slices of the training inputs and prints the sign test for each.
 """
 from __future__ import annotations
 
