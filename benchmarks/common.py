@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from modelpress.bench import BenchConfig, compare  # noqa: E402
 from modelpress.doctor import cpu_info  # noqa: E402
 from modelpress.evaluate import evaluate, predict_fn  # noqa: E402
-from modelpress.runtime import RuntimeConfig, open_session  # noqa: E402
+from modelpress.runtime import RuntimeConfig, open_session, setting_label  # noqa: E402
 
 BENCH = BenchConfig(batch_sizes=(1, 32), warmup=10, rounds=30, runs_per_round=10)
 QUICK = BenchConfig(batch_sizes=(1, 32), warmup=2, rounds=4, runs_per_round=3)
@@ -50,9 +50,8 @@ def ort_config(args: argparse.Namespace) -> RuntimeConfig:
 
 
 def ort_title(args: argparse.Namespace) -> str:
-    """'2 thread(s), 2 streams, spinning': the run's ONNX Runtime settings for a table title."""
-    return (f"{args.threads} thread(s){f', {args.streams} streams' if args.streams > 1 else ''}"
-            f"{', spinning' if args.spinning else ''}")
+    """'2 threads, 2 streams, spinning': the run's ONNX Runtime settings for a table title."""
+    return setting_label(args.threads, args.streams, args.spinning)
 
 
 def onnx_session(model: Any, task: Any, folder: Path, runtime: RuntimeConfig = RuntimeConfig()):

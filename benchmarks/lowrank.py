@@ -15,7 +15,8 @@ FFN and attention together. Rows per case:
 - ``dense-reconstruction``: the fp32 model with the same ranks applied to W in place.
 
 Extra columns: ``param_ratio`` (model parameters after / before), ``layer_param_ratio`` (parameters of
-the selected layers after / before), ``recover_epochs``, ``layers`` (methods and rank ranges; the JSON
+the selected layers after / before), ``layer_time_share`` (share of the fp32 model's kernel time at batch 32
+in the selected layers, from ONNX Runtime's profiler: the most that splitting them can save), ``recover_epochs``, ``layers`` (methods and rank ranges; the JSON
 rows also hold ``ranks`` per layer).
 """
 from __future__ import annotations
@@ -78,6 +79,25 @@ def dense_reconstruction(model: torch.nn.Module, layers: dict) -> torch.nn.Modul
     return dense
 
 
+def layer_time_share(model: torch.nn.Module, onnx_path: Path, task, names: list[str], threads: int) -> float:
+    """Share of the fp32 model's kernel time at batch 32 spent in the layers ``names`` (ONNX Runtime's
+    profiler, the attribution ``modelpress analyze`` uses): the most that splitting them can save. The
+    median of 5 profiles, seconds apart: one profile can fall into one of the machine's slow periods."""
+    import statistics
+
+    import onnx
+
+    from modelpress.analyze.profile import profile_onnx
+
+    proto, table = onnx.load(str(onnx_path)), {"rows": [], "modules": [n for n, _ in model.named_modules()]}
+    shares = []
+    for _ in range(5):
+        prof = profile_onnx(proto, task, table, (32,), runs=90, threads=threads)["batches"]["32"]
+        shares.append(sum(prof["layers"].get(n, 0.0) for n in names) / prof["kernel_us_per_run"])
+        time.sleep(1.0)
+    return statistics.median(shares)
+
+
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--case", action="append", help="run only cases whose 'task (scope)' contains this text")
@@ -106,6 +126,7 @@ def main() -> None:
         with tempdir() as tmp:
             base, base_size = onnx_session(fp32_model, task, Path(tmp) / "fp32", ort_config(args))
             fp32_score = score_session(base, task)
+            time_share = layer_time_share(fp32_model, Path(tmp) / "fp32" / "model.onnx", task, names, args.threads)
             for label, model in candidates.items():
                 session, size = onnx_session(model, task, Path(tmp) / label, ort_config(args))
                 rows.append(row(
@@ -113,11 +134,11 @@ def main() -> None:
                     latency_ratios(session, base, task, config_bench),
                     param_ratio=round(count(model) / count(fp32_model), 4),
                     layer_param_ratio=round(selected_params(model, names) / selected_params(fp32_model, names), 4),
-                    recover_epochs=epochs if label == "lowrank+recover" else 0,
+                    layer_time_share=round(time_share, 3), recover_epochs=epochs if label == "lowrank+recover" else 0,
                     layers=summary(info["lowrank_layers"]), ranks=info["ranks"]))
         print(f"{task_name} ({scope}) done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     emit(rows, args, f"Low-rank factorization on ONNX Runtime, {ort_title(args)} (ratios against fp32)",
-         ("param_ratio", "layer_param_ratio", "recover_epochs", "layers"))
+         ("param_ratio", "layer_param_ratio", "layer_time_share", "recover_epochs", "layers"))
 
 
 def _fields(config: lowrank.Config) -> dict:

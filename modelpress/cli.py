@@ -102,7 +102,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from . import artifact as artifact_mod
     from . import bench, registry
     from .config import parse
-    from .runtime import RuntimeConfig, open_session
+    from .runtime import RuntimeConfig, open_session, setting_label
 
     batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
     config = bench.BenchConfig(batch_sizes=batch_sizes, rounds=args.rounds)
@@ -129,8 +129,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         session, peak_bytes = bench.peak_memory(lambda: open_session(first, runtime),
                                                 lambda sess: sess.run(example(max(batch_sizes))))
 
-        table = Table(title=f"latency on {args.runtime} ({args.threads} threads"
-                            f"{f', {args.streams} streams' if args.streams > 1 else ''})")
+        table = Table(title=f"latency on {args.runtime} ({setting_label(args.threads, args.streams)})")
         for col in ("batch", "p50 ms", "p90 ms", "p99 ms", "throughput/s"):
             table.add_column(col, justify="right")
         if args.compare:

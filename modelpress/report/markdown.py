@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..runtime import setting_label
+
 
 def _mb(n: int) -> str:
     return f"{n / 1e6:.3f} MB"
@@ -10,8 +12,8 @@ def _mb(n: int) -> str:
 
 def rows(result: dict[str, Any]) -> list[tuple[str, str]]:
     """(label, value) pairs shared by the Markdown report and the CLI table."""
-    setting = ", ".join(f"{result[k]} {k}" for k in ("threads", "streams") if result.get(k) and (k != "streams" or result[k] > 1))
-    out = [("task", result["task"]), ("runtime", f"{result['runtime']} ({result['device']}{', ' + setting if setting else ''})"),
+    setting = f", {setting_label(result['threads'], result.get('streams') or 1)}" if result.get("threads") else ""
+    out = [("task", result["task"]), ("runtime", f"{result['runtime']} ({result['device']}{setting})"),
            ("score", f"{result['score']:.4f} (fp32 {result['baseline_score']:.4f}, drop {result['score_drop']:+.4f})"),
            ("size", f"{_mb(result['size_bytes'])} (fp32 {_mb(result['baseline_size_bytes'])}, "
                     f"ratio {result['size_ratio']:.3f})")]

@@ -58,6 +58,12 @@ class RuntimeConfig:
               f"threads / streams intra-op threads.")
 
 
+def setting_label(threads: int, streams: int = 1, spinning: bool = False) -> str:
+    """'2 threads, 2 streams, spinning': a runtime setting, for titles and reports."""
+    return ", ".join([f"{threads} threads", *([f"{streams} streams"] if streams > 1 else []),
+                      *(["spinning"] if spinning else [])])
+
+
 def open_session(artifact: Any, config: RuntimeConfig = RuntimeConfig()) -> Session:
     from .. import registry
 

@@ -256,12 +256,12 @@ class KeepOnGrid:
 
 
 def correct_bias(model: nn.Module, wrapped: Mapping[str, QuantLayer], batches: Iterable[dict],
-                 input_names: tuple[str, ...], min_z: float = 2.0) -> dict[str, float]:
+                 input_names: tuple[str, ...], min_z: float = 2.0) -> dict[str, torch.Tensor]:
     """Bias correction: in one streamed pass of the quantized model over ``batches``, measure per output
     channel of every enabled layer the error its own rounding adds (float layer on the layer's actual input
     minus the quantized layer), and add its mean to the bias where that mean is clearly not noise (at least
-    ``min_z`` standard errors from zero). Returns the shift added per layer (undo it with ``uncorrect_bias``
-    for a layer that goes back to float)."""
+    ``min_z`` standard errors from zero). Returns the shift added per layer (``shift_biases`` with sign -1
+    takes it back for a layer that goes back to float)."""
     from .._train import forward, to_tensors
 
     stats: dict[str, list[torch.Tensor]] = {}  # layer -> [sum, sum of squares] per channel, and the count
