@@ -4,15 +4,22 @@
     python benchmarks/quantize.py [--json rows.json] [--quick] [--tasks digits,fashion-mnist:lenet5] [--threads 2] [--streams 1] [--spinning]
                                    [--profile] [--calib-slices K]
 
-Rows (besides the common fields): ``cosine`` (mean cosine similarity of the outputs to the fp32 artifact's
-over the whole evaluation set), ``int8_ops`` / ``float_ops`` / ``fallback_layers`` (what ONNX Runtime ran)
-and ``why_slower`` (quantize.explain on the measured ratios). Our static row also has ``vs_ort_static``
-(latency ratio to ORT's quantize_static per batch size, timed interleaved) and ``vs_ort_static_samples``:
-on how many evaluation samples only ours / only ORT's is right, with the exact two-sided sign-test
-(McNemar) p-value of that difference. With ``--streams N`` (N > 1) every session splits its batches across N
+Scores are the task's accuracy, which counts a sample whose top score is tied between k classes as 1/k when
+its label is among them (``modelpress.task.top1_credit``): a graph that rounds its logits to int8, as ORT's
+quantize_static does, ties on about 1% of samples, and ``argmax`` would hand every tie to the lowest class
+number. Rows (besides the common fields): ``ties`` (evaluation samples with a tied top score),
+``score_argmax`` (the accuracy with ``argmax``'s lowest-index rule instead), ``cosine`` (mean cosine
+similarity of the outputs to the fp32 artifact's over the whole evaluation set), ``int8_ops`` /
+``float_ops`` / ``fallback_layers`` (what ONNX Runtime ran) and ``why_slower`` (quantize.explain on the
+measured ratios). Our static row also has ``vs_ort_static`` (latency ratio to ORT's quantize_static per
+batch size, timed interleaved) and ``vs_ort_static_samples``: on how many evaluation samples only ours /
+only ORT's is right, with the exact two-sided sign-test (McNemar) p-value of that difference (over the
+samples neither ties at the top). With ``--streams N`` (N > 1) every session splits its batches across N
 sessions, and a row ``fp32, 1 stream`` times the fp32 model on one session against the N-stream fp32 (above
 1: streams made fp32 faster too). ``--calib-slices K`` instead calibrates our static int8 and ORT's
-quantize_static on K disjoint 512-sample slices of the training inputs and prints the sign test for each.
+quantize_static on K disjoint 512-sample slices of the training inputs and prints the sign test for each,
+then the mean score difference over the slices in samples with its standard error, and how fp32 fares on
+its closest calls (top-1 against runner-up) and under random noise added to its logits.
 """
 from __future__ import annotations
 
@@ -31,11 +38,11 @@ from common import (bench_config, emit, latency_ratios, onnx_session, ort_args, 
 from modelpress.artifact import load as load_artifact
 from modelpress.artifact import write_for_task
 from modelpress.compress import facts, quantize
-from modelpress.evaluate import parity, predict_fn
+from modelpress.evaluate import parity, predict_fn, torch_predict
 from modelpress.pipeline import export_model
 from modelpress.recipe import parse_recipe
 from modelpress.runtime import open_session
-from modelpress.task import load_task
+from modelpress.task import load_task, top1_credit
 
 TASKS = ("digits", "fashion-mnist:lenet5", "fashion-mnist:lenet-300-100", "digits:transformer")
 MODES = {
@@ -73,22 +80,32 @@ def ort_quantized(kind: str, fp32_path: Path, task, folder: Path):
 
 
 def correct(session, task) -> np.ndarray:
-    return np.concatenate([np.asarray(session.run(x)[0]).argmax(-1) == y for x, y in task.eval_data])
+    """Per evaluation sample: 1 right, 0 wrong, 1/k when the label is one of k tied top scores (the score's rule)."""
+    return np.concatenate([top1_credit(session.run(x)[0], y) for x, y in task.eval_data])
+
+
+def first_index_score(session, task) -> float:
+    """Accuracy with ``argmax``'s rule instead (a tie goes to the lowest class number)."""
+    return float(np.concatenate([np.asarray(session.run(x)[0]).argmax(-1) == y for x, y in task.eval_data]).mean())
 
 
 def sign_test(ours, theirs) -> dict:
-    """Samples only ours / only theirs gets right, and the exact two-sided binomial p-value (McNemar)."""
-    b, c = int((ours & ~theirs).sum()), int((~ours & theirs).sum())
+    """Samples only ours / only theirs gets right, and the exact two-sided binomial p-value (McNemar), over
+    the samples neither output ties at the top (those count 1/k in the score: ``tied_*`` says how many)."""
+    whole = np.isin(ours, (0, 1)) & np.isin(theirs, (0, 1))
+    b, c = int((whole & (ours > theirs)).sum()), int((whole & (ours < theirs)).sum())
     n, k = b + c, min(b, c)
     p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
-    return {"only_ours": b, "only_ort": c, "p_value": round(p, 4)}
+    return {"only_ours": b, "only_ort": c, "p_value": round(p, 4),
+            "tied_ours": int((~np.isin(ours, (0, 1))).sum()), "tied_ort": int((~np.isin(theirs, (0, 1))).sum())}
 
 
 def measure(name, candidate, session, size, fp32, fp32_size, fp32_score, task, config, **extra):
     cosine = parity(predict_fn(fp32), predict_fn(session), task.eval_data, max_batches=10 ** 6)["cosine"]
     lat = latency_ratios(session, fp32, task, config)
+    ties = int((~np.isin(correct(session, task), (0, 1))).sum())
     return row(name, candidate, score_session(session, task), fp32_score, size, fp32_size, lat,
-               cosine=round(cosine, 6), **extra)
+               cosine=round(cosine, 6), ties=ties, score_argmax=round(first_index_score(session, task), 4), **extra)
 
 
 def kernel_profile(files: dict[str, Path], task) -> dict[str, dict[str, dict[str, float]]]:
@@ -116,6 +133,11 @@ def calibration_slices(name: str, slices: int, folder: Path) -> list[dict]:
 
     base = load_task(name)
     model, arrays, rows = base.build_model(), base.train_data.arrays, []
+    available = len(next(iter(arrays.values()))) // 512
+    if slices > available:
+        print(f"{name}: its training inputs hold {available} disjoint 512-sample slices; "
+              f"using {available}, not {slices}")
+        slices = available
     for i in range(slices):
         task = dataclasses.replace(base, calib_data=Batches({k: v[512 * i: 512 * (i + 1)] for k, v in arrays.items()},
                                                             batch_size=64))
@@ -125,10 +147,36 @@ def calibration_slices(name: str, slices: int, folder: Path) -> list[dict]:
         recipe = parse_recipe({"task": name, "steps": [{"quantize": {"mode": "static"}}]})
         art = export_model(quantize.apply(copy.deepcopy(model), recipe.steps[0].config, task), task, recipe, sub / "q")
         ours = correct(open_session(art), task)
-        rows.append({"model": name, "slice": i, "ours": round(float(ours.mean()), 4), "ort": round(float(theirs.mean()), 4),
-                     **sign_test(ours, theirs)})
+        rows.append({"model": name, "slice": i, "ours": round(float(ours.mean()), 5),
+                     "ort": round(float(theirs.mean()), 5),
+                     "difference_samples": round(float(ours.sum() - theirs.sum()), 2), **sign_test(ours, theirs)})
         print(rows[-1], flush=True)
+    near_ties(name, model, base)
+    diff = np.array([r["difference_samples"] for r in rows])
+    se = diff.std(ddof=1) / math.sqrt(len(diff)) if len(diff) > 1 else float("nan")
+    print(f"{name}: ours minus ORT over {len(diff)} slices: {diff.mean():+.2f} samples (standard error {se:.2f}); "
+          f"ours at least ORT's on {int((diff >= 0).sum())} of {len(diff)}")
     return rows
+
+
+def near_ties(name: str, model, task, closest: int = 200, draws: int = 100) -> None:
+    """Why every int8 variant can score above fp32: on the fp32 model's ``closest`` samples (smallest gap
+    between its two highest logits), how often its top-1 and its runner-up are right; and the mean
+    accuracy after adding Gaussian noise to the fp32 logits (the predictions it flips, and what that does)."""
+    logits = np.concatenate([np.asarray(torch_predict(model, task)(x)) for x, _ in task.eval_data])
+    y = np.concatenate([t for _, t in task.eval_data])
+    order = np.argsort(logits, axis=1)
+    gap = np.take_along_axis(logits, order[:, -1:], 1)[:, 0] - np.take_along_axis(logits, order[:, -2:-1], 1)[:, 0]
+    near = np.argsort(gap)[:closest]
+    print(f"{name}: on fp32's {closest} closest calls (top-2 logit gap < {gap[near].max():.3f}) its top-1 is right on "
+          f"{(order[near, -1] == y[near]).mean():.1%}, its runner-up on {(order[near, -2] == y[near]).mean():.1%}")
+    rng = np.random.default_rng(0)
+    for sd in (0.03, 0.1, 0.3):
+        noisy = [logits + rng.normal(0, sd, logits.shape) for _ in range(draws)]
+        flips = np.mean([(n.argmax(1) != logits.argmax(1)).sum() for n in noisy])
+        gain = np.mean([(n.argmax(1) == y).sum() for n in noisy]) - (logits.argmax(1) == y).sum()
+        print(f"  logit noise sd {sd}: {flips:.0f} predictions flipped, {gain:+.1f} samples right "
+              f"(mean of {draws} draws)")
 
 
 def main() -> None:
@@ -191,7 +239,7 @@ def main() -> None:
                 ours["kernel_us@32"] = kernel_profile({"fp32": tmp / "fp32" / "model.onnx",
                                                        "static": paths["static"]}, task)
     emit(rows, args, f"quantize: each mode against fp32 on ONNX Runtime, {ort_title(args)} (latency ratio < 1 = faster)",
-         ("cosine", "vs_ort@1", "vs_ort@32", "quantize_s"))
+         ("cosine", "ties", "vs_ort@1", "vs_ort@32", "quantize_s"))
 
 
 if __name__ == "__main__":

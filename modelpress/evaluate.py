@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ModelpressError
-from .task import Inputs, Predict, Task
+from .task import Inputs, Predict, Task, top1_credit
 
 
 def predict_fn(session: Any) -> Predict:
@@ -30,9 +30,10 @@ def parity(reference: Predict, candidate: Predict, batches: Iterable[Inputs | tu
     """Compare two predict functions on real inputs.
 
     Returns ``max_abs_diff`` (largest element-wise difference), ``agreement`` (share of samples with
-    the same arg-max) and ``cosine`` (mean cosine similarity of the flattened outputs per sample).
+    the same arg-max; a tie between ``k`` of the candidate's top scores counts ``1/k``, as in
+    ``task.top1_credit``) and ``cosine`` (mean cosine similarity of the flattened outputs per sample).
     """
-    max_diff, agree, cos_sum, total = 0.0, 0, 0.0, 0
+    max_diff, agree, cos_sum, total = 0.0, 0.0, 0.0, 0
     for i, batch in enumerate(batches):
         if i >= max_batches:
             break
@@ -44,8 +45,8 @@ def parity(reference: Predict, candidate: Predict, batches: Iterable[Inputs | tu
         if not np.isfinite(out).all():
             raise ModelpressError("The artifact produced NaN or Inf outputs on real inputs.")
         max_diff = max(max_diff, float(np.abs(ref - out).max()))
-        agree += int((ref.reshape(len(ref), -1).argmax(-1) == out.reshape(len(out), -1).argmax(-1)).sum())
         r, o = ref.reshape(len(ref), -1), out.reshape(len(out), -1)
+        agree += float(top1_credit(o, r.argmax(-1)).sum())
         denom = np.linalg.norm(r, axis=1) * np.linalg.norm(o, axis=1)
         cos_sum += float(np.sum((r * o).sum(1) / np.maximum(denom, 1e-12)))
         total += len(ref)

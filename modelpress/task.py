@@ -70,12 +70,30 @@ class Batches:
         return Batches(self.arrays, self.targets, batch_size, self.shuffle, self.seed)
 
 
+def top1_credit(scores: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Per sample: 1 when ``target`` is the only highest score, ``1/k`` when it is one of ``k`` tied highest
+    scores, else 0 (the expected top-1 hit when ties are broken at random).
+
+    Float outputs almost never tie, so this is plain top-1 accuracy for them. A model whose outputs are
+    quantized (an int8 graph that also rounds its logits) can tie on a percent of samples; ``argmax`` would
+    give every tie to the lowest class number, which helps or hurts by the order of the labels alone.
+
+    >>> top1_credit(np.array([[0.1, 0.9, 0.0], [0.5, 0.5, 0.0], [0.5, 0.5, 0.0]]), np.array([1, 1, 2]))
+    array([1. , 0.5, 0. ])
+    """
+    scores, target = np.asarray(scores), np.asarray(target)
+    top = scores == scores.max(axis=-1, keepdims=True)  # all False on a row holding NaN
+    valid = (target >= 0) & (target < scores.shape[-1])
+    hit = np.take_along_axis(top, np.where(valid, target, 0)[..., None].astype(np.int64), axis=-1)[..., 0] & valid
+    return hit / np.maximum(top.sum(axis=-1), 1)
+
+
 def accuracy(predict: Predict, eval_data: Iterable[tuple[Inputs, np.ndarray]]) -> float:
-    """Top-1 accuracy of ``predict`` over labelled batches."""
-    correct = total = 0
+    """Top-1 accuracy of ``predict`` over labelled batches; a sample whose highest score is tied between
+    ``k`` classes counts ``1/k`` when its label is among them (``top1_credit``)."""
+    correct, total = 0.0, 0
     for inputs, target in eval_data:
-        logits = np.asarray(predict(inputs))
-        correct += int((logits.argmax(axis=-1) == target).sum())
+        correct += float(top1_credit(predict(inputs), target).sum())
         total += len(target)
     if total == 0:
         raise ModelpressError("The evaluation data is empty: the task needs at least one labelled sample.")

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from modelpress.errors import ConfigError, ModelpressError
-from modelpress.evaluate import evaluate, torch_predict
-from modelpress.task import Batches, load_task
+from modelpress.evaluate import evaluate, parity, torch_predict
+from modelpress.task import Batches, accuracy, load_task
 from modelpress.tasks import fashion_mnist
 
 
@@ -25,6 +25,30 @@ def test_batches_reject_mismatched_lengths():
 def test_digits_reaches_097(digits_task, digits_model):
     assert evaluate(torch_predict(digits_model, digits_task), digits_task) >= 0.97
     assert digits_task.example_inputs(5)["x"].shape == (5, 1, 8, 8)
+
+
+def test_accuracy_credits_tied_top_scores_evenly_whatever_the_label_order():
+    """Logits rounded to a coarse grid (an int8 output) tie; argmax would give every tie to class 0."""
+    rng = np.random.default_rng(0)
+    logits = np.round(rng.normal(size=(400, 4)) * 2) / 2  # steps of 0.5: many ties
+    labels = rng.integers(0, 4, 400)
+    data = Batches({"x": logits}, labels, batch_size=64)
+    tied = (logits == logits.max(1, keepdims=True)).sum(1)
+    assert (tied > 1).sum() > 40
+    score = accuracy(lambda b: b["x"], data)
+    order = [3, 1, 0, 2]  # the same model with its classes numbered differently
+    renamed = Batches({"x": logits[:, order]}, np.argsort(order)[labels], batch_size=64)
+    assert score == pytest.approx(accuracy(lambda b: b["x"], renamed), abs=1e-12)
+    argmax = float((logits.argmax(1) == labels).mean())
+    renamed_argmax = float((logits[:, order].argmax(1) == np.argsort(order)[labels]).mean())
+    assert argmax != renamed_argmax  # the rule this replaces depends on the numbering
+    expected = np.mean([(logits[i, labels[i]] == logits[i].max()) / tied[i] for i in range(400)])
+    assert score == pytest.approx(expected)
+    assert accuracy(lambda b: np.zeros((len(b["x"]), 4)), data) == pytest.approx(0.25)  # all tied: chance
+    nan = accuracy(lambda b: np.full((len(b["x"]), 4), np.nan), data)
+    assert nan == 0.0
+    agreement = parity(lambda b: b["x"] + np.arange(4) * 1e-3, lambda b: b["x"], data.inputs_only())["agreement"]
+    assert 0.5 < agreement < 1.0  # the candidate's ties count 1/k against the reference's strict order
 
 
 def test_unknown_task_suggests():
