@@ -17,8 +17,8 @@ only ORT's is right, with the exact two-sided sign-test (McNemar) p-value of tha
 samples neither ties at the top). With ``--streams N`` (N > 1) every session splits its batches across N
 sessions, and a row ``fp32, 1 stream`` times the fp32 model on one session against the N-stream fp32 (above
 1: streams made fp32 faster too). ``--calib-slices K`` instead calibrates our static int8 and ORT's
-quantize_static on K disjoint 512-sample slices of the training inputs and prints the sign test for each,
-then the mean score difference over the slices in samples with its standard error, and how fp32 fares on
+quantize_static on K disjoint 512-sample slices of the training inputs and prints the sign test for each
+(and how many top-1 predictions each changed from fp32's: ``flips_ours`` / ``flips_ort``), then the mean score difference over the slices in samples with its standard error, and how fp32 fares on
 its closest calls (top-1 against runner-up) and under random noise added to its logits.
 """
 from __future__ import annotations
@@ -79,14 +79,15 @@ def ort_quantized(kind: str, fp32_path: Path, task, folder: Path):
     return write_for_task(folder, "model.onnx", "onnx", task)
 
 
+def outputs(session, task) -> tuple[np.ndarray, np.ndarray]:
+    """The first output over the whole evaluation set, and the labels."""
+    logits = np.concatenate([np.asarray(session.run(x)[0]) for x, _ in task.eval_data])
+    return logits, np.concatenate([y for _, y in task.eval_data])
+
+
 def correct(session, task) -> np.ndarray:
     """Per evaluation sample: 1 right, 0 wrong, 1/k when the label is one of k tied top scores (the score's rule)."""
-    return np.concatenate([top1_credit(session.run(x)[0], y) for x, y in task.eval_data])
-
-
-def first_index_score(session, task) -> float:
-    """Accuracy with ``argmax``'s rule instead (a tie goes to the lowest class number)."""
-    return float(np.concatenate([np.asarray(session.run(x)[0]).argmax(-1) == y for x, y in task.eval_data]).mean())
+    return top1_credit(*outputs(session, task))
 
 
 def sign_test(ours, theirs) -> dict:
@@ -103,9 +104,11 @@ def sign_test(ours, theirs) -> dict:
 def measure(name, candidate, session, size, fp32, fp32_size, fp32_score, task, config, **extra):
     cosine = parity(predict_fn(fp32), predict_fn(session), task.eval_data, max_batches=10 ** 6)["cosine"]
     lat = latency_ratios(session, fp32, task, config)
-    ties = int((~np.isin(correct(session, task), (0, 1))).sum())
+    logits, y = outputs(session, task)
+    ties = int((~np.isin(top1_credit(logits, y), (0, 1))).sum())
+    argmax = float((logits.argmax(-1) == y).mean())  # argmax's rule: a tie goes to the lowest class number
     return row(name, candidate, score_session(session, task), fp32_score, size, fp32_size, lat,
-               cosine=round(cosine, 6), ties=ties, score_argmax=round(first_index_score(session, task), 4), **extra)
+               cosine=round(cosine, 6), ties=ties, score_argmax=round(argmax, 4), **extra)
 
 
 def kernel_profile(files: dict[str, Path], task) -> dict[str, dict[str, dict[str, float]]]:
@@ -142,14 +145,19 @@ def calibration_slices(name: str, slices: int, folder: Path) -> list[dict]:
         task = dataclasses.replace(base, calib_data=Batches({k: v[512 * i: 512 * (i + 1)] for k, v in arrays.items()},
                                                             batch_size=64))
         sub = folder / f"slice{i}"
-        onnx_session(model, task, sub / "fp32")
-        theirs = correct(open_session(ort_quantized("static", sub / "fp32" / "model.onnx", task, sub / "ort")), task)
+        fp32, _ = onnx_session(model, task, sub / "fp32")
+        fp32_top = outputs(fp32, task)[0].argmax(-1)
+        theirs_logits, y = outputs(open_session(ort_quantized("static", sub / "fp32" / "model.onnx", task,
+                                                              sub / "ort")), task)
         recipe = parse_recipe({"task": name, "steps": [{"quantize": {"mode": "static"}}]})
         art = export_model(quantize.apply(copy.deepcopy(model), recipe.steps[0].config, task), task, recipe, sub / "q")
-        ours = correct(open_session(art), task)
+        ours_logits, _ = outputs(open_session(art), task)
+        ours, theirs = top1_credit(ours_logits, y), top1_credit(theirs_logits, y)
         rows.append({"model": name, "slice": i, "ours": round(float(ours.mean()), 5),
                      "ort": round(float(theirs.mean()), 5),
-                     "difference_samples": round(float(ours.sum() - theirs.sum()), 2), **sign_test(ours, theirs)})
+                     "difference_samples": round(float(ours.sum() - theirs.sum()), 2), **sign_test(ours, theirs),
+                     "flips_ours": int((ours_logits.argmax(-1) != fp32_top).sum()),  # top-1 changed from fp32
+                     "flips_ort": int((theirs_logits.argmax(-1) != fp32_top).sum())})
         print(rows[-1], flush=True)
     near_ties(name, model, base)
     diff = np.array([r["difference_samples"] for r in rows])
