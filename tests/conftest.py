@@ -11,6 +11,18 @@ from modelpress.bench import BenchConfig
 FAST_BENCH = BenchConfig(batch_sizes=(1, 4), warmup=1, rounds=2, runs_per_round=2)
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Small models: one torch thread is as fast as two and much faster on a busy 2-core machine. A test
+    module opts in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def digits_task():
     from modelpress.task import load_task

@@ -20,12 +20,7 @@ from modelpress.task import Batches, Task
 from modelpress.zoo import LeNet5, TinyTransformer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_task(shape, n=64, build=lambda: None, train=True):

@@ -16,14 +16,7 @@ from modelpress.task import Batches, Task
 from modelpress.zoo import DepthwiseCNN, TinyTransformer
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """The decompositions and forwards here are small: one thread keeps them fast on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def task_for(shape, n=64, seed=0):

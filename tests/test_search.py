@@ -53,6 +53,8 @@ def test_search_block_round_trips_through_yaml(fake_techniques):
     ({"space": {"techniques": ["shrink", "nope"]}}, "Unknown technique 'nope'"),
     ({"space": {"runtime": {"backend": ["onnxruntim"]}}}, "Did you mean 'onnxruntime'"),
     ({"space": {"runtime": {"threads": [0]}}}, "threads must be at least 1"),
+    ({"space": {"runtime": {"thread": [2]}}}, r"Unknown setting 'thread' for runtime in 'search\.space\.runtime'.*'threads'"),
+    ({"space": {"runtime": [2]}}, r"'search\.space\.runtime' must map runtime settings"),
     ({"space": {"max_steps": -1}}, "max_steps' must be >= 0"),
     ({"workers": 0}, "workers must be at least 1"),
 ])

@@ -11,13 +11,7 @@ from modelpress.errors import ConfigError, ModelpressError
 from modelpress.task import Batches
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is as fast as two and much faster on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def data(n=64, labels=True, shuffle=True):

@@ -44,41 +44,32 @@ def technique_module(name: str) -> Any:
 
 def settings_of(name: str, raw: Any, where: str) -> dict[str, list[Any]]:
     """Validate one technique's searched settings against its Config."""
-    config_cls = technique_module(name).Config
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"'{where}' must map {name} settings to lists of values, e.g. {{ratio: [0.3, 0.5]}}.")
-    fields = {f.name for f in dataclasses.fields(config_cls) if f.init}
-    hints = typing.get_type_hints(config_cls)
-    out = {}
-    for key, values in raw.items():
-        if key not in fields:
-            raise ConfigError(f"Unknown setting '{key}' for {name} in '{where}'.{closest(str(key), fields)} "
-                              f"Valid settings: {', '.join(sorted(fields))}.")
-
-        def build(v: Any, at: str, key: str = key) -> None:
-            parse(config_cls, {key: v}, where)  # the technique's own range checks, one value at a time
-
-        out[key] = _choices(values, hints[key], f"{where}.{key}", build)
-    return out
+    return _settings(technique_module(name).Config, raw, where, name, "{ratio: [0.3, 0.5]}")
 
 
 def _runtime_settings(raw: Any) -> dict[str, list[Any]]:
     from ..runtime import RuntimeConfig
 
+    return _settings(RuntimeConfig, raw, _where("runtime"), "runtime", "{backend: [onnxruntime]}")
+
+
+def _settings(config_cls: type, raw: Any, where: str, owner: str, example: str) -> dict[str, list[Any]]:
+    """Each searched setting of ``config_cls``: a known field, a list of values of its type, each passing the
+    Config's own range checks."""
     if not isinstance(raw, Mapping):
-        raise ConfigError("'search.space.runtime' must map runtime settings to lists, e.g. {backend: [onnxruntime]}.")
-    fields = [f.name for f in dataclasses.fields(RuntimeConfig)]
-    hints = typing.get_type_hints(RuntimeConfig)
+        raise ConfigError(f"'{where}' must map {owner} settings to lists of values, e.g. {example}.")
+    fields = {f.name for f in dataclasses.fields(config_cls) if f.init}
+    hints = typing.get_type_hints(config_cls)
     out = {}
     for key, values in raw.items():
         if key not in fields:
-            raise ConfigError(f"Unknown runtime setting '{key}' in 'search.space.runtime'.{closest(str(key), fields)} "
-                              f"Valid settings: {', '.join(fields)}.")
+            raise ConfigError(f"Unknown setting '{key}' for {owner} in '{where}'.{closest(str(key), fields)} "
+                              f"Valid settings: {', '.join(sorted(fields))}.")
 
         def build(v: Any, at: str, key: str = key) -> None:
-            parse(RuntimeConfig, {key: v}, "search.space.runtime")
+            parse(config_cls, {key: v}, where)  # the owner's own range checks, one value at a time
 
-        out[key] = _choices(values, hints[key], _where("runtime", key), build)
+        out[key] = _choices(values, hints[key], f"{where}.{key}", build)
     return out
 
 

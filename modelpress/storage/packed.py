@@ -20,17 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from .. import artifact as art_mod
-from ..artifact import Artifact, atomic_write_bytes
+from ..artifact import Artifact
 from ..errors import ModelFileError
-from . import cached_decoding
+from . import INDEX, SKELETON, cached_decoding, container, replace_dense
 
 ENCODING = "packed"
 FILE = "model.packed"
 MIN_ELEMENTS = 64
 EXACT = 1e-3  # a weight is on a grid when every value is within EXACT * step of a grid point
-_SKELETON, _INDEX = "__skeleton__", "__index__"
-_BASE_FIELDS = ("format", "file", "files", "inputs", "outputs", "versions")
 
 
 def pack_bits(codes: np.ndarray, bits: int) -> np.ndarray:
@@ -99,17 +96,9 @@ def _on_grid(w: np.ndarray, axis: int, options: dict[str, Any]) -> tuple[dict, n
     return None
 
 
-def _rewrite(artifact: Artifact, file: str, **extra: Any) -> Artifact:
-    m = artifact.manifest
-    fields = {k: v for k, v in m.items() if k not in _BASE_FIELDS}
-    fields.update(extra)
-    return art_mod.write(artifact.folder, file, m["format"], m["inputs"], m["outputs"], **fields)
-
-
 def encode(artifact: Artifact, model: Any, options: dict[str, Any]) -> Artifact:
     """Store the low-bit weights of ``artifact`` packed (options: granularity, group_size, symmetric)."""
     import onnx
-    import safetensors.numpy
 
     from ..compress._quant.graph import Graph
 
@@ -141,16 +130,9 @@ def encode(artifact: Artifact, model: Any, options: dict[str, Any]) -> Artifact:
         init.CopyFrom(onnx.helper.make_tensor(init.name, init.data_type, [0], []))  # the data moves out
     if not index:
         return artifact
-    arrays[_SKELETON] = np.frombuffer(proto.SerializeToString(), dtype=np.uint8)
-    arrays[_INDEX] = np.frombuffer(json.dumps(index).encode(), dtype=np.uint8)
-    atomic_write_bytes(artifact.folder / FILE, safetensors.numpy.save(arrays))
-    dense = artifact.path
     bits = sorted({m["bits"] for m in index.values()})
-    out = _rewrite(artifact, FILE, encoding=ENCODING,
-                   packed={"tensors": len(index), "bits": bits, "dense_file": dense.name})
-    if dense.name != FILE:
-        dense.unlink(missing_ok=True)  # the packed file replaces it in this artifact
-    return out
+    return replace_dense(artifact, FILE, container(proto, index, arrays), encoding=ENCODING,
+                         packed={"tensors": len(index), "bits": bits, "dense_file": artifact.path.name})
 
 
 def decode(artifact: Artifact) -> Path:
@@ -168,8 +150,8 @@ def _dense(artifact: Artifact) -> bytes:
 
     try:
         arrays = safetensors.numpy.load(artifact.path.read_bytes())
-        proto = onnx.load_from_string(arrays[_SKELETON].tobytes())
-        index = json.loads(arrays[_INDEX].tobytes())
+        proto = onnx.load_from_string(arrays[SKELETON].tobytes())
+        index = json.loads(arrays[INDEX].tobytes())
         for key, meta in index.items():
             count = int(np.prod(meta["shape"]))
             codes = unpack_bits(arrays[f"{key}.codes"], meta["bits"], count)

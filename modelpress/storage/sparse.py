@@ -22,17 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from .. import artifact as art_mod
-from ..artifact import Artifact, atomic_write_bytes
+from ..artifact import Artifact
 from ..errors import ModelFileError
-from . import cached_decoding
+from . import INDEX, SKELETON, cached_decoding, container, replace_dense, rewrite_manifest
 
 ENCODING = "sparse"
 FILE = "model.sparse"
 MIN_ZERO_SHARE = 0.25
 MIN_ELEMENTS = 64
-_SKELETON, _INDEX = "__skeleton__", "__index__"
-_BASE_FIELDS = ("format", "file", "files", "inputs", "outputs", "versions")
 
 
 def _compress(data: bytes) -> tuple[bytes, str]:
@@ -59,23 +56,15 @@ def _decompress(data: bytes, method: str) -> bytes:
     return zstandard.ZstdDecompressor().decompress(data)
 
 
-def _rewrite(artifact: Artifact, file: str, **extra: Any) -> Artifact:
-    m = artifact.manifest
-    fields = {k: v for k, v in m.items() if k not in _BASE_FIELDS}
-    fields.update(extra)
-    return art_mod.write(artifact.folder, file, m["format"], m["inputs"], m["outputs"], **fields)
-
-
 def encode(artifact: Artifact, model: Any, options: dict[str, Any]) -> Artifact:
     """Store ``artifact``'s ONNX initializers as bitmask + values, compressed; add pruning records."""
     import onnx
-    import safetensors.numpy
     from onnx import numpy_helper
 
     pruning = list(options.get("pruning", []))
     extra = {"pruning": pruning} if pruning else {}
     if artifact.format != "onnx":
-        return _rewrite(artifact, artifact.manifest["file"], **extra)
+        return rewrite_manifest(artifact, artifact.manifest["file"], **extra)
     proto = onnx.load(str(artifact.path))
     arrays: dict[str, np.ndarray] = {}
     index: dict[str, dict[str, Any]] = {}
@@ -89,17 +78,10 @@ def encode(artifact: Artifact, model: Any, options: dict[str, Any]) -> Artifact:
         index[str(i)] = {"name": init.name, "shape": list(value.shape), "dtype": value.dtype.str}
         init.CopyFrom(onnx.helper.make_tensor(init.name, init.data_type, [0], []))  # data moves out
     if not index:
-        return _rewrite(artifact, artifact.manifest["file"], **extra)
-    arrays[_SKELETON] = np.frombuffer(proto.SerializeToString(), dtype=np.uint8)
-    arrays[_INDEX] = np.frombuffer(json.dumps(index).encode(), dtype=np.uint8)
-    payload, method = _compress(safetensors.numpy.save(arrays))
-    atomic_write_bytes(artifact.folder / FILE, payload)
-    dense = artifact.path
-    out = _rewrite(artifact, FILE, encoding=ENCODING, sparse={"compression": method, "tensors": len(index),
-                                                               "dense_file": dense.name}, **extra)
-    if dense.name != FILE:
-        dense.unlink(missing_ok=True)  # the encoded file replaces it in this artifact
-    return out
+        return rewrite_manifest(artifact, artifact.manifest["file"], **extra)
+    payload, method = _compress(container(proto, index, arrays))
+    return replace_dense(artifact, FILE, payload, encoding=ENCODING, **extra,
+                         sparse={"compression": method, "tensors": len(index), "dense_file": artifact.path.name})
 
 
 def decode(artifact: Artifact) -> Path:
@@ -117,8 +99,8 @@ def _dense(artifact: Artifact, info: dict[str, Any]) -> bytes:
 
     try:
         arrays = safetensors.numpy.load(_decompress(artifact.path.read_bytes(), info["compression"]))
-        proto = onnx.load_from_string(arrays[_SKELETON].tobytes())
-        index = json.loads(arrays[_INDEX].tobytes())
+        proto = onnx.load_from_string(arrays[SKELETON].tobytes())
+        index = json.loads(arrays[INDEX].tobytes())
     except ModelFileError:
         raise
     except Exception as e:

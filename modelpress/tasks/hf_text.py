@@ -43,6 +43,17 @@ def require_transformers() -> Any:
     return transformers
 
 
+def from_local_folder(auto_class: str, model_dir: Path, what: str) -> Any:
+    """``transformers.<auto_class>.from_pretrained`` on a local folder only, never running the folder's own code,
+    with exportable (eager) attention; a folder it cannot load is a ModelFileError naming ``what`` was wanted."""
+    auto = getattr(require_transformers(), auto_class)
+    try:
+        return auto.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=False,
+                                    attn_implementation="eager")  # exportable attention (no fused SDPA kernels)
+    except Exception as e:
+        raise ModelFileError(f"Cannot load {what} from {model_dir}: {str(e).splitlines()[0][:300]}") from None
+
+
 def read_texts(path: str | Path, labels: str | Path | list | None = None) -> tuple[list[str], list | None]:
     """Texts (and labels) from a .txt or .jsonl file; labels may be a file with one label per line."""
     path = Path(path)
@@ -104,13 +115,8 @@ def load_model(model_dir: Path, output: str) -> Any:
     """The wrapped model: (input_ids, attention_mask) -> logits or mean-pooled embeddings."""
     import torch
 
-    transformers = require_transformers()
-    auto = transformers.AutoModelForSequenceClassification if output == "logits" else transformers.AutoModel
-    try:
-        hf = auto.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=False,
-                                  attn_implementation="eager")  # exportable attention (no fused SDPA kernels)
-    except Exception as e:
-        raise ModelFileError(f"Cannot load a Hugging Face model from {model_dir}: {str(e).splitlines()[0][:300]}") from None
+    auto = "AutoModelForSequenceClassification" if output == "logits" else "AutoModel"
+    hf = from_local_folder(auto, model_dir, "a Hugging Face model")
 
     class TextModel(torch.nn.Module):
         def __init__(self, model: Any):

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import ConfigError, ModelFileError
 from ..task import Batches, Task, accuracy
-from .hf_text import require_transformers, split
+from .hf_text import from_local_folder, require_transformers, split
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -101,12 +101,7 @@ def folder_labels(files: list[Path], root: Path, label2id: dict[str, int], num_l
 def load_model(model_dir: Path) -> Any:
     import torch
 
-    transformers = require_transformers()
-    try:
-        hf = transformers.AutoModelForImageClassification.from_pretrained(
-            str(model_dir), local_files_only=True, trust_remote_code=False, attn_implementation="eager")
-    except Exception as e:
-        raise ModelFileError(f"Cannot load an image classifier from {model_dir}: {str(e).splitlines()[0][:300]}") from None
+    hf = from_local_folder("AutoModelForImageClassification", model_dir, "an image classifier")
 
     class ImageModel(torch.nn.Module):
         def __init__(self, model: Any):
