@@ -27,6 +27,24 @@ def test_digits_reaches_097(digits_task, digits_model):
     assert digits_task.example_inputs(5)["x"].shape == (5, 1, 8, 8)
 
 
+def test_reference_models_train_the_same_whatever_the_caller_did(tmp_path, monkeypatch):
+    # a fresh cache trains again: same weights, bit for bit, whatever torch's random state and thread count
+    import torch
+
+    states, before = [], torch.get_num_threads()
+    try:
+        for run, threads in enumerate((1, 2)):
+            monkeypatch.setenv("MODELPRESS_CACHE", str(tmp_path / f"cache{run}"))
+            torch.manual_seed(run)
+            torch.set_num_threads(threads)
+            states.append(load_task("digits").build_model().state_dict())
+            assert torch.get_num_threads() == threads  # the caller's setting is restored
+    finally:
+        torch.set_num_threads(before)
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
 def test_accuracy_credits_tied_top_scores_evenly_whatever_the_label_order():
     """Logits rounded to a coarse grid (an int8 output) tie; argmax would give every tie to class 0."""
     rng = np.random.default_rng(0)

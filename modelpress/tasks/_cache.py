@@ -13,6 +13,10 @@ from torch import nn
 
 from ..errors import ModelFileError
 
+# Reference models train on this many torch threads whatever the caller set: sums split over a different
+# number of threads round differently, and the trained model would depend on which process trained it.
+TRAIN_THREADS = 2
+
 
 def cache_dir() -> Path:
     """``$MODELPRESS_CACHE``, else ``$XDG_CACHE_HOME/modelpress``, else ``~/.cache/modelpress``."""
@@ -31,13 +35,18 @@ def fingerprint(*arrays: np.ndarray) -> str:
 
 
 def cached_model(name: str, build: Callable[[], nn.Module], train: Callable[[nn.Module], nn.Module],
-                 key: dict[str, Any]) -> nn.Module:
-    """Load ``name`` from the cache if a file for this exact ``key`` exists, else build, train and save it."""
+                 key: dict[str, Any], seed: int = 0) -> nn.Module:
+    """Load ``name`` from the cache if a file for this exact ``key`` exists, else build, train and save it.
+    The initial weights come from ``seed`` (the caller's random state is left as it was), so with a
+    deterministic ``train`` the same key gives the same model on every machine of one kind."""
+    import torch
     from safetensors.torch import load_file, save_file
 
-    digest = hashlib.sha256(json.dumps({"name": name, **key}, sort_keys=True).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(json.dumps({"name": name, "seed": seed, **key}, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir() / "models" / f"{name}-{digest}.safetensors"
-    model = build()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build()
     if path.exists():
         try:
             model.load_state_dict(load_file(str(path)))

@@ -9,7 +9,7 @@ from functools import lru_cache
 import numpy as np
 
 from ..task import Batches, Task
-from ._cache import cached_model, fingerprint
+from ._cache import TRAIN_THREADS, cached_model, fingerprint
 
 SEED = 0
 
@@ -31,11 +31,11 @@ def _task(name: str, model_name: str, build, to_input, epochs: int, lr: float) -
     x_train, x_test, y_train, y_test = _split()
     x_train, x_test = to_input(x_train), to_input(x_test)
     train = Batches({"x": x_train}, y_train, batch_size=32, shuffle=True, seed=SEED)
-    config = TrainConfig(epochs=epochs, lr=lr, seed=SEED)
+    config = TrainConfig(epochs=epochs, lr=lr, seed=SEED, threads=TRAIN_THREADS)
 
     def build_model():
         return cached_model(model_name, build, lambda m: fit(m, train, config, description=f"training {model_name}"),
-                            {"data": fingerprint(x_train, y_train), "config": repr(config), "version": 1})
+                            {"data": fingerprint(x_train, y_train), "config": repr(config), "version": 1}, seed=SEED)
 
     return Task(
         name=name, build_model=build_model, input_names=("x",), output_names=("logits",),

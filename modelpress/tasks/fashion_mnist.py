@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import ModelpressError
 from ..task import Batches, Task
-from ._cache import cached_model, fingerprint
+from ._cache import TRAIN_THREADS, cached_model, fingerprint
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 SEED = 0
@@ -66,12 +66,12 @@ def _task(model_name: str, build, epochs: int, lr: float, rows_as_tokens: bool =
     if rows_as_tokens:  # [N, 1, 28, 28] -> [N, 28, 28]: a sequence of 28 rows of 28 pixels
         x_train, x_test = x_train[:, 0], x_test[:, 0]
     train = Batches({"x": x_train}, y_train, batch_size=128, shuffle=True, seed=SEED)
-    config = TrainConfig(epochs=epochs, lr=lr, seed=SEED)
+    config = TrainConfig(epochs=epochs, lr=lr, seed=SEED, threads=TRAIN_THREADS)
 
     def build_model():
         return cached_model(f"fashion-mnist-{model_name}", build,
                             lambda m: fit(m, train, config, description=f"training {model_name}"),
-                            {"data": fingerprint(y_train), "config": repr(config), "version": 1})
+                            {"data": fingerprint(y_train), "config": repr(config), "version": 1}, seed=SEED)
 
     return Task(
         name=f"fashion-mnist:{model_name}", build_model=build_model, input_names=("x",), output_names=("logits",),
