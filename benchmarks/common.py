@@ -29,6 +29,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--json", type=Path, help="write the rows as a JSON list to this path")
     p.add_argument("--quick", action="store_true", help="few timing rounds (smoke test, not for BENCHMARKS.md)")
+    p.add_argument("--markdown", type=Path, help="also write the table as Markdown, as BENCHMARKS.md prints it "
+                   "(drop in points, ratios to 3 decimals)")
     return p
 
 
@@ -101,10 +103,28 @@ def emit(rows: list[dict[str, Any]], args: argparse.Namespace, title: str, extra
                       *[f"{lat[b]:.3f}" if b in lat else "-" for b in batch_sizes],
                       *[_fmt(r.get(c)) for c in extra_columns])
     Console(width=200).print(table)
+    if getattr(args, "markdown", None):
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(markdown(rows, batch_sizes, extra_columns))
+        print(f"wrote {args.markdown}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=2, default=str))
         print(f"wrote {args.json}")
+
+
+def markdown(rows: list[dict[str, Any]], batch_sizes: list[str], extra_columns: tuple[str, ...] = ()) -> str:
+    """The rows as BENCHMARKS.md tables them: drop in points of accuracy, size and latency ratios to 3 decimals."""
+    head = ["model", "candidate", "score", "drop (pts)", "size ×", *[f"latency × @{b}" for b in batch_sizes], *extra_columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lat = r.get("latency_ratio") or {}
+        cells = [r["model"], r["candidate"], f"{r['score']:.4f}", f"{100 * r['score_drop']:+.2f}", f"{r['size_ratio']:.3f}",
+                 *[f"{lat[b]:.3f}" if b in lat else "–" for b in batch_sizes],
+                 *["–" if r.get(c) is None else f"{r[c]:.6g}" if isinstance(r[c], float) else str(r[c])
+                   for c in extra_columns]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _fmt(value: Any) -> str:
