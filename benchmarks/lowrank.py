@@ -47,6 +47,7 @@ CASES = (
     ("digits:transformer", "ffn+attention 0.4", lowrank.Config(include=FFN + ATTENTION, param_ratio=0.4,
                                                                recover_epochs=5)),
     ("fashion-mnist:transformer", "ffn 0.4", lowrank.Config(include=FFN, param_ratio=0.4, recover_epochs=1)),
+    ("fashion-mnist:transformer", "ffn 0.25", lowrank.Config(include=FFN, param_ratio=0.25, recover_epochs=1)),
     ("fashion-mnist:transformer", "ffn+attention 0.4", lowrank.Config(include=FFN + ATTENTION, param_ratio=0.4,
                                                                       recover_epochs=1)),
 )

@@ -48,6 +48,7 @@ TASKS = ("digits", "fashion-mnist:lenet5", "fashion-mnist:lenet-300-100", "digit
 MODES = {
     "static": {"mode": "static"},
     "static, per channel everywhere": {"mode": "static", "per_channel_min_gain_db": 0.0},
+    "static, per channel at 6 dB": {"mode": "static", "per_channel_min_gain_db": 6.0},
     "static, no bias correction": {"mode": "static", "bias_correction": False},
     "dynamic": {"mode": "dynamic"},
     "qat (1 epoch)": {"mode": "qat", "qat_epochs": 1},

@@ -9,7 +9,8 @@ post-training), LiteRT and ExecuTorch (int8 = PT2E static). Eager torch is left 
 threads interleaved among other runtimes' thread pools on 2 cores it measured 100x slower than alone
 (benchmarks/baseline.py compares it with ONNX Runtime on its own). GPU runtimes join when available (benchmarks/gpu.py measures them in depth).
 
-All sessions of a model are timed interleaved in one loop (2 threads each). Columns: ``lat×@B`` is
+All sessions of a model are timed interleaved in one loop (2 threads each; ONNX Runtime also as 2 streams
+of 1 thread, the setting ``quantize.explain`` suggests for int8 convolutions). Columns: ``lat×@B`` is
 latency / fp32 ONNX Runtime at batch B (median of per-round ratios); ``vs_fp32_same@32`` is the int8
 artifact's latency / the fp32 artifact's on the same runtime at batch 32; ``max_abs_diff`` and
 ``agreement`` compare with the torch model on evaluation inputs; energy is joules per inference at
@@ -36,6 +37,8 @@ MODELS = {"lenet5": "fashion-mnist:lenet5", "transformer": "digits:transformer"}
 CANDIDATES = [
     ("onnxruntime-fp32", "onnxruntime", "onnx", {}, False),
     ("onnxruntime-int8", "onnxruntime", "onnx", {}, True),
+    ("onnxruntime-fp32, 2 streams", "onnxruntime", "onnx", {}, False),
+    ("onnxruntime-int8, 2 streams", "onnxruntime", "onnx", {}, True),
     ("openvino-fp32", "openvino", "openvino", {}, False),
     ("openvino-int8", "openvino", "openvino", {"int8": True}, False),
     ("tflite-fp32", "tflite", "tflite", {}, False),
@@ -47,6 +50,9 @@ CANDIDATES = [
     ("torch_cuda-fp16", "torch_cuda", "torch", {}, False),
 ]
 PRECISION = {"tensorrt-fp16": "fp16", "torch_cuda-fp16": "fp16"}
+# ONNX Runtime's int8 convolutions split each small image across intra-op threads and lose to it on 2 cores;
+# 2 streams of 1 thread split the batch instead (docs/runtimes.md). Both settings are timed.
+STREAMS = {"onnxruntime-fp32, 2 streams": 2, "onnxruntime-int8, 2 streams": 2}
 
 
 def ort_int8(model: Any, task: Any, folder: Path) -> tuple[Any, str]:
@@ -112,7 +118,8 @@ def measure_model(name: str, task_name: str, args: Any) -> list[dict[str, Any]]:
             try:
                 art, method = build(label, backend, fmt, options, int8_ort, model, task, Path(tmp) / label)
                 precision = PRECISION.get(label, "int8" if "int8" in label else "fp32")
-                session = open_session(art, RuntimeConfig(backend=backend, threads=2, precision=precision))
+                session = open_session(art, RuntimeConfig(backend=backend, threads=2, precision=precision,
+                                                          streams=STREAMS.get(label, 1)))
             except Exception as e:  # a target that fails is a row with the error, not a crash
                 info[label] = {"error": f"{type(e).__name__}: {str(e)[:300]}", "runtime": backend}
                 continue

@@ -42,7 +42,7 @@ class Config:
     mode: Literal["static", "dynamic", "weight_only", "qat", "mixed"] = "static"
     bits: int = 8  # weight bits: 8 for the int8 modes (ONNX Runtime's kernels), 2..8 for weight_only
     per_channel: bool = True  # one scale per output channel where it pays (see per_channel_min_gain_db)
-    per_channel_min_gain_db: float = 6.0  # int8 Linear layers: per channel only if it cuts weight error this much
+    per_channel_min_gain_db: float = 12.0  # int8 Linear layers: per channel only if it cuts weight error this much
     group_size: int = 0  # weight_only: values sharing a scale along a channel's inputs (0 = the whole channel)
     symmetric: bool = True  # weights: zero point 0 (the int8 modes need it)
     weight_range: Literal["minmax", "mse"] = "minmax"  # weight clipping: full range, or least squared error

@@ -51,8 +51,9 @@ def weight_specs(layers: Mapping[str, nn.Module], config: Any) -> dict[str, Weig
     """Each layer's weight quantizer. For the int8 modes, one scale per output channel where it pays:
     always for convolutions (QLinearConv takes per-channel scales at no cost), and for Linear layers only when
     it cuts the weight's quantization error by ``per_channel_min_gain_db`` (per-channel QGemm and
-    MatMulIntegerToFloat run slower at batch 1 on ONNX Runtime 1.32: see benchmarks/quantize.py's
-    "static, per channel everywhere" row; one bit = 6 dB)."""
+    MatMulIntegerToFloat run slower at batch 1 on ONNX Runtime 1.32, and at 8 bits a one-bit gain on a
+    Linear layer did not move the score: see benchmarks/quantize.py's "static, per channel everywhere" and
+    "static, per channel at 6 dB" rows; one bit = 6 dB)."""
     if config.mode == "weight_only" or not config.per_channel:
         return {n: config.weight_spec() for n in layers}
     channel, tensor = config.weight_spec(per_channel=True), config.weight_spec(per_channel=False)
