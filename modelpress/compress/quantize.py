@@ -2,9 +2,10 @@
 
 Modes (``quantize: {mode: ...}`` in a recipe):
 
-- ``static`` (default): int8 weights (per output channel) and u8 activations with ranges calibrated on the
-  task's calibration data, biases corrected for the mean shift rounding causes; exported as ONNX QDQ that
-  ONNX Runtime fuses into its int8 kernels.
+- ``static`` (default): int8 weights (per output channel for convolutions, per tensor for Linear layers
+  unless per-channel scales cut their error by ``per_channel_min_gain_db``) and u8 activations with ranges
+  calibrated on the task's calibration data, biases corrected for the mean shift rounding causes; exported
+  as ONNX QDQ that ONNX Runtime fuses into its int8 kernels.
 - ``dynamic``: int8 weights of Linear layers; activations quantized at run time (no calibration).
 - ``weight_only``: 2- to 8-bit weights, per channel or in groups, stored packed (``storage: packed``) so the
   artifact really shrinks; the runtime computes in float.
