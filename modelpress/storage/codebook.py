@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from . import _tensors
+from . import _tensors, rewrite_manifest
 from ._huffman import CorruptStream
 from ._streams import ENTROPY
 from .. import artifact
@@ -192,12 +192,8 @@ def encode(art: artifact.Artifact, model: Any, options: dict[str, Any]) -> artif
     total_weights = sum(a.size for _, a in tensors)
     summary = {"entropy": config.entropy, "graph_bytes": len(graph_bytes), "weights_bytes": len(blob),
                "bits_per_weight": round(8 * len(blob) / max(total_weights, 1), 4), "layers": layers}
-    base_fields = ("format", "file", "files", "inputs", "outputs", "versions")
-    fields = {k: v for k, v in art.manifest.items() if k not in base_fields}
-    fields.update({"pruning": pruning} if pruning else {})
-    fields.update({"encoding": ENCODING, ENCODING: summary})
-    new = artifact.write(art.folder, GRAPH, art.format, art.manifest["inputs"], art.manifest["outputs"],
-                         extra_files=(WEIGHTS,), **fields)
+    fields = {"pruning": pruning} if pruning else {}
+    new = rewrite_manifest(art, GRAPH, extra_files=(WEIGHTS,), encoding=ENCODING, **{ENCODING: summary}, **fields)
     record(model, storage_encoding=ENCODING, storage_entropy=config.entropy, storage_bytes=new.size_bytes,
            storage_bits_per_weight=summary["bits_per_weight"], storage_layers=layers)
     return new
