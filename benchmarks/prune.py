@@ -54,7 +54,7 @@ def torch_l1(model, task, amount: float, epochs: int):
     import torch
     from torch.nn.utils import prune as tprune
 
-    from modelpress.compress._train import TrainConfig, fit
+    from modelpress.train import TrainConfig, fit
 
     model = copy.deepcopy(model)
     layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]

@@ -19,7 +19,7 @@ def task() -> Task:
     x, y = x[order], y[order]
 
     def build_model():
-        from modelpress.compress._train import TrainConfig, fit
+        from modelpress.train import TrainConfig, fit
 
         model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
         return fit(model, Batches({"x": x[:120]}, y[:120], batch_size=16, shuffle=True), TrainConfig(epochs=30, lr=1e-2))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +25,19 @@ class BenchConfig:
     warmup: int = 5
     rounds: int = 15
     runs_per_round: int = 10
+    # A comparison whose per-round ratios spread wider than this (interquartile range / median) gets
+    # another ``rounds`` rounds, up to ``max_rounds`` in all (0: 3 x rounds).
+    max_spread: float = 0.1
+    max_rounds: int = 0
 
     def __post_init__(self) -> None:
         check(len(self.batch_sizes) > 0 and all(b >= 1 for b in self.batch_sizes),
               f"batch_sizes must be a non-empty list of positive numbers, got {list(self.batch_sizes)}.")
         check(self.warmup >= 0, f"warmup must be >= 0, got {self.warmup}.")
         check(self.rounds >= 1 and self.runs_per_round >= 1, "rounds and runs_per_round must be at least 1.")
+        check(self.max_spread > 0, f"max_spread must be positive, got {self.max_spread}.")
+        check(self.max_rounds == 0 or self.max_rounds >= self.rounds,
+              f"max_rounds must be 0 (3 x rounds) or at least rounds ({self.rounds}), got {self.max_rounds}.")
 
 
 def percentiles(times_ms: list[float]) -> dict[str, float]:
@@ -62,20 +69,38 @@ def interleaved(runs: Mapping[str, RunFn], inputs: dict[str, np.ndarray], config
     return times
 
 
+def spread(paired: list[float]) -> tuple[float, float, float]:
+    """(median, first quartile, third quartile) of per-round ratios."""
+    q1, med, q3 = np.percentile(np.asarray(paired, dtype=np.float64), [25, 50, 75])
+    return float(med), float(q1), float(q3)
+
+
 def compare(candidate: RunFn, baseline: RunFn, example: Callable[[int], dict[str, np.ndarray]],
             config: BenchConfig = BenchConfig(), progress: Callable[[str], None] | None = None) -> dict[int, dict]:
     """Candidate against baseline per batch size: both latency profiles, the ratio of medians
-    (candidate / baseline) and the median of the per-round ratios."""
+    (candidate / baseline), the median of the per-round ratios and their interquartile range. When the
+    per-round ratios spread wider than ``config.max_spread`` of their median, more rounds are timed (up
+    to ``max_rounds``); ``rounds`` says how many were."""
     out = {}
+    limit = config.max_rounds or 3 * config.rounds
     for bs in config.batch_sizes:
         if progress:
             progress(f"timing batch {bs}")
-        t = interleaved({"candidate": candidate, "baseline": baseline}, example(bs), config)
+        inputs = example(bs)
+        t = interleaved({"candidate": candidate, "baseline": baseline}, inputs, config)
+        while True:
+            paired = [np.median(c) / np.median(b) for c, b in zip(t["candidate"], t["baseline"])]
+            med, q1, q3 = spread(paired)
+            if (q3 - q1) <= config.max_spread * med or len(paired) >= limit:
+                break
+            more = interleaved({"candidate": candidate, "baseline": baseline}, inputs,
+                               replace(config, warmup=0, rounds=min(config.rounds, limit - len(paired))))
+            t = {k: t[k] + more[k] for k in t}
         cand = [x for rnd in t["candidate"] for x in rnd]
         base = [x for rnd in t["baseline"] for x in rnd]
-        paired = [np.median(c) / np.median(b) for c, b in zip(t["candidate"], t["baseline"])]
         out[bs] = {"candidate": percentiles(cand), "baseline": percentiles(base),
-                   "ratio": float(np.median(cand) / np.median(base)), "paired_ratio": float(np.median(paired))}
+                   "ratio": float(np.median(cand) / np.median(base)), "paired_ratio": med,
+                   "paired_iqr": [q1, q3], "rounds": len(paired)}
     return out
 
 

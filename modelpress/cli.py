@@ -10,24 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelpressError
+from .terminal import console, show_messages
 
 
-def console() -> Any:
-    from rich.console import Console
-
-    return Console(stderr=False)
-
-
-def stage_printer(con: Any):
-    return lambda message: con.print(f"[dim]·[/dim] {message}")
-
-
-def result_table(result: dict[str, Any]) -> Any:
+def result_table(result: Any) -> Any:
     from rich.table import Table
 
     from .report.markdown import rows
 
-    table = Table(title=f"modelpress result: {result['task']}", show_header=False)
+    table = Table(title=f"modelpress result: {result.task}", show_header=False)
     table.add_column(style="bold")
     table.add_column()
     for label, value in rows(result):
@@ -42,9 +33,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe)
     out = Path(args.output or Path("runs") / Path(args.recipe).stem)
     con = console()
-    result = run(recipe, out, force=args.force, progress=stage_printer(con))
+    show_messages(con)
+    result = run(recipe, out, force=args.force)
     con.print(result_table(result))
-    for note in result["notes"]:
+    for note in result.notes:
         con.print(f"[yellow]note:[/yellow] {note}")
     con.print(f"wrote {out}/ (recipe.yaml, result.json, report.md, artifact/)")
     return 0
@@ -67,7 +59,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from . import registry
     from .config import parse
-    from .evaluate import parity, predict_fn, torch_predict
+    from .evaluate import compare, predict_fn, torch_predict
+    from .report.markdown import comparison
     from .pipeline import check_finite, prepare_output, publish
     from .runtime import RuntimeConfig, open_session
 
@@ -84,15 +77,16 @@ def cmd_export(args: argparse.Namespace) -> int:
         par = None
         if backend:  # check the file against the torch model on real evaluation inputs before publishing it
             session = open_session(art, RuntimeConfig(backend=backend))
-            par = parity(torch_predict(model, task), predict_fn(session), task.eval_data)
+            par = compare(torch_predict(model, task), predict_fn(session), task.test_data, task.output_kinds,
+                          task.output_names)
         publish(stage, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     con = console()
     con.print(f"exported {task.name} as {args.format}: {out / file} ({size_bytes} bytes)")
     if par:
-        con.print(f"parity on {backend} over {par['samples']} evaluation samples: max |diff| "
-                  f"{par['max_abs_diff']:.2e}, top-1 agreement {par['agreement']:.4f}")
+        samples = next(iter(par.values()))["samples"]
+        con.print(f"parity on {backend} over {samples} test samples: {comparison(par)}")
     return 0
 
 

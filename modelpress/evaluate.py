@@ -1,7 +1,11 @@
-"""Score any predict function with the task's metric, and check an artifact against its source model."""
+"""Score any predict function with the task's metric, and compare two models output by output.
+
+A ``predict(inputs) -> list[np.ndarray]`` returns every output of a model (a runtime Session's ``run``, or
+:func:`torch_predict`), so one metric and one comparison serve the torch model and every runtime.
+"""
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -9,10 +13,12 @@ import numpy as np
 from .errors import ModelpressError
 from .task import Inputs, Predict, Task, top1_credit
 
+TOP_K = 5  # logits: the overlap of the top-5 classes (fewer when the model has fewer classes)
+
 
 def predict_fn(session: Any) -> Predict:
-    """The first output of a Session as a ``predict(inputs) -> np.ndarray`` callable."""
-    return lambda inputs: session.run(inputs)[0]
+    """A Session as a ``predict(inputs) -> list[np.ndarray]`` callable (every output)."""
+    return lambda inputs: list(session.run(inputs))
 
 
 def torch_predict(model: Any, task: Task) -> Predict:
@@ -21,35 +27,80 @@ def torch_predict(model: Any, task: Task) -> Predict:
     return predict_fn(from_module(model, task.input_names))
 
 
-def evaluate(predict: Predict, task: Task, eval_data: Iterable | None = None) -> float:
-    return float(task.metric(predict, task.eval_data if eval_data is None else eval_data))
+def evaluate(predict: Predict, task: Task, data: Iterable) -> float:
+    """The task's metric of ``predict`` on ``data`` (``task.val_data`` to decide, ``task.test_data`` to report)."""
+    return float(task.metric(predict, data))
 
 
-def parity(reference: Predict, candidate: Predict, batches: Iterable[Inputs | tuple[Inputs, Any]],
-           max_batches: int = 8) -> dict[str, float]:
-    """Compare two predict functions on real inputs.
+def compare(reference: Predict, candidate: Predict, batches: Iterable[Inputs | tuple[Inputs, Any]],
+            kinds: Sequence[str], names: Sequence[str], max_batches: int = 8) -> dict[str, dict[str, Any]]:
+    """Compare two models on real inputs, per output (``names``, compared by their ``kinds``).
 
-    Returns ``max_abs_diff`` (largest element-wise difference), ``agreement`` (share of samples with
-    the same arg-max; a tie between ``k`` of the candidate's top scores counts ``1/k``, as in
-    ``task.top1_credit``) and ``cosine`` (mean cosine similarity of the flattened outputs per sample).
+    Every output gets ``max_abs_diff`` (largest element-wise difference) and ``cosine`` (mean cosine
+    similarity of the flattened outputs per sample). ``logits`` add ``agreement`` (share of samples with the
+    reference's top-1 class on top; a tie between ``k`` of the candidate's top scores counts ``1/k``, as in
+    ``task.top1_credit``) and ``top5_overlap`` (mean share of the reference's top-5 classes among the
+    candidate's). ``embeddings`` add ``nn_agreement``: the share of samples whose nearest neighbour (by
+    cosine, among the other compared samples) is the same for both models.
     """
-    max_diff, agree, cos_sum, total = 0.0, 0.0, 0.0, 0
+    refs: list[list[np.ndarray]] = [[] for _ in names]
+    outs: list[list[np.ndarray]] = [[] for _ in names]
     for i, batch in enumerate(batches):
         if i >= max_batches:
             break
         inputs = batch[0] if isinstance(batch, tuple) else batch
-        ref = np.asarray(reference(inputs), dtype=np.float64)
-        out = np.asarray(candidate(inputs), dtype=np.float64)
-        if ref.shape != out.shape:
-            raise ModelpressError(f"Output shapes differ: source model {ref.shape}, artifact {out.shape}.")
-        if not np.isfinite(out).all():
-            raise ModelpressError("The artifact produced NaN or Inf outputs on real inputs.")
-        max_diff = max(max_diff, float(np.abs(ref - out).max()))
-        r, o = ref.reshape(len(ref), -1), out.reshape(len(out), -1)
-        agree += float(top1_credit(o, r.argmax(-1)).sum())
-        denom = np.linalg.norm(r, axis=1) * np.linalg.norm(o, axis=1)
-        cos_sum += float(np.sum((r * o).sum(1) / np.maximum(denom, 1e-12)))
-        total += len(ref)
-    if total == 0:
+        ref, out = reference(inputs), candidate(inputs)
+        if len(ref) != len(names) or len(out) != len(names):
+            raise ModelpressError(f"The models give {len(ref)} and {len(out)} outputs; the task names {len(names)} "
+                                  f"({', '.join(names)}).")
+        for k, (r, o) in enumerate(zip(ref, out)):
+            r, o = np.asarray(r, dtype=np.float64), np.asarray(o, dtype=np.float64)
+            if r.shape != o.shape:
+                raise ModelpressError(f"Output '{names[k]}' shapes differ: source model {r.shape}, artifact {o.shape}.")
+            if not np.isfinite(o).all():
+                raise ModelpressError(f"The artifact produced NaN or Inf in output '{names[k]}' on real inputs.")
+            refs[k].append(r.reshape(len(r), -1))
+            outs[k].append(o.reshape(len(o), -1))
+    if not refs or not refs[0]:
         raise ModelpressError("No inputs to compare the artifact with its source model.")
-    return {"max_abs_diff": max_diff, "agreement": agree / total, "cosine": cos_sum / total, "samples": total}
+    return {name: _compare_one(np.concatenate(r), np.concatenate(o), kind)
+            for name, kind, r, o in zip(names, kinds, refs, outs)}
+
+
+def _compare_one(ref: np.ndarray, out: np.ndarray, kind: str) -> dict[str, Any]:
+    denom = np.maximum(np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1), 1e-12)
+    row: dict[str, Any] = {"kind": kind, "samples": len(ref), "max_abs_diff": float(np.abs(ref - out).max()),
+                           "cosine": float(np.mean((ref * out).sum(1) / denom))}
+    if kind == "logits":
+        row["agreement"] = float(top1_credit(out, ref.argmax(-1)).mean())
+        k = min(TOP_K, ref.shape[1])
+        top_ref = np.argsort(-ref, axis=1)[:, :k]
+        top_out = np.argsort(-out, axis=1)[:, :k]
+        row["top5_overlap"] = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(top_ref, top_out)]))
+    elif kind == "embeddings":
+        row["nn_agreement"] = nn_agreement(ref, out)
+    return row
+
+
+def nearest_neighbours(x: np.ndarray) -> np.ndarray:
+    """Per row, the index of its nearest other row by cosine similarity.
+
+    >>> nearest_neighbours(np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])).tolist()
+    [1, 0, 1]
+    """
+    unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    sim = unit @ unit.T
+    np.fill_diagonal(sim, -np.inf)
+    return sim.argmax(axis=1)
+
+
+def nn_agreement(ref: np.ndarray, out: np.ndarray) -> float | None:
+    """Share of samples whose nearest neighbour is the same under both embeddings (None below 3 samples)."""
+    if len(ref) < 3:
+        return None
+    return float(np.mean(nearest_neighbours(ref) == nearest_neighbours(out)))
+
+
+def first_output(result: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The comparison of the first output (the one a single-output summary shows)."""
+    return next(iter(result.values()))

@@ -106,7 +106,7 @@ def build(run: Path, stage: Path, override: str | None) -> dict[str, Any]:
 
 def cmd_package(args: argparse.Namespace) -> int:
     from .artifact import atomic_write_bytes
-    from .cli import console
+    from .terminal import console
     from .pipeline import prepare_output, publish
 
     run = Path(args.run_folder)
@@ -179,7 +179,7 @@ def read_inputs(path: Path, spec: dict[str, Any]) -> dict[str, np.ndarray]:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from . import artifact
-    from .cli import console
+    from .terminal import console
     from .config import parse
     from .runtime import RuntimeConfig, check_inputs, open_session
 

@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +19,17 @@ from . import registry
 from .artifact import Artifact, atomic_write_text
 from .bench import compare, peak_memory, throughput_per_s
 from .energy import EnergyMeter
-from .compress import facts, storage
+from .compress import Applied
 from .errors import ModelpressError
+from .evaluate import compare as compare_outputs
+from .evaluate import evaluate, predict_fn, torch_predict
 from .isolate import probe
-from .evaluate import evaluate, parity, predict_fn, torch_predict
+from .progress import log
 from .recipe import Recipe
+from .result import FASTER, SCHEMA, SLOWER, Result, verdict
 from .runtime import open_session
 from .task import Task, load_task
 
-Progress = Callable[[str], None]
 
 
 def check_finite(model: Any) -> None:
@@ -97,93 +99,144 @@ def publish(stage: Path, out: Path) -> None:
 
 
 def export_model(model: Any, task: Task, recipe: Recipe, folder: Path, fp32: bool = False) -> Artifact:
-    """Export with the recipe's exporter, then encode with the storage codec a technique asked for.
-    ``fp32``: the baseline export, with the exporter's own int8 option (OpenVINO, LiteRT) turned off."""
+    """Export with the recipe's exporter (applying the techniques' ONNX rewrites), then encode with the
+    storage codec a technique asked for. ``model``: an ``Applied`` or a plain model. ``fp32``: the baseline
+    export, with the exporter's own int8 option (OpenVINO, LiteRT) turned off."""
+    applied = Applied.of(model)
     exporter = registry.module("export format", recipe.export.format)
     config = recipe.export.exporter_config()
     if fp32 and getattr(config, "int8", False):
         config = dataclasses.replace(config, int8=False)
-    art = exporter.export(model, task, folder, config,
+    rewrites = applied.onnx_rewrites
+    if rewrites and not getattr(exporter, "LOWERS_ONNX_REWRITES", False):
+        lowering = [f for f in registry.EXPORTERS if getattr(registry.module("export format", f), "LOWERS_ONNX_REWRITES", False)]
+        raise ModelpressError(
+            f"A step of this recipe (e.g. quantize in an int8 mode) produces an ONNX graph rewrite that the "
+            f"'{recipe.export.format}' exporter cannot express: it would export a float graph with rounded weights. "
+            f"Export with format {' or '.join(repr(f) for f in lowering)}, or use the exporter's own int8 option "
+            f"where it has one (export options int8: true) instead of the step.")
+    art = exporter.export(applied.model, task, folder, config, **({"rewrites": rewrites} if rewrites else {}),
                           recipe={"task": recipe.task, "steps": [s.to_yaml() for s in recipe.steps]})
-    wanted = storage(model)
-    if wanted:
-        options = {k: v for k, v in wanted.items() if k != "encoding"}
-        art = registry.module("storage encoding", wanted["encoding"]).encode(art, model, options)
+    if applied.storage is not None:
+        codec = registry.module("storage encoding", applied.storage.encoding)
+        art = codec.encode(art, applied.model, dict(applied.storage.options))
     return art
 
 
-def compress(model: Any, task: Task, recipe: Recipe, progress: Progress = lambda s: None) -> Any:
-    """Apply the recipe's steps in order to a copy of ``model``."""
-    model = copy.deepcopy(model)
+def compress(model: Any, task: Task, recipe: Recipe) -> Applied:
+    """Apply the recipe's steps in order to a copy of ``model`` (an ``Applied`` or a plain model)."""
+    from .layer_timing import tools_for
+
+    applied, tools = copy.deepcopy(Applied.of(model)), tools_for(recipe)
     for step in recipe.steps:
-        progress(f"applying {step.name}")
-        model = registry.module("technique", step.name).apply(model, step.config, task)
-    return model
+        log.info(f"applying {step.name}")
+        applied = registry.module("technique", step.name).apply(applied, step.config, task, tools)
+    return applied
 
 
-def measure(model: Any, baseline: Any, task: Task, recipe: Recipe, folder: Path, baseline_score: float,
-            progress: Progress = lambda s: None) -> dict[str, Any]:
-    """Export ``model`` into ``folder`` and measure it against the exported ``baseline`` on the runtime."""
-    progress("exporting")
-    art = export_model(model, task, recipe, folder / "artifact")
+@dataclasses.dataclass(frozen=True)
+class Scores:
+    """A model's metric on the task's validation (decisions) and test (reports) data."""
+
+    val: float
+    test: float
+
+    @classmethod
+    def of(cls, predict: Any, task: Task) -> Scores:
+        return cls(val=evaluate(predict, task, task.val_data), test=evaluate(predict, task, task.test_data))
+
+
+def op_precisions(art: Artifact, applied: Applied, recipe: Recipe) -> dict[str, Any]:
+    """What the runtime reads off the artifact about the ops it runs in int8 (runtimes that can tell), and
+    the layers the graph put on int8 that the runtime runs in float anyway."""
+    read = getattr(registry.module("runtime", recipe.runtime.backend), "op_precisions", None)
+    if read is None:
+        return {}
+    modules = {n for n, _ in applied.model.named_modules()}
+    return read(art, recipe.runtime, modules)
+
+
+def runtime_fallbacks(facts: dict[str, Any]) -> dict[str, str]:
+    """Layers a rewrite put on int8 (``int8_layers``) that the runtime did not run on an int8 kernel."""
+    planned, ops = facts.get("int8_layers") or {}, facts.get("int8_ops")
+    if not planned or ops is None:
+        return {}
+    on_int8 = {op.split(": ")[0] for op in ops}
+    return {m: f"no int8 kernel for this {op} on the runtime after its fusions; it runs in float"
+            for m, op in planned.items() if m not in on_int8}
+
+
+def measure(applied: Applied, baseline: Any, task: Task, recipe: Recipe, folder: Path, baseline_scores: Scores
+            ) -> Result:
+    """Export ``applied`` into ``folder`` and measure it against the exported fp32 ``baseline`` on the runtime."""
+    log.info("exporting")
+    art = export_model(applied, task, recipe, folder / "artifact")
     with tempfile.TemporaryDirectory() as tmp:
         base_art = export_model(baseline, task, recipe, Path(tmp), fp32=True)
-        progress(f"loading on {recipe.runtime.backend}")
+        log.info(f"loading on {recipe.runtime.backend}")
         example = task.example_inputs
         probe(art, recipe.runtime, example(1))
         session, peak_bytes = peak_memory(lambda: open_session(art, recipe.runtime), lambda s: s.run(example(1)))
         base_session = open_session(base_art, recipe.runtime)
-        progress("evaluating")
-        score = evaluate(predict_fn(session), task)
-        par = parity(torch_predict(model, task), predict_fn(session), task.eval_data)
-        latency = compare(session.run, base_session.run, example, recipe.bench, progress)
+        log.info("evaluating")
+        predict = predict_fn(session)
+        scores = Scores.of(predict, task)
+        names, kinds = task.output_names, task.output_kinds
+        parity = compare_outputs(torch_predict(applied.model, task), predict, task.test_data, kinds, names)
+        fidelity = compare_outputs(torch_predict(baseline, task), predict, task.test_data, kinds, names)
+        latency = compare(session.run, base_session.run, example, recipe.bench, log.info)
         # a runtime that always runs on one device (CUDA, TensorRT) says so; its energy comes from that meter
         meter = EnergyMeter(getattr(registry.module("runtime", recipe.runtime.backend), "DEVICE", recipe.runtime.device))
         energy = meter.measure(lambda: session.run(example(1)), 200)
         base_size = base_art.size_bytes
-    result: dict[str, Any] = {
-        "task": task.name, "recipe": [s.to_yaml() for s in recipe.steps],
-        "export": recipe.export.format, "runtime": recipe.runtime.backend, "device": recipe.runtime.device,
-        "threads": recipe.runtime.threads, "streams": recipe.runtime.streams,
-        "score": score, "baseline_score": baseline_score, "score_drop": task.score_drop(baseline_score, score),
-        "latency_ms": {str(bs): v["candidate"] for bs, v in latency.items()},
-        "baseline_latency_ms": {str(bs): v["baseline"] for bs, v in latency.items()},
-        "latency_ratio": {str(bs): v["paired_ratio"] for bs, v in latency.items()},
-        "speedup_measured": {str(bs): 1 / v["paired_ratio"] for bs, v in latency.items()},
-        "throughput_per_s": {str(bs): v for bs, v in throughput_per_s({b: v["candidate"] for b, v in latency.items()}).items()},
-        "size_bytes": art.size_bytes, "baseline_size_bytes": base_size, "size_ratio": art.size_bytes / base_size,
-        "peak_memory_bytes": peak_bytes, "parity": par,
-        "energy_j_per_inference": energy, "energy_note": None if energy is not None else meter.why,
-        **facts(model),
-    }
-    result["notes"] = notes(result, [s.name for s in recipe.steps])
-    violations = recipe.constraints.violations(result)
-    result["constraints_met"] = not violations
-    result["violations"] = violations
-    result["error"] = None
-    return result
+    facts = {**applied.facts, **art.manifest.get("facts", {}), **op_precisions(art, applied, recipe)}
+    fallbacks = runtime_fallbacks(facts)
+    if fallbacks:
+        facts["fallback_layers"] = {**facts.get("fallback_layers", {}), **fallbacks}
+    result = Result(
+        task=task.name, recipe=[s.to_yaml() for s in recipe.steps], export=recipe.export.format,
+        runtime=recipe.runtime.backend, device=recipe.runtime.device, threads=recipe.runtime.threads,
+        streams=recipe.runtime.streams,
+        score=scores.test, baseline_score=baseline_scores.test,
+        score_drop=task.score_drop(baseline_scores.test, scores.test),
+        val_score=scores.val, baseline_val_score=baseline_scores.val,
+        val_score_drop=task.score_drop(baseline_scores.val, scores.val),
+        latency_ms={str(bs): v["candidate"] for bs, v in latency.items()},
+        baseline_latency_ms={str(bs): v["baseline"] for bs, v in latency.items()},
+        latency_ratio={str(bs): v["paired_ratio"] for bs, v in latency.items()},
+        latency_ratio_iqr={str(bs): v["paired_iqr"] for bs, v in latency.items()},
+        latency_verdict={str(bs): verdict(*v["paired_iqr"]) for bs, v in latency.items()},
+        throughput_per_s={str(bs): v for bs, v in throughput_per_s({b: v["candidate"] for b, v in latency.items()}).items()},
+        size_bytes=art.size_bytes, baseline_size_bytes=base_size, peak_memory_bytes=peak_bytes,
+        parity=parity, fidelity=fidelity, energy_j_per_inference=energy,
+        energy_note=None if energy is not None else meter.why, facts=facts,
+    )
+    violations = [v.describe() for v in recipe.constraints.check(result.quantities("test"))]
+    return dataclasses.replace(result, notes=notes(result, [s.name for s in recipe.steps]), violations=violations)
 
 
-def notes(result: dict[str, Any], techniques: Sequence[str] = ()) -> list[str]:
+def notes(result: Result, techniques: Sequence[str] = ()) -> list[str]:
     """Plain statements about what the measurements show (for example: smaller but not faster), then what
     the techniques said: their facts named ``*_note``, and the lines of a technique's ``explain(result)``
     (quantize: why int8 came out slower)."""
     out = []
-    ratios = result["latency_ratio"]
-    if result["size_ratio"] < 0.9 and all(r >= 0.95 for r in ratios.values()):
-        out.append(f"The artifact is {1 / result['size_ratio']:.1f}x smaller but not faster on "
-                   f"{result['runtime']} (latency ratio {', '.join(f'batch {b}: {r:.2f}' for b, r in ratios.items())}).")
+    ratios, verdicts = result.latency_ratio, result.latency_verdict
+    if result.size_ratio < 0.9 and all(v != FASTER for v in verdicts.values()):
+        out.append(f"The artifact is {1 / result.size_ratio:.1f}x smaller but not faster on "
+                   f"{result.runtime} (latency ratio {', '.join(f'batch {b}: {r:.2f}' for b, r in ratios.items())}).")
     for bs, r in ratios.items():
-        if r > 1.05:
-            out.append(f"At batch {bs} the artifact is slower than the fp32 baseline ({r:.2f}x its latency).")
-    out += [v for k, v in result.items() if k.endswith("_note") and k != "energy_note" and v]
+        q1, q3 = result.latency_ratio_iqr[bs]
+        if verdicts[bs] == SLOWER:
+            out.append(f"At batch {bs} the artifact is slower than the fp32 baseline ({r:.2f}x its latency, "
+                       f"interquartile range {q1:.2f}-{q3:.2f}).")
+    out += [v for k, v in result.facts.items() if k.endswith("_note") and v]
     for name in dict.fromkeys(techniques):
         explain = getattr(registry.module("technique", name), "explain", None)
         out += explain(result) if explain else []
     return out
 
 
-def run(recipe: Recipe, out: str | Path, force: bool = False, progress: Progress = lambda s: None) -> dict[str, Any]:
+def run(recipe: Recipe, out: str | Path, force: bool = False) -> Result:
     """Run a recipe end to end and write ``out/``: recipe.yaml, result.json, report.md, artifact/."""
     from .report.markdown import render
 
@@ -191,28 +244,29 @@ def run(recipe: Recipe, out: str | Path, force: bool = False, progress: Progress
     recover(out)
     if out.exists() and not force:
         raise ModelpressError(f"The output folder {out} already exists. Choose another folder or pass --force to replace it.")
-    progress(f"loading task {recipe.task}")
+    log.info(f"loading task {recipe.task}")
     task = load_task(recipe.task)
     model = task.build_model()
     check_finite(model)
     stage = prepare_output(out, force)
     try:
-        progress("scoring the fp32 model")
-        baseline_score = evaluate(torch_predict(model, task), task)
-        compressed = compress(model, task, recipe, progress)
+        log.info("scoring the fp32 model")
+        baseline_scores = Scores.of(torch_predict(model, task), task)
+        compressed = compress(model, task, recipe)
         try:
-            result = measure(compressed, model, task, recipe, stage, baseline_score, progress)
+            result = measure(compressed, model, task, recipe, stage, baseline_scores)
         except ModelpressError as e:
             if not (stage / "artifact" / "manifest.json").exists():
                 raise
             # The artifact was exported but cannot be measured: keep it with the error, say where.
-            failed = {"task": task.name, "baseline_score": baseline_score, "score": None, "error": str(e)}
+            failed = {"schema": SCHEMA, "task": task.name, "baseline_score": baseline_scores.test, "score": None,
+                      "error": str(e)}
             atomic_write_text(stage / "recipe.yaml", recipe.to_yaml())
             atomic_write_text(stage / "result.json", json.dumps(failed, indent=2))
             publish(stage, out)
             raise ModelpressError(f"{e} The exported artifact and a result.json with this error were saved in {out}.") from None
         atomic_write_text(stage / "recipe.yaml", recipe.to_yaml())
-        atomic_write_text(stage / "result.json", json.dumps(result, indent=2, default=str))
+        atomic_write_text(stage / "result.json", json.dumps(result.to_json(), indent=2, default=str))
         atomic_write_text(stage / "report.md", render(result))
         publish(stage, out)
     finally:

@@ -14,10 +14,11 @@ import yaml
 
 from . import registry
 from .bench import BenchConfig
-from .config import check, coerce, parse, to_dict
+from .config import coerce, parse, to_dict
+from .constraints import Constraints
 from .errors import ConfigError, ModelFileError, unknown
 from .runtime import RuntimeConfig
-from .search.space import SearchConfig
+from .searchconfig import SearchConfig
 
 
 @dataclass(frozen=True)
@@ -32,31 +33,6 @@ class ExportConfig:
 
     def exporter_config(self) -> Any:
         return parse(registry.module("export format", self.format).Config, self.options, "export.options")
-
-
-@dataclass(frozen=True)
-class Constraints:
-    max_score_drop: float | None = None
-    max_latency_ms: float | None = None  # median latency at batch size 1
-    max_size_bytes: int | None = None
-    max_energy_j: float | None = None  # joules per inference
-
-    def __post_init__(self) -> None:
-        for name in ("max_latency_ms", "max_size_bytes", "max_energy_j"):
-            value = getattr(self, name)
-            check(value is None or value > 0, f"{name} must be positive, got {value}.")
-
-    def violations(self, result: dict[str, Any]) -> list[str]:
-        """Each constraint the result misses, with by how much."""
-        out = []
-        checks = [("max_score_drop", result.get("score_drop")),
-                  ("max_latency_ms", (result.get("latency_ms") or {}).get("1", {}).get("p50")),
-                  ("max_size_bytes", result.get("size_bytes")), ("max_energy_j", result.get("energy_j_per_inference"))]
-        for name, value in checks:
-            limit = getattr(self, name)
-            if limit is not None and value is not None and value > limit:
-                out.append(f"{name[4:]} {value:.4g} exceeds {name} {limit:.4g} by {value - limit:.4g}")
-        return out
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ Contract tests in ``tests/`` parametrize over these tables.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from types import ModuleType
 
 from .errors import unknown
@@ -22,13 +24,15 @@ TASKS: dict[str, str] = {
     "image-folder": "modelpress.tasks.image_folder:from_env",
 }
 
-# Techniques: module with ``Config`` and ``apply(model, config, task) -> nn.Module``.
+# Techniques: module with ``Config`` and ``apply(model, config, task, tools) -> Applied``. The order of this
+# table is the order in which composed steps apply (the search's candidates, analyze's advice): structural
+# changes first (they change shapes), recovery, then weight sharing and precision, which fix values last.
 TECHNIQUES: dict[str, str] = {
-    "cluster": "modelpress.compress.cluster",
+    "prune": "modelpress.compress.prune",
+    "lowrank": "modelpress.compress.lowrank",
     "distill": "modelpress.compress.distill",
     "finetune": "modelpress.compress.finetune",
-    "lowrank": "modelpress.compress.lowrank",
-    "prune": "modelpress.compress.prune",
+    "cluster": "modelpress.compress.cluster",
     "quantize": "modelpress.compress.quantize",
 }
 
@@ -62,6 +66,30 @@ STORAGE: dict[str, str] = {
 
 TABLES = {"task": TASKS, "technique": TECHNIQUES, "export format": EXPORTERS, "runtime": RUNTIMES,
           "storage encoding": STORAGE}
+
+
+def in_order(names: Iterable[str]) -> list[str]:
+    """Technique names in the order of ``TECHNIQUES`` (a name registered later comes after the built-in ones).
+
+    >>> in_order(["quantize", "prune"])
+    ['prune', 'quantize']
+    """
+    position = {name: i for i, name in enumerate(TECHNIQUES)}
+    return sorted(names, key=lambda n: (position.get(n, len(position)), n))
+
+
+@contextmanager
+def overlay(kind: str, entries: Mapping[str, str]) -> Iterator[None]:
+    """Within the block, the table ``kind`` also holds ``entries`` (a search worker runs the techniques its
+    driver registered); afterwards the table is as it was."""
+    table = TABLES[kind]
+    before = dict(table)
+    table.update(entries)
+    try:
+        yield
+    finally:
+        table.clear()
+        table.update(before)
 
 
 def module(kind: str, name: str) -> ModuleType:

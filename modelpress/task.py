@@ -1,8 +1,11 @@
 """The Task: a model to deploy, its data and how to score it.
 
 Data are re-iterable collections of batches. An input batch is ``dict[str, np.ndarray]`` keyed by the
-task's input names, so one ``predict(inputs) -> np.ndarray`` callable scores the torch model and every
-runtime Session with the same metric.
+task's input names, so one ``predict(inputs) -> list[np.ndarray]`` callable (every output, in the task's
+output order) scores the torch model and every runtime Session with the same metric.
+
+Three splits keep the numbers honest: ``calib_data`` (inputs) calibrates, ``val_data`` decides (search choice,
+early stop, sensitivity, mixed precision), ``test_data`` is scored once for the reported score.
 """
 from __future__ import annotations
 
@@ -16,7 +19,8 @@ import numpy as np
 from .errors import ConfigError, ModelpressError
 
 Inputs = dict[str, np.ndarray]
-Predict = Callable[[Inputs], np.ndarray]
+Predict = Callable[[Inputs], list[np.ndarray]]  # every output of the model, in the task's output order
+OUTPUT_KINDS = ("logits", "embeddings", "values")  # class scores | vectors compared by cosine | anything else
 
 
 class Batches:
@@ -88,12 +92,12 @@ def top1_credit(scores: np.ndarray, target: np.ndarray) -> np.ndarray:
     return hit / np.maximum(top.sum(axis=-1), 1)
 
 
-def accuracy(predict: Predict, eval_data: Iterable[tuple[Inputs, np.ndarray]]) -> float:
-    """Top-1 accuracy of ``predict`` over labelled batches; a sample whose highest score is tied between
+def accuracy(predict: Predict, data: Iterable[tuple[Inputs, np.ndarray]]) -> float:
+    """Top-1 accuracy of the first output over labelled batches; a sample whose highest score is tied between
     ``k`` classes counts ``1/k`` when its label is among them (``top1_credit``)."""
     correct, total = 0.0, 0
-    for inputs, target in eval_data:
-        correct += float(top1_credit(predict(inputs), target).sum())
+    for inputs, target in data:
+        correct += float(top1_credit(predict(inputs)[0], target).sum())
         total += len(target)
     if total == 0:
         raise ModelpressError("The evaluation data is empty: the task needs at least one labelled sample.")
@@ -104,7 +108,11 @@ def accuracy(predict: Predict, eval_data: Iterable[tuple[Inputs, np.ndarray]]) -
 class Task:
     """A model plus data and metric. ``build_model`` returns the trained fp32 model.
 
-    ``calib_data`` yields input batches; ``eval_data`` and ``train_data`` yield (inputs, target).
+    ``calib_data`` yields input batches; ``val_data``, ``test_data`` and ``train_data`` yield (inputs, target).
+    Every decision reads ``val_data``; ``test_data`` is scored once, for the reported score. ``metric``
+    receives a ``predict`` that returns every output. ``output_kinds`` says, per output, how to compare two
+    models' outputs: ``logits`` (top-1 agreement, top-5 overlap), ``embeddings`` (cosine, nearest-neighbour
+    agreement) or ``values`` (differences and cosine only).
     """
 
     name: str
@@ -112,12 +120,24 @@ class Task:
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
     calib_data: Batches
-    eval_data: Batches
+    val_data: Batches
+    test_data: Batches
     train_data: Batches | None = None
     metric: Callable[[Predict, Iterable], float] = accuracy
     higher_is_better: bool = True
+    output_kinds: tuple[str, ...] = ("logits",)
     num_classes: int | None = None
     preprocessing: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        kinds = tuple(self.output_kinds)
+        if len(kinds) == 1 and len(self.output_names) > 1:
+            kinds = kinds * len(self.output_names)  # one kind given for every output
+        bad = [k for k in kinds if k not in OUTPUT_KINDS]
+        if bad or len(kinds) != len(self.output_names):
+            raise ConfigError(f"Task '{self.name}': output_kinds must give one of {', '.join(OUTPUT_KINDS)} per output "
+                              f"({len(self.output_names)} outputs: {', '.join(self.output_names)}), got {list(kinds)}.")
+        object.__setattr__(self, "output_kinds", kinds)
 
     def example_inputs(self, batch_size: int = 1) -> Inputs:
         """Real inputs from the calibration data, tiled when the data has fewer samples."""

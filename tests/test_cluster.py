@@ -8,7 +8,7 @@ from torch import nn
 
 from modelpress.compress import cluster, facts, storage, train_hooks
 from modelpress.compress._kmeans import INITS, kmeans_1d
-from modelpress.compress._train import TrainConfig, fit
+from modelpress.train import TrainConfig, fit
 from modelpress.config import parse
 from modelpress.errors import ConfigError
 from modelpress.task import Batches, Task

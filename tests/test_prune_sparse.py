@@ -7,7 +7,7 @@ from onnx import numpy_helper
 
 from modelpress.artifact import load
 from modelpress.compress import facts, prune, storage
-from modelpress.compress._train import TrainConfig, fit
+from modelpress.train import TrainConfig, fit
 from modelpress.errors import ConfigError, ModelFileError
 from modelpress.export import onnx as onnx_export
 from modelpress.runtime import RuntimeConfig, open_session

@@ -10,7 +10,7 @@ import torch
 
 from modelpress.compress import facts, quantize
 from modelpress.compress._quant.preflight import explain_slowdown, optimized_graph
-from modelpress.compress._quant.quantizer import WeightSpec, fake_quant
+from modelpress.compress.quantizer import WeightSpec, fake_quant
 from modelpress.config import parse
 from modelpress.errors import ConfigError, ModelpressError
 from modelpress.evaluate import evaluate, predict_fn, torch_predict
@@ -209,7 +209,7 @@ def test_import_stays_light():
 
 
 def test_later_training_keeps_weights_on_their_grid(digits_task, digits_model):
-    from modelpress.compress._train import TrainConfig, fit
+    from modelpress.train import TrainConfig, fit
 
     q = quantize.apply(digits_model, cfg(mode="weight_only", bits=4), digits_task)
     before = q.classifier[1].weight.detach().clone()
@@ -221,7 +221,7 @@ def test_later_training_keeps_weights_on_their_grid(digits_task, digits_model):
 
 def test_bias_correction_removes_the_mean_error_rounding_adds():
     from modelpress.compress._quant.layers import batches_of, calibrate, correct_bias, select, weight_specs, wrap
-    from modelpress.compress._train import forward, to_tensors
+    from modelpress.train import forward, to_tensors
 
     torch.manual_seed(0)
     model, task = LeNet5().eval(), small_task((1, 28, 28))

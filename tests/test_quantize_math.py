@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modelpress.compress._calib import BINS, HistogramObserver, make_observer
-from modelpress.compress._quant.quantizer import WeightSpec, act_qparams, fake_quant, quantize
+from modelpress.compress.quantizer import WeightSpec, act_qparams, fake_quant, quantize
 from modelpress.errors import ModelpressError
 from modelpress.storage.packed import pack_bits, unpack_bits
 

@@ -106,7 +106,7 @@ def test_reports_and_the_chosen_recipe_reproduce_with_modelpress_run(searched, t
 
 
 def test_html_report_renders_in_headless_chromium(searched, tmp_path):
-    from modelpress.search.plots import COLORS
+    from modelpress.report.plots import COLORS
 
     image = pytest.importorskip("PIL.Image", reason="reading the screenshot needs Pillow")
 

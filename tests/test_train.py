@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from modelpress.compress import add_train_hook
-from modelpress.compress._train import TrainConfig, fit, frozen_parameters, supervised_loss
+from modelpress.train import TrainConfig, fit, frozen_parameters, supervised_loss
 from modelpress.config import parse
 from modelpress.errors import ConfigError, ModelpressError
 from modelpress.task import Batches

@@ -14,10 +14,12 @@ for the HTML report).
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from ..config import check
@@ -150,3 +152,14 @@ def svg_plots(result: dict[str, Any]) -> dict[str, str]:
     from .plots import svg_plots as plots
 
     return plots(result)
+
+
+class _CallablePackage(ModuleType):
+    """``modelpress.analyze`` is both this package and the public ``analyze`` function: calling the package
+    calls :func:`analyze`."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return analyze(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage

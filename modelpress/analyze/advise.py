@@ -24,7 +24,6 @@ from typing import Any
 from . import _evidence as ev
 from ._hardware import hardware_advice
 
-ORDER = ("prune", "lowrank", "distill", "cluster", "quantize")
 ORDER_REASON = ("Structural changes first (pruning, factorization): they change shapes and cost the most "
                 "accuracy, so a recovery step (distillation from the original) follows them while the weights "
                 "can still move; clustering and quantization come last because they freeze the final weights "
@@ -251,7 +250,9 @@ def precision_advice(table, sens, tolerance, covered: set[str]) -> list[dict[str
 
 
 def ordered_steps(recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One step per technique (the first recommendation's settings win), validated, in ``ORDER``."""
+    """One step per technique (the first recommendation's settings win), validated, in the registry's order."""
+    from .. import registry
+
     chosen: dict[str, dict[str, Any]] = {}
     for r in recs:
         step = r.get("step")
@@ -267,7 +268,7 @@ def ordered_steps(recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             r["step_note"] = note
     if ("prune" in chosen or "lowrank" in chosen) and _registered("distill"):
         chosen["distill"] = {}
-    return [{n: chosen[n]} for n in ORDER if n in chosen]
+    return [{n: chosen[n]} for n in registry.in_order(chosen)]
 
 
 def _registered(name: str) -> bool:

@@ -45,7 +45,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-    from .._progress import progress_bar
+    from ..progress import progress_bar
 
     from . import AnalyzeConfig, analyze, write
     from .render import print_analysis

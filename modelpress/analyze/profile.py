@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import sys
-import tempfile
 import warnings
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -153,27 +150,22 @@ def _attribute(node_name: str, op: str, rows: list[dict[str, Any]], modules: set
 
 def profile_onnx(proto: Any, task: Any, table: dict[str, Any], batch_sizes: tuple[int, ...] = (1, 32),
                  runs: int = 50, warmup: int = 5, threads: int = 2) -> dict[str, Any]:
-    """Per batch size: per-op-type and per-node time per run, layer attribution and channel padding."""
-    import onnxruntime as ort
+    """Per batch size: per-op-type and per-node time per run, layer attribution and channel padding. The
+    session is ONNX Runtime's with the ``onnxruntime`` runtime's settings for ``threads``."""
+    from importlib.metadata import version
 
-    from ..runtime.onnxruntime import session_options
+    from ..runtime import RuntimeConfig
+    from ..runtime.onnxruntime import profile_events
 
     data = proto.SerializeToString()
     rows, modules = table["rows"], set(table["modules"])
-    out: dict[str, Any] = {"runtime": f"onnxruntime {ort.__version__}", "threads": threads,
+    out: dict[str, Any] = {"runtime": f"onnxruntime {version('onnxruntime')}", "threads": threads,
                            "provider": "CPUExecutionProvider", "batches": {}}
-    with tempfile.TemporaryDirectory(prefix="modelpress-profile-") as tmp:
-        for bs in batch_sizes:
-            opts = session_options(threads)
-            opts.enable_profiling = True
-            opts.profile_file_prefix = str(Path(tmp) / f"b{bs}")
-            sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-            inputs = {k: np.ascontiguousarray(v) for k, v in task.example_inputs(bs).items()}
-            n_runs = max(5, runs if bs == 1 else runs // 3)
-            for _ in range(warmup + n_runs):
-                sess.run(None, inputs)
-            events = json.loads(Path(sess.end_profiling()).read_text())
-            out["batches"][str(bs)] = summarize(events, warmup, rows, modules)
+    for bs in batch_sizes:
+        inputs = {k: np.ascontiguousarray(v) for k, v in task.example_inputs(bs).items()}
+        n_runs = max(5, runs if bs == 1 else runs // 3)
+        events = profile_events(data, RuntimeConfig(threads=threads), inputs, warmup + n_runs)
+        out["batches"][str(bs)] = summarize(events, warmup, rows, modules)
     return out
 
 

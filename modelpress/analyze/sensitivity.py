@@ -2,7 +2,7 @@
 
 A probe is int8 or int4 quantization, 30% or 50% structured pruning, or half-rank factorization, applied
 to one layer at a time through the registered technique (its ``Config.include`` restricted to that
-layer, no fine-tuning), and scored with the task's metric on a subset of the evaluation data. Where a
+layer, no fine-tuning), and scored with the task's metric on a subset of the validation data. Where a
 technique is not registered, analyze's own minimal probe (``_probes.py``) stands in and the result says
 so (``via``). ``drop`` is in metric units, positive = worse, and one sample of the subset is
 ``1 / samples`` of accuracy: drops below that are noise.
@@ -49,10 +49,10 @@ def _lowrank_settings(module: Any) -> dict[str, Any]:
 
 def _quantize_settings(bits: int) -> Callable[[Any], dict[str, Any]]:
     """int8: static (int8 weights and calibrated activations, run on ONNX Runtime's int8 kernels, as deployed);
-    int4: 4-bit weights (weight_only). ``preflight: false`` skips the technique's graph report."""
+    int4: 4-bit weights (weight_only)."""
     if bits == 8:
-        return lambda module: {"mode": "static", "preflight": False}
-    return lambda module: {"mode": "weight_only", "bits": bits, "preflight": False}
+        return lambda module: {"mode": "static"}
+    return lambda module: {"mode": "weight_only", "bits": bits}
 
 
 def _prune_settings(ratio: float) -> Callable[[Any], dict[str, Any]]:
@@ -62,11 +62,9 @@ def _prune_settings(ratio: float) -> Callable[[Any], dict[str, Any]]:
 
 PROBES: dict[str, Probe] = {p.name: p for p in (
     Probe("int8", "quantize int8", "quantize", "quantize", lambda m: _probes.fake_quantize(m, 8),
-          "analyze probe: per-channel affine fake-quantization of the weights to 8 bits", _quantize_settings(8),
-          ("preflight",)),
+          "analyze probe: per-channel affine fake-quantization of the weights to 8 bits", _quantize_settings(8)),
     Probe("int4", "quantize int4", "quantize", "quantize", lambda m: _probes.fake_quantize(m, 4),
-          "analyze probe: per-channel affine fake-quantization of the weights to 4 bits", _quantize_settings(4),
-          ("preflight",)),
+          "analyze probe: per-channel affine fake-quantization of the weights to 4 bits", _quantize_settings(4)),
     Probe("prune30", "prune 30%", "prune", "prune", lambda m: _probes.zero_channels(m, 0.3),
           "analyze probe: 30% of output channels with the lowest L2 norm zeroed", _prune_settings(0.3), ("epochs",)),
     Probe("prune50", "prune 50%", "prune", "prune", lambda m: _probes.zero_channels(m, 0.5),
@@ -88,19 +86,19 @@ def resolve(probe: Probe) -> tuple[Any | None, str]:
     return mod, f"technique '{probe.technique}' restricted to the layer, no fine-tuning"
 
 
-def no_eval_data(task: Any) -> str | None:
+def no_val_data(task: Any) -> str | None:
     """Why sensitivity cannot run on this task (None when it can)."""
-    data = task.eval_data
+    data = task.val_data
     if data is None:
-        return "the task has no evaluation data"
+        return "the task has no validation data"
     if getattr(data, "targets", 0) is None:
-        return "the task's evaluation data has no labels (targets)"
+        return "the task's validation data has no labels (targets)"
     try:
         first = next(iter(data), None)
     except Exception as e:  # a user task's data that cannot be read
-        return f"the task's evaluation data cannot be read ({type(e).__name__}: {e})"
+        return f"the task's validation data cannot be read ({type(e).__name__}: {e})"
     if first is None:
-        return "the task's evaluation data is empty"
+        return "the task's validation data is empty"
     return None
 
 
@@ -121,36 +119,31 @@ def _num_samples(data: Any) -> int:
     return data.num_samples if hasattr(data, "num_samples") else sum(len(t) for _, t in data)
 
 
-def score(model: Any, task: Any, data: Any) -> float:
-    """The task's metric on ``data``: in PyTorch, or on ONNX Runtime when a technique rewrites the exported
-    graph (its effect exists only there)."""
+def score(model: Any, task: Any, data: Any, runtime: Any = None) -> float:
+    """The task's metric on ``data``: in PyTorch, or on the runtime (``RuntimeConfig``, default ONNX Runtime)
+    when a technique rewrites the exported ONNX graph (its effect exists only there). ``model``: an
+    ``Applied`` or a plain model."""
+    import tempfile
+    from pathlib import Path
+
+    from ..compress import Applied
     from ..evaluate import evaluate, predict_fn, torch_predict
-    from ..export.onnx import POST_EXPORT_ATTR
-
-    if not getattr(model, POST_EXPORT_ATTR, ()):
-        return evaluate(torch_predict(model, task), task, data)
-    import onnxruntime as ort
-
-    from ..export.onnx import to_onnx
-    from ..runtime.onnxruntime import session_options
+    from ..export import onnx as onnx_export
+    from ..runtime import RuntimeConfig, open_session
     from .profile import quiet
 
-    with quiet():
-        proto = to_onnx(model, task)
-    sess = ort.InferenceSession(proto.SerializeToString(), session_options(2), providers=["CPUExecutionProvider"])
-
-    class _Session:
-        def run(self, inputs):
-            return sess.run(None, {n: inputs[n] for n in task.input_names})
-
-    return evaluate(predict_fn(_Session()), task, data)
+    applied = Applied.of(model)
+    if not applied.onnx_rewrites:
+        return evaluate(torch_predict(applied.model, task), task, data)
+    with tempfile.TemporaryDirectory(prefix="modelpress-sensitivity-") as tmp:
+        with quiet():
+            art = onnx_export.export(applied.model, task, Path(tmp), rewrites=applied.onnx_rewrites)
+        return evaluate(predict_fn(open_session(art, runtime or RuntimeConfig())), task, data)
 
 
-def _skipped_by_technique(model: Any, layer: str) -> str | None:
-    """A technique that left the layer unchanged records why under a ``*_skipped`` fact."""
-    from ..compress import facts
-
-    for key, value in facts(model).items():
+def _skipped_by_technique(applied: Any, layer: str) -> str | None:
+    """A technique that left the layer unchanged says why under a ``*_skipped`` or ``fallback_layers`` fact."""
+    for key, value in applied.facts.items():
         if (key.endswith("_skipped") or key == "fallback_layers") and isinstance(value, dict) and layer in value:
             return f"the technique left it unchanged: {value[layer]}"
     return None
@@ -199,21 +192,21 @@ def _scored(candidate: Any, task: Any, data: Any, via: str) -> dict[str, Any]:
 
 def sensitivity(model: Any, task: Any, table: dict[str, Any], probes: tuple[str, ...] = tuple(PROBES),
                 samples: int = 2000, max_layers: int = 40, progress: Progress | None = None) -> dict[str, Any]:
-    """Per-layer score drops for ``probes`` on the first ``samples`` evaluation samples.
+    """Per-layer score drops for ``probes`` on the first ``samples`` validation samples.
 
     Only layers with weights are probed (convolutions and linear layers), at most ``max_layers`` of them
     (those with the most parameters plus MACs). Returns ``{"skipped": reason}`` for a task without
-    labelled evaluation data.
+    labelled validation data.
     """
     unknown = [p for p in probes if p not in PROBES]
     if unknown:
         raise ConfigError(f"Unknown sensitivity probe(s) {unknown}. Valid probes: {', '.join(PROBES)}.")
-    why = no_eval_data(task)
+    why = no_val_data(task)
     if why:
-        return {"skipped": f"Sensitivity skipped: {why}. Give the task labelled eval_data to measure how much "
+        return {"skipped": f"Sensitivity skipped: {why}. Give the task labelled val_data to measure how much "
                            f"each layer tolerates quantization, pruning and factorization."}
     started = time.perf_counter()
-    data = subset(task.eval_data, samples)
+    data = subset(task.val_data, samples)
     baseline = score(model, task, data)
     rows = [r for r in table["rows"] if r["kind"] in _probes.WEIGHTED_KINDS and "(own ops)" not in r["name"]]
     left_out = []

@@ -1,18 +1,13 @@
-"""What a factorization costs: parameters and multiply-accumulates (MACs) per sample, and, when asked,
-the layer's latency before and after measured on ONNX Runtime.
+"""What a factorization costs: parameters and multiply-accumulates (MACs) per sample. (Its latency, when
+``cost: measured`` asks for it, is timed by the pipeline's ``Tools.time_ratio`` on the recipe's runtime.)
 
 Shapes come from one forward pass on calibration inputs (dimension 0 is the batch); MACs are per
 sample, so a Linear applied to a sequence counts every token.
 """
 from __future__ import annotations
 
-import io
 import math
-import warnings
 from dataclasses import dataclass
-
-import numpy as np
-from torch import nn
 
 from ._lowrank_layers import Spec
 
@@ -68,31 +63,3 @@ def macs(g: Geometry, method: str | None = None, ranks: tuple[int, ...] = ()) ->
     r_in, r_out = ranks
     return ((p_in * s.cin * r_in if r_in < s.cin else 0) + p_out * r_out * r_in * kh * kw
             + (p_out * r_out * s.cout if r_out < s.cout else 0))
-
-
-def measured_ratio(original: nn.Module, factorized: nn.Module, in_shape: tuple[int, ...], batch_size: int,
-                   threads: int = 2) -> float:
-    """Latency of ``factorized`` over ``original`` as single-layer ONNX models on ONNX Runtime (CPU),
-    timed interleaved: the median of per-round ratios."""
-    from ..bench import BenchConfig, interleaved
-
-    x = np.random.default_rng(0).standard_normal((batch_size, *in_shape)).astype(np.float32)
-    runs = {"original": _ort_run(original, x, threads), "factorized": _ort_run(factorized, x, threads)}
-    times = interleaved(runs, {"x": x}, BenchConfig(batch_sizes=(batch_size,), warmup=5, rounds=15, runs_per_round=10))
-    paired = [np.median(f) / np.median(o) for f, o in zip(times["factorized"], times["original"])]
-    return float(np.median(paired))
-
-
-def _ort_run(layer: nn.Module, x: np.ndarray, threads: int):
-    import onnxruntime as ort
-    import torch
-
-    from ..runtime.onnxruntime import session_options
-
-    buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(layer.eval(), (torch.from_numpy(x),), buf, dynamo=False, opset_version=18,
-                          input_names=["x"], output_names=["y"])
-    session = ort.InferenceSession(buf.getvalue(), session_options(threads), providers=["CPUExecutionProvider"])
-    return lambda inputs: session.run(None, inputs)

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import add_train_hook, record, set_storage, storage
+from . import Applied, Storage, Tools
 from ._kmeans import kmeans_1d
-from ._train import TrainConfig
+from ..train import TrainConfig
 from ..config import check
 from ..errors import ConfigError
 
@@ -136,7 +136,7 @@ def cluster_array(weight: np.ndarray, k: int, config: Config) -> tuple[np.ndarra
 
 
 class ClusterHook:
-    """Train hook that keeps clustered weights clustered (see ``modelpress.compress.add_train_hook``).
+    """Train hook that keeps clustered weights clustered (see ``modelpress.compress.TrainHook``).
 
     Per parameter name: ``groups`` (the cluster id of every weight, flattened), ``counts`` (members per
     cluster) and ``frozen`` (clusters fixed at zero). Parameters are looked up by name on each call.
@@ -189,9 +189,10 @@ def layer_facts(layers: dict[str, nn.Module], config: Config) -> dict[str, dict[
     return out
 
 
-def apply(model: nn.Module, config: Config, task: Any) -> nn.Module:
-    """A clustered copy of ``model`` (the input is left unchanged), fine-tuned for ``config.epochs``."""
-    model = copy.deepcopy(model)
+def apply(model: nn.Module | Applied, config: Config, task: Any, tools: Tools = Tools()) -> Applied:
+    """A clustered copy of the model (the input is left unchanged), fine-tuned for ``config.epochs``."""
+    prev = Applied.of(model)
+    model = copy.deepcopy(prev.model)
     layers = select_layers(model, config)
     check_sizes(layers, config)
     hook = ClusterHook()
@@ -202,15 +203,17 @@ def apply(model: nn.Module, config: Config, task: Any) -> nn.Module:
                                                       clusters_for(name, config), config)
             weight.copy_(torch.from_numpy(clustered).to(weight.dtype))
             hook.add(f"{name}.weight", groups, frozen)
-    add_train_hook(model, hook)
+    hooks = (*prev.train_hooks, hook)
     if config.epochs > 0:
-        from ._train import fit, train_data_for
+        from ..train import fit, train_data_for
 
-        fit(model, train_data_for(task), config.train_config(), description="cluster-preserving fine-tuning")
-    record(model, cluster_layers=layer_facts(layers, config), cluster_granularity=config.granularity,
-           cluster_init=config.init)
+        fit(model, train_data_for(task), config.train_config(), description="cluster-preserving fine-tuning",
+            hooks=hooks)
+    facts = {"cluster_layers": layer_facts(layers, config), "cluster_granularity": config.granularity,
+             "cluster_init": config.init}
+    storage = prev.storage
     if config.encode:
         # Structured-pruning records asked for by an earlier step travel on into the manifest.
-        pruning = list((storage(model) or {}).get("pruning", []))
-        set_storage(model, "codebook", entropy=config.entropy, **({"pruning": pruning} if pruning else {}))
-    return model.eval()
+        pruning = list(prev.storage.options.get("pruning", [])) if prev.storage else []
+        storage = Storage("codebook", {"entropy": config.entropy, **({"pruning": pruning} if pruning else {})})
+    return prev.then(model.eval(), facts=facts, storage=storage, train_hooks=hooks)

@@ -25,8 +25,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from . import record
-from ._train import (TrainConfig, first_batch, fit, forward, frozen_parameters, main_output, split_batch,
+from . import Applied, Tools
+from ..train import (TrainConfig, first_batch, fit, forward, frozen_parameters, main_output, split_batch,
                      supervised_loss, task_evaluator, to_tensors, train_data_for)
 from ..config import check
 from ..errors import ConfigError, ModelpressError
@@ -144,10 +144,11 @@ def projection(student_shape: torch.Size, teacher_shape: torch.Size, pair: str) 
 
 
 def distill(student: nn.Module, teacher: nn.Module, task: Any, config: Config = Config(),
-            teacher_name: str = "teacher") -> nn.Module:
+            teacher_name: str = "teacher", hooks: tuple[Any, ...] = ()) -> nn.Module:
     """Train ``student`` in place from ``teacher`` (left unchanged) on the task's data; returns the student.
 
     Any student works (yours, or one from ``_students.derive``) as long as its outputs have the teacher's shape.
+    ``hooks``: the train hooks of the techniques applied to the student before (they keep its structure).
     """
     if student is teacher:
         raise ModelpressError("The student and the teacher are the same module; distill into a copy "
@@ -195,7 +196,7 @@ def distill(student: nn.Module, teacher: nn.Module, task: Any, config: Config = 
             p.requires_grad_(False)
         evaluate = task_evaluator(task) if config.patience is not None else None
         fit(student, data, config.train_config(), loss_fn, evaluate, f"distilling from {teacher_name}",
-            higher_is_better=task.higher_is_better, extra_parameters=list(proj.parameters()))
+            higher_is_better=task.higher_is_better, extra_parameters=list(proj.parameters()), hooks=hooks)
     finally:
         for capture in captures:
             capture.close()
@@ -205,24 +206,23 @@ def distill(student: nn.Module, teacher: nn.Module, task: Any, config: Config = 
     return student
 
 
-def apply(model: nn.Module, config: Config, task: Any) -> nn.Module:
-    """Distill into a copy of ``model`` (or a smaller student derived from it); ``model`` is not modified."""
+def apply(model: nn.Module | Applied, config: Config, task: Any, tools: Tools = Tools()) -> Applied:
+    """Distill into a copy of the model (or a smaller student derived from it); the input is not modified."""
     from ._students import count_params, derive
 
-    teacher, teacher_name = load_teacher(model, config, task)
+    prev = Applied.of(model)
+    teacher, teacher_name = load_teacher(prev.model, config, task)
     if config.student == "smaller":
-        from . import train_hooks
-
-        if train_hooks(model):
+        if prev.train_hooks:
             raise ConfigError("student: smaller rebuilds the model's layers, which would break the structure an "
                               "earlier step keeps while training (masks, clusters); put this distill step first "
                               "in the recipe.")
         example = tuple(torch.from_numpy(v) for v in task.example_inputs(2).values())
-        student = derive(model, example, config.shrink, config.width, config.depth, config.init, config.seed)
+        student = derive(prev.model, example, config.shrink, config.width, config.depth, config.init, config.seed)
     else:
-        student = copy.deepcopy(model)
-    distill(student, teacher, task, config, teacher_name)
-    record(student, distill={"teacher": teacher_name, "student": config.student, "loss": loss_kind(config, task),
-                             "alpha": config.alpha, "temperature": config.temperature, "epochs": config.epochs,
-                             "params_student": count_params(student), "params_teacher": count_params(teacher)})
-    return student
+        student = copy.deepcopy(prev.model)
+    distill(student, teacher, task, config, teacher_name, prev.train_hooks)
+    facts = {"distill": {"teacher": teacher_name, "student": config.student, "loss": loss_kind(config, task),
+                         "alpha": config.alpha, "temperature": config.temperature, "epochs": config.epochs,
+                         "params_student": count_params(student), "params_teacher": count_params(teacher)}}
+    return prev.then(student, facts=facts)

@@ -16,8 +16,8 @@ from typing import Any
 
 from torch import nn
 
-from . import record
-from ._train import TrainConfig, fit, frozen_parameters, task_evaluator, train_data_for
+from . import Applied, Tools
+from ..train import TrainConfig, fit, frozen_parameters, task_evaluator, train_data_for
 from ..config import check
 
 SEARCH_SPACE: dict[str, list] = {
@@ -39,9 +39,10 @@ class Config(TrainConfig):
         check(self.batch_size is None or self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}.")
 
 
-def apply(model: nn.Module, config: Config, task: Any) -> nn.Module:
-    """Fine-tune a copy of ``model`` on the task's labels; ``model`` is not modified."""
-    model = copy.deepcopy(model)
+def apply(model: nn.Module | Applied, config: Config, task: Any, tools: Tools = Tools()) -> Applied:
+    """Fine-tune a copy of the model on the task's labels; the input model is not modified."""
+    prev = Applied.of(model)
+    model = copy.deepcopy(prev.model)
     data = train_data_for(task, config.batch_size)
     frozen = frozen_parameters(model, config.include, config.exclude)
     evaluate = task_evaluator(task) if config.patience is not None else None
@@ -49,10 +50,9 @@ def apply(model: nn.Module, config: Config, task: Any) -> nn.Module:
         for p in frozen:
             p.requires_grad_(False)
         fit(model, data, config.train_config(), evaluate=evaluate, description="fine-tuning",
-            higher_is_better=task.higher_is_better)
+            higher_is_better=task.higher_is_better, hooks=prev.train_hooks)
     finally:
         for p in frozen:
             p.requires_grad_(True)
-    record(model, finetune={"epochs": config.epochs, "lr": config.lr, "trained_layers": "all" if not frozen else
-                            "include/exclude"})
-    return model
+    return prev.then(model, facts={"finetune": {"epochs": config.epochs, "lr": config.lr,
+                                                "trained_layers": "all" if not frozen else "include/exclude"}})

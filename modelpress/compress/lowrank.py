@@ -5,15 +5,15 @@ A layer W (m x n) really becomes two smaller layers of rank r (``Sigma_r^1/2 V_r
 core, 1x1 (Tucker-2), whichever keeps more of the weight at the chosen cost. Ranks come from a
 per-layer energy threshold, a per-layer parameter ratio, or measured sensitivity under one global
 parameter budget (the default), rounded to multiples of 8. A layer is factorized only when its
-MACs fall to at most ``max_cost_ratio`` of the original (or, with ``cost: measured``, its latency on
-ONNX Runtime does).
+MACs fall to at most ``max_cost_ratio`` of the original (or, with ``cost: measured``, its latency on the
+recipe's runtime does).
 
 In a recipe::
 
     steps:
       - lowrank: {include: ["blocks.*.ffn.*"], param_ratio: 0.4, recover_epochs: 3}
 
-or in Python: ``model = apply(model, Config(rank_by="energy", energy=0.95), task)``.
+or in Python: ``model = apply(model, Config(rank_by="energy", energy=0.95), task).model``.
 """
 from __future__ import annotations
 
@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
-from . import record
+from . import Applied, Tools
 from ..config import check
-from ..errors import ModelpressError
+from ..errors import ConfigError, ModelpressError
 from ..task import Task
-from ._lowrank_cost import measured_ratio
 from ._lowrank_layers import approximation, bases, split
 from ._lowrank_scope import calibration_inputs, geometry, run, select
 from ._lowrank_select import Choice, Layer, by_energy, by_param_ratio, by_sensitivity, explicit
@@ -58,7 +58,7 @@ class Config:
     rank_multiple: int = 8  # chosen ranks are multiples of this (explicit ranks are used as given)
     conv_method: Literal["auto", "spatial", "tucker2"] = "auto"
     max_cost_ratio: float = 0.8  # factorize only when cost after / before <= this
-    cost: Literal["macs", "measured"] = "macs"  # measured: time each layer on ONNX Runtime as well
+    cost: Literal["macs", "measured"] = "macs"  # measured: time each layer on the recipe's runtime as well
     measure_batch_size: int = 32
     recover_epochs: int = 0  # fine-tuning after the split (0 = none; a 'distill' step can follow instead)
     recover_lr: float = 5e-4
@@ -82,9 +82,11 @@ class Config:
         check(self.calib_samples >= 1, f"calib_samples must be at least 1, got {self.calib_samples}.")
 
 
-def apply(model: nn.Module, config: Config, task: Task) -> nn.Module:
-    """A copy of ``model`` with the chosen layers split into low-rank layers (facts recorded on it)."""
-    model = copy.deepcopy(model).eval()
+def apply(model: nn.Module | Applied, config: Config, task: Task, tools: Tools = Tools()) -> Applied:
+    """A copy of the model with the chosen layers split into low-rank layers (the input is not modified).
+    ``cost: measured`` times each split with ``tools.time_ratio`` (the pipeline's runtime)."""
+    prev = Applied.of(model)
+    model = copy.deepcopy(prev.model).eval()
     modules = select(model, config)
     if config.recover_epochs and task.train_data is None:
         raise ModelpressError("lowrank recover_epochs needs training data, but the task has none; set "
@@ -96,18 +98,18 @@ def apply(model: nn.Module, config: Config, task: Task) -> nn.Module:
                     if n not in {layer.name for layer in layers}})
     measured: dict[str, float] = {}
     if config.cost == "measured":
-        plan, skipped, measured = keep_measured(layers, plan, skipped, config)
+        plan, skipped, measured = keep_measured(layers, plan, skipped, config, tools)
     params_before = count(model)
     teacher = copy.deepcopy(model) if config.recover_epochs else None
     for name, choice in plan.items():
         replace(model, name, split(model.get_submodule(name), choice.method, choice.ranks))
     if teacher is not None and plan:
-        recover(model, teacher, task, config)
-    record(model, ranks={n: c.ranks[0] if len(c.ranks) == 1 else list(c.ranks) for n, c in plan.items()},
-           params_before=params_before, params_after=count(model),
-           lowrank_layers={n: layer_facts(c, measured.get(n)) for n, c in plan.items()}, lowrank_skipped=skipped,
-           **({"lowrank_budget": summary} if summary else {}))
-    return model.eval()
+        recover(model, teacher, task, config, prev.train_hooks)
+    facts = {"ranks": {n: c.ranks[0] if len(c.ranks) == 1 else list(c.ranks) for n, c in plan.items()},
+             "params_before": params_before, "params_after": count(model),
+             "lowrank_layers": {n: layer_facts(c, measured.get(n)) for n, c in plan.items()},
+             "lowrank_skipped": skipped, **({"lowrank_budget": summary} if summary else {})}
+    return prev.then(model.eval(), facts=facts)
 
 
 def decide(model: nn.Module, layers: list[Layer], config: Config, inputs: dict[str, torch.Tensor]
@@ -132,7 +134,7 @@ def decide(model: nn.Module, layers: list[Layer], config: Config, inputs: dict[s
 
 
 def sensitivity_plan(model: nn.Module, layers: list[Layer], config: Config, inputs: dict[str, torch.Tensor]):
-    from .._progress import progress_bar
+    from ..progress import progress_bar
 
     reference = run(model, inputs).to(torch.float64)
     scale = float((reference ** 2).sum()) or 1.0
@@ -160,22 +162,28 @@ def sensitivity_plan(model: nn.Module, layers: list[Layer], config: Config, inpu
                               config.max_cost_ratio, sensitivity, config.budget, lambda: progress.advance(bar))
 
 
-def keep_measured(layers: list[Layer], plan: dict[str, Choice], skipped: dict[str, str], config: Config):
-    """Keep only the layers whose split runs at most ``max_cost_ratio`` of the original's latency."""
-    from .._progress import track
+def keep_measured(layers: list[Layer], plan: dict[str, Choice], skipped: dict[str, str], config: Config,
+                  tools: Tools):
+    """Keep only the layers whose split runs at most ``max_cost_ratio`` of the original's latency on the
+    runtime ``tools.time_ratio`` times on."""
+    from ..progress import track
 
+    if tools.time_ratio is None:
+        raise ConfigError("lowrank 'cost: measured' times each split on the recipe's runtime, but nothing was given "
+                          "to time with: run it through a recipe (modelpress run) or pass "
+                          "Tools(time_ratio=...) to lowrank.apply; or use cost: macs.")
     by_name = {layer.name: layer for layer in layers}
     kept, skipped, measured = {}, dict(skipped), {}
     for name, c in track(plan.items(), "lowrank: timing layers", len(plan)):
         layer = by_name[name]
-        ratio = measured_ratio(layer.module, split(layer.module, c.method, c.ranks), layer.geometry.in_shape,
-                               config.measure_batch_size)
+        x = np.random.default_rng(0).standard_normal((config.measure_batch_size, *layer.geometry.in_shape))
+        ratio = tools.time_ratio(layer.module, split(layer.module, c.method, c.ranks), x.astype(np.float32))
         measured[name] = round(ratio, 4)
         if ratio <= config.max_cost_ratio:
             kept[name] = c
         else:
             skipped[name] = (f"{c.method} at rank {'x'.join(map(str, c.ranks))} measured {ratio:.2f}x the "
-                             f"layer's ONNX Runtime latency at batch {config.measure_batch_size} "
+                             f"layer's latency on the runtime at batch {config.measure_batch_size} "
                              f"(factorized only at <= {config.max_cost_ratio:.2f}x)")
     return kept, skipped, measured
 
@@ -191,9 +199,9 @@ def count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def recover(model: nn.Module, teacher: nn.Module, task: Task, config: Config) -> None:
+def recover(model: nn.Module, teacher: nn.Module, task: Task, config: Config, hooks: tuple = ()) -> None:
     """Fine-tune the factorized model: (1 - a) * CE + a * T^2 * KL(teacher_T || student_T)."""
-    from ._train import TrainConfig, fit
+    from ..train import TrainConfig, fit
 
     teacher.eval()
     names = list(task.input_names)
@@ -215,7 +223,7 @@ def recover(model: nn.Module, teacher: nn.Module, task: Task, config: Config) ->
         return loss + weight * t * t * kl
 
     fit(model, task.train_data, TrainConfig(epochs=config.recover_epochs, lr=config.recover_lr, seed=0),
-        loss_fn=loss_fn, description="lowrank: recovery")
+        loss_fn=loss_fn, description="lowrank: recovery", hooks=hooks)
 
 
 def layer_facts(c: Choice, measured_ratio: float | None = None) -> dict[str, Any]:

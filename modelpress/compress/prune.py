@@ -6,7 +6,7 @@ magnitude pruning and N:M semi-structured sparsity that make the stored file sma
 >>> from modelpress.compress import prune
 >>> task = prune.example_task((1, 16, 16))
 >>> small = prune.apply(TinyResNet(), prune.Config(method="channel", ratio=0.5), task)
->>> small.stem[0].out_channels
+>>> small.model.stem[0].out_channels
 8
 
 Methods (``Config.method``):
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import add_train_hook, record, set_storage, storage, train_hooks
+from . import Applied, Storage, Tools
 from ..config import check
 from ..errors import ConfigError, ModelpressError
 
@@ -88,35 +88,40 @@ def schedule(ratio: float, step: int, steps: int) -> float:
     return ratio * (1 - (1 - step / steps) ** 3)
 
 
-def apply(model: nn.Module, config: Config, task: Any) -> nn.Module:
-    """Prune a copy of ``model``; the input model is not modified."""
+def apply(model: nn.Module | Applied, config: Config, task: Any, tools: Tools = Tools()) -> Applied:
+    """Prune a copy of the model; the input model is not modified."""
     from ._prune import measure
 
-    model = copy.deepcopy(model).eval()
+    prev = Applied.of(model)
+    model = copy.deepcopy(prev.model).eval()
     example = example_inputs(task)
     params_before, macs_before = measure.params(model), measure.macs(model, example)
     if config.method == "channel":
-        model = _channel(model, config, task, example)
+        model, facts, pruning = _channel(model, config, task, example, prev.train_hooks)
         params_after = measure.params(model)
         sparsity = 1 - params_after / params_before
+        hooks = prev.train_hooks
     else:
-        sparsity = _unstructured(model, config, task)
+        facts, hooks, sparsity = _unstructured(model, config, task, prev.train_hooks)
         params_after = measure.nonzero_params(model)
-    record(model, sparsity=round(sparsity, 6), params_before=params_before, params_after=params_after,
-           macs_before=macs_before, macs_after=measure.macs(model, example))
-    return model.eval()
+        pruning = {}
+    facts.update(sparsity=round(sparsity, 6), params_before=params_before, params_after=params_after,
+                 macs_before=macs_before, macs_after=measure.macs(model, example))
+    return prev.then(model.eval(), facts=facts, storage=_merged_storage(prev.storage, pruning), train_hooks=hooks)
 
 
-def _fine_tune(model: nn.Module, config: Config, task: Any, round_: int) -> None:
+def _fine_tune(model: nn.Module, config: Config, task: Any, round_: int, hooks: tuple[Any, ...]) -> None:
     if config.epochs == 0:
         return
-    from ._train import TrainConfig, fit
+    from ..train import TrainConfig, fit
 
     fit(model, task.train_data, TrainConfig(epochs=config.epochs, lr=config.lr),
-        description=f"prune: fine-tuning round {round_}")
+        description=f"prune: fine-tuning round {round_}", hooks=hooks)
 
 
-def _channel(model: nn.Module, config: Config, task: Any, example: tuple[torch.Tensor, ...]) -> nn.Module:
+def _channel(model: nn.Module, config: Config, task: Any, example: tuple[torch.Tensor, ...], hooks: tuple[Any, ...]
+             ) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """The pruned model, its facts and the pruning record (replayable cuts)."""
     from . import _importance, _surgery
     from ._graph import Graph
     from ._prune import measure, policy
@@ -149,14 +154,12 @@ def _channel(model: nn.Module, config: Config, task: Any, example: tuple[torch.T
             cuts = cuts_for(policy.solve(removed_share, local))
         model = _cut_checked(model, graph, cuts, example)
         _compose(composed, sets, cuts)
-        _fine_tune(model, config, task, step)
+        _fine_tune(model, config, task, step, hooks)
     pruning = {"version": RECORD_VERSION, "method": "channel",
                "cuts": list(composed.values()) + [{"layer": k, "set": v} for k, v in sets.items()]}
-    set_storage(model, "sparse", **_merged_storage(model, pruning))
     summary = {c["layer"]: [c["size"], len(c["kept"])] for c in composed.values() if c["axis"] == "out"}
     summary.update({f"{k} heads": [heads_before[k], v["num_heads"]] for k, v in sets.items()})
-    record(model, pruned_channels=summary, prune_method="channel")
-    return model
+    return model, {"pruned_channels": summary, "prune_method": "channel"}, pruning
 
 
 def _cut_checked(model: nn.Module, graph: Any, cuts: list[dict[str, Any]], example: tuple[torch.Tensor, ...]) -> nn.Module:
@@ -206,25 +209,26 @@ def _compose(composed: dict, sets: dict, cuts: list[dict[str, Any]]) -> None:
             composed[key] = {"layer": c["layer"], "axis": c["axis"], "size": c["size"], "kept": list(c["kept"])}
 
 
-def _merged_storage(model: nn.Module, pruning: dict[str, Any]) -> dict[str, Any]:
-    """Storage options for the sparse codec, keeping the records of earlier pruning steps."""
-    current = storage(model) or {}
-    if current.get("encoding") != "sparse":
-        return {"pruning": [pruning]} if pruning else {}
-    earlier = list(current.get("pruning", []))
-    return {**{k: v for k, v in current.items() if k != "encoding"}, "pruning": earlier + ([pruning] if pruning else [])}
+def _merged_storage(current: Storage | None, pruning: dict[str, Any]) -> Storage:
+    """The sparse codec's request, keeping the records of earlier pruning steps."""
+    if current is None or current.encoding != "sparse":
+        return Storage("sparse", {"pruning": [pruning]} if pruning else {})
+    earlier = list(current.options.get("pruning", []))
+    return Storage("sparse", {**current.options, "pruning": earlier + ([pruning] if pruning else [])})
 
 
-def _unstructured(model: nn.Module, config: Config, task: Any) -> float:
+def _unstructured(model: nn.Module, config: Config, task: Any, hooks: tuple[Any, ...]
+                  ) -> tuple[dict[str, Any], tuple[Any, ...], float]:
+    """Zero weights in place; returns the facts, the train hooks (one mask hook holding every step's
+    masks) and the share of zeros in the pruned layers."""
     from ._prune import masks as M
 
     layers = M.eligible_layers(model, config.include, config.exclude)
     if not layers:
         raise ConfigError("No convolution or linear layer is left to prune after include/exclude.")
-    hook = next((h for h in train_hooks(model) if isinstance(h, M.MaskHook)), None)
-    if hook is None:
-        hook = M.MaskHook({})
-        add_train_hook(model, hook)
+    earlier = next((h for h in hooks if isinstance(h, M.MaskHook)), None)
+    hook = M.MaskHook(dict(earlier.masks) if earlier is not None else {})
+    hooks = tuple(h for h in hooks if h is not earlier) + (hook,)
     if config.method == "nm":
         masks, skipped = M.n_m(model, layers, config.n, config.m)
         if not masks:
@@ -232,19 +236,18 @@ def _unstructured(model: nn.Module, config: Config, task: Any) -> float:
                               f"Skipped: {', '.join(skipped)}.")
         M.apply(model, masks)
         hook.update(masks)
-        _fine_tune(model, config, task, 1)
-        record(model, nm_skipped_layers=skipped, prune_method=f"{config.n}:{config.m}",
-               prune_note=NOTE_SPARSE.format(what=f"{config.n}:{config.m} sparsity") + NOTE_NM)
+        _fine_tune(model, config, task, 1, hooks)
+        facts = {"nm_skipped_layers": skipped, "prune_method": f"{config.n}:{config.m}",
+                 "prune_note": NOTE_SPARSE.format(what=f"{config.n}:{config.m} sparsity") + NOTE_NM}
     else:
         for step in range(1, config.steps + 1):
             masks = M.magnitude(model, layers, schedule(config.ratio, step, config.steps), config.scope)
             M.apply(model, masks)
             hook.update(masks)
-            _fine_tune(model, config, task, step)
-        record(model, prune_method="magnitude", prune_note=NOTE_SPARSE.format(what="Unstructured sparsity"))
-    set_storage(model, "sparse", **_merged_storage(model, {}))
+            _fine_tune(model, config, task, step, hooks)
+        facts = {"prune_method": "magnitude", "prune_note": NOTE_SPARSE.format(what="Unstructured sparsity")}
     weights = [model.get_parameter(name).detach() for name in hook.masks]
-    return float(sum(int((w == 0).sum()) for w in weights) / max(1, sum(w.numel() for w in weights)))
+    return facts, hooks, float(sum(int((w == 0).sum()) for w in weights) / max(1, sum(w.numel() for w in weights)))
 
 
 def rebuild(model: nn.Module, pruning: dict[str, Any] | list[dict[str, Any]]) -> nn.Module:
@@ -277,5 +280,6 @@ def example_task(shape: tuple[int, ...], num_classes: int = 10, samples: int = 6
     x = rng.standard_normal((samples, *shape)).astype(np.float32)
     y = rng.integers(0, num_classes, samples)
     return Task(name="random", build_model=lambda: None, input_names=("x",), output_names=("logits",),
-                calib_data=Batches({"x": x}, batch_size=16), eval_data=Batches({"x": x}, y, batch_size=32),
+                calib_data=Batches({"x": x}, batch_size=16), val_data=Batches({"x": x}, y, batch_size=32),
+                test_data=Batches({"x": x}, y, batch_size=32),
                 train_data=Batches({"x": x}, y, batch_size=32, shuffle=True), num_classes=num_classes)

@@ -15,9 +15,11 @@ Modes (``quantize: {mode: ...}`` in a recipe):
   is at most ``max_score_drop``. ``max_score_drop`` works the same way in every mode (weight_only returns
   sensitive layers to 8 bits first).
 
-Facts recorded for the result: ``mode``, ``bits``, ``layer_bits``, ``fallback_layers`` (layer -> why it is
-not int8), ``int8_ops`` / ``float_ops`` / ``quant_boundaries`` (read from ONNX Runtime's fused graph when the
-model is exported to ONNX), ``folded_batchnorm``, ``bias_correction`` (largest bias shift per layer).
+Facts for the result: ``mode``, ``bits``, ``layer_bits``, ``fallback_layers`` (layer -> why it is not int8),
+``int8_layers`` (what the exported graph puts on int8), ``folded_batchnorm``, ``bias_correction`` (largest
+bias shift per layer). The int8 modes lower to ONNX QDQ (exports ``onnx`` and ``openvino``; other exporters
+refuse them rather than run a float graph with rounded weights); which ops then run in int8
+(``int8_ops`` / ``float_ops`` / ``quant_boundaries``) is read from the artifact by the runtime.
 
 >>> from modelpress.config import parse
 >>> parse(Config, {"mode": "weight_only", "bits": 4, "group_size": 64}, "quantize").bits
@@ -28,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from . import Applied, Tools
 from ..config import check
 
 STATIC_MODES = ("static", "qat", "mixed")
@@ -53,10 +56,9 @@ class Config:
     bias_correction: bool = True  # static/mixed: shift each bias by the mean output error rounding caused
     fold_batchnorm: bool = True  # fold BatchNorm into the convolution before quantizing
     max_score_drop: float | None = None  # accuracy-aware fallback (mode mixed: 0.005 when unset)
-    eval_samples: int = 2000  # evaluation samples the accuracy-aware fallback scores on
+    eval_samples: int = 2000  # validation samples the accuracy-aware fallback scores on
     qat_epochs: int = 1
     qat_lr: float = 1e-4
-    preflight: bool = True  # read from ONNX Runtime which ops run in int8 (when exported to ONNX)
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
 
@@ -85,7 +87,7 @@ class Config:
         check(0 < self.qat_lr < float("inf"), f"'quantize.qat_lr' must be a positive number, got {self.qat_lr}.")
 
     def weight_spec(self, bits: int | None = None, per_channel: bool | None = None) -> Any:
-        from ._quant.quantizer import WeightSpec
+        from .quantizer import WeightSpec
 
         channel = self.per_channel if per_channel is None else per_channel
         granularity = "group" if self.group_size else ("channel" if channel else "tensor")
@@ -96,29 +98,30 @@ class Config:
         return 0.005 if self.mode == "mixed" and self.max_score_drop is None else self.max_score_drop
 
 
-def apply(model: Any, config: Config, task: Any) -> Any:
-    """Quantize a copy of ``model`` per ``config`` (``model`` itself is not modified); returns it with its
-    weights on their integer grid (BatchNorm folded) and, for the int8 modes, the ONNX rewrite attached
-    for export."""
+def apply(model: Any, config: Config, task: Any, tools: Tools = Tools()) -> Applied:
+    """Quantize a copy of the model per ``config`` (the input is not modified): an ``Applied`` whose model has
+    its weights on their integer grid (BatchNorm folded) and, for the int8 modes, the ONNX rewrite for export."""
     from ._quant import flow
 
-    return flow.run(model, config, task)
+    return flow.run(Applied.of(model), config, task)
 
 
-def explain(result: dict[str, Any]) -> list[str]:
+def explain(result: Any) -> list[str]:
     """Why an int8 result is slower than its fp32 baseline (batch too small, QDQ islands, missing int8
-    kernels, no VNNI/AMX), from the result's ``latency_ratio`` and the facts this technique recorded.
-    Empty when it is not slower or the result holds no int8 facts."""
-    if not result.get("int8_ops") and not result.get("float_ops"):
-        return []
-    slower = {b: r for b, r in (result.get("latency_ratio") or {}).items() if r > 1.0}
-    if result.get("mode") == "weight_only":
+    kernels, no VNNI/AMX), from the ``Result``'s measured latency and the op precisions the runtime read off
+    the artifact. Empty when it is not slower or the runtime reported no op precisions."""
+    facts = result.facts
+    slower = {b: r for b, r in result.latency_ratio.items() if result.latency_verdict.get(b) == "slower"}
+    if facts.get("mode") == "weight_only":
         return [f"mode weight_only stores low-bit weights but decodes them to float32 when the model loads, so "
                 f"it runs the fp32 graph: its latency ratio ({', '.join(f'batch {b}: {r:.2f}' for b, r in slower.items())}) "
-                f"is timing noise around 1, not an int8 effect."] if slower else []
-    from ._quant.preflight import explain_slowdown
+                f"is not an int8 effect."] if slower else []
+    if not facts.get("int8_ops") and not facts.get("float_ops"):
+        return []
+    from ._quant.explain import explain_slowdown
 
-    return explain_slowdown(result)
+    measured = {b: r for b, r in result.latency_ratio.items() if b in slower or r <= 1.0}  # not "no difference"
+    return explain_slowdown(measured, facts, result.threads, result.streams)
 
 
 __all__ = ["Config", "apply", "explain", "SEARCH_SPACE"]

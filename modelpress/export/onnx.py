@@ -1,12 +1,14 @@
 """Export to ONNX: one self-contained file, dynamic batch axis, checked with ``onnx.checker``.
 
-Techniques that need to rewrite the exported graph (for example quantization to QDQ) attach
-callables to the model under ``POST_EXPORT_ATTR``; each takes and returns an ``onnx.ModelProto``.
+Techniques that need the exported graph rewritten (quantization to QDQ) return ``OnnxRewrite`` callables in
+their ``Applied``; the pipeline passes them as ``rewrites``. Each takes the ``onnx.ModelProto`` and returns the
+new one with its facts, which the manifest keeps under ``facts`` (the pipeline puts them in the result).
 """
 from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from ..task import Task
 
 FORMAT = "onnx"
 FILE = "model.onnx"
-POST_EXPORT_ATTR = "_modelpress_onnx_post_export"
+LOWERS_ONNX_REWRITES = True  # this exporter applies techniques' ONNX rewrites (see modelpress.compress.Applied)
 
 
 @dataclass(frozen=True)
@@ -51,10 +53,16 @@ def to_onnx(model: Any, task: Task, config: Config = Config()) -> Any:
                 f"The model has an operation ONNX cannot express; leave that layer out of compression or "
                 f"choose the 'torch' export format."
             ) from None
-    proto = onnx.load_from_string(buf.getvalue())
-    for transform in getattr(model, POST_EXPORT_ATTR, ()):
-        proto = transform(proto, task)
-    return proto
+    return onnx.load_from_string(buf.getvalue())
+
+
+def lower(proto: Any, rewrites: Sequence[Any], task: Task) -> tuple[Any, dict[str, Any]]:
+    """``proto`` with every rewrite applied in order, and the facts they reported (later ones win)."""
+    facts: dict[str, Any] = {}
+    for rewrite in rewrites:
+        proto, learned = rewrite(proto, task)
+        facts.update(learned)
+    return proto, facts
 
 
 def check_model(path: Path) -> None:
@@ -73,9 +81,12 @@ def check_model(path: Path) -> None:
         ) from None
 
 
-def export(model: Any, task: Task, folder: Path, config: Config = Config(), **manifest: Any) -> artifact.Artifact:
-    """Write ``model.onnx`` and its manifest into ``folder``."""
-    proto = to_onnx(model, task, config)
+def export(model: Any, task: Task, folder: Path, config: Config = Config(), *, rewrites: Sequence[Any] = (),
+           **manifest: Any) -> artifact.Artifact:
+    """Write ``model.onnx`` (after ``rewrites``) and its manifest into ``folder``."""
+    proto, facts = lower(to_onnx(model, task, config), rewrites, task)
+    if facts:
+        manifest["facts"] = {**manifest.get("facts", {}), **facts}
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     artifact.atomic_write_bytes(folder / FILE, proto.SerializeToString())

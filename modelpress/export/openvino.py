@@ -15,6 +15,7 @@ import io
 import shutil
 import tempfile
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +30,7 @@ FORMAT = "openvino"
 FILE = "model.xml"
 WEIGHTS = "model.bin"
 EXTRA = "openvino"
+LOWERS_ONNX_REWRITES = True  # techniques' ONNX rewrites are applied before conversion
 ALTERNATIVES = "export format 'onnx' (runtime 'onnxruntime') or 'torch'"
 
 
@@ -45,13 +47,15 @@ class Config:
         check(self.calib_samples >= 1, f"calib_samples must be at least 1, got {self.calib_samples}.")
 
 
-def from_onnx(model: Any, task: Task) -> Any:
+def from_onnx(model: Any, task: Task, rewrites: Sequence[Any] = ()) -> tuple[Any, dict[str, Any]]:
+    """The OpenVINO model converted from the ONNX export after ``rewrites`` (a QDQ graph becomes int8 IR),
+    and the rewrites' facts."""
     import openvino as ov
 
-    from .onnx import to_onnx
+    from .onnx import lower, to_onnx
 
-    proto = to_onnx(model, task)
-    return ov.convert_model(io.BytesIO(proto.SerializeToString()))
+    proto, facts = lower(to_onnx(model, task), rewrites, task)
+    return ov.convert_model(io.BytesIO(proto.SerializeToString())), facts
 
 
 def from_torch_export(model: Any, task: Task) -> Any:
@@ -75,18 +79,27 @@ def from_torch_export(model: Any, task: Task) -> Any:
     return converted
 
 
-def convert(model: Any, task: Task, config: Config) -> tuple[Any, str]:
-    """(OpenVINO model, the route that produced it)."""
-    if config.source in ("auto", "onnx"):
+def convert(model: Any, task: Task, config: Config, rewrites: Sequence[Any] = ()) -> tuple[Any, str, dict[str, Any]]:
+    """(OpenVINO model, the route that produced it, the rewrites' facts). ONNX rewrites need the ONNX route."""
+    if config.source in ("auto", "onnx") or rewrites:
         try:
-            return from_onnx(model, task), "onnx"
+            ov_model, facts = from_onnx(model, task, rewrites)
+            return ov_model, "onnx", facts
+        except ModelpressError:
+            raise
         except Exception as e:
+            if rewrites:
+                raise ModelpressError(
+                    f"OpenVINO cannot convert the rewritten (quantized) ONNX graph: {first_line(e)}. Export with "
+                    f"format 'onnx' (runtime 'onnxruntime'), or drop the quantize step and use the export option "
+                    f"int8: true (NNCF)."
+                ) from None
             if config.source == "onnx":
                 raise ModelpressError(
                     f"OpenVINO conversion from ONNX failed: {first_line(e)}. Set export option "
                     f"'source: torch_export' to convert from torch.export instead, or choose {ALTERNATIVES}."
                 ) from None
-    return from_torch_export(model, task), "torch_export"
+    return from_torch_export(model, task), "torch_export", {}
 
 
 def quantize(ov_model: Any, task: Task, config: Config) -> Any:
@@ -113,12 +126,19 @@ def quantize(ov_model: Any, task: Task, config: Config) -> Any:
                              **kwargs)
 
 
-def export(model: Any, task: Task, folder: Path, config: Config = Config(), **manifest: Any) -> artifact.Artifact:
-    """Write ``model.xml``, ``model.bin`` and the manifest into ``folder``."""
+def export(model: Any, task: Task, folder: Path, config: Config = Config(), *, rewrites: Sequence[Any] = (),
+           **manifest: Any) -> artifact.Artifact:
+    """Write ``model.xml``, ``model.bin`` and the manifest into ``folder``. ONNX ``rewrites`` (a quantize step's
+    QDQ graph) are applied before conversion, so OpenVINO runs them on its int8 kernels."""
     require("openvino", EXTRA, "The OpenVINO exporter")
     import openvino as ov
 
-    ov_model, route = convert(model, task, config)
+    if rewrites and config.int8:
+        raise ModelpressError("The recipe quantizes twice: a quantize step (its int8 graph) and the OpenVINO export "
+                              "option int8: true (NNCF). Keep one: remove the quantize step or set int8: false.")
+    ov_model, route, facts = convert(model, task, config, rewrites)
+    if facts:
+        manifest["facts"] = {**manifest.get("facts", {}), **facts}
     if config.int8:
         require("nncf", EXTRA, "OpenVINO int8 export")
         ov_model = quantize(ov_model, task, config)
@@ -129,4 +149,4 @@ def export(model: Any, task: Task, folder: Path, config: Config = Config(), **ma
         for name in (WEIGHTS, FILE):  # the xml last: a complete xml implies complete weights
             shutil.move(str(Path(tmp) / name), str(folder / name))
     return artifact.write_for_task(folder, FILE, FORMAT, task, extra_files=(WEIGHTS,), source=route,
-                                   precision="int8" if config.int8 else "fp32", **manifest)
+                                   precision="int8" if config.int8 or rewrites else "fp32", **manifest)

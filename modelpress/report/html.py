@@ -9,7 +9,7 @@ import json
 from html import escape
 from typing import Any
 
-from ..search.plots import scatter
+from .plots import scatter
 
 PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">

@@ -60,3 +60,29 @@ def load(artifact: Any, config: RuntimeConfig = RuntimeConfig()) -> OrtSession:
     path = artifact.runnable_path()
     check_model(path)
     return OrtSession(str(path), config, ["CPUExecutionProvider"], artifact.manifest.get("inputs"))
+
+
+def op_precisions(artifact: Any, config: RuntimeConfig, modules: Any = None) -> dict[str, Any]:
+    """Which ops of ``artifact`` run on int8 kernels here (``runtime.onnxruntime_ops``); empty for float graphs."""
+    from .onnxruntime_ops import op_precisions as read
+
+    return read(artifact, config, modules)
+
+
+def profile_events(model: bytes, config: RuntimeConfig, inputs: dict[str, np.ndarray], runs: int) -> list[dict]:
+    """ONNX Runtime's own profiler events (one per executed node and run) for ``runs`` runs of ``model`` (an
+    ONNX graph's bytes) on ``inputs``, with the session settings of ``config``."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="modelpress-profile-") as tmp:
+        opts = session_options(config.threads, config.spinning)
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(Path(tmp) / "run")
+        sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+        for _ in range(runs):
+            sess.run(None, inputs)
+        return json.loads(Path(sess.end_profiling()).read_text())

@@ -29,7 +29,7 @@ def why_unavailable() -> str:
 
 
 def provider_options(precision: str) -> dict[str, Any]:
-    from ..tasks._cache import cache_dir
+    from ..cache import cache_dir
 
     if precision == "bf16":
         raise ConfigError("The tensorrt runtime builds fp32, fp16 or int8 engines; for bf16 use runtime 'torch_cuda'.")

@@ -1,11 +1,12 @@
 """Caches in the output folder, keyed by content hashes, so no finished work is recomputed.
 
-- Prefix cache: the model after the first k steps of a pipeline, keyed by a hash of the task, the
+- Prefix cache: the ``Applied`` after the first k steps of a pipeline, keyed by a hash of the task, the
   fp32 model's weights, the steps so far and the source code of the compression package. Candidates
-  sharing a prefix (prune 50% then quantize, prune 50% then cluster) compute it once. Models live in
+  sharing a prefix (prune 50% then quantize, prune 50% then cluster) compute it once. Entries live in
   memory per worker process (a few, least recently used first out) and on disk as data
-  (``skeleton.json`` + ``tensors.safetensors``) when :mod:`skeleton` can store them; every disk entry is
-  checked on write by rebuilding it and comparing outputs.
+  (``skeleton.json`` with the facts and storage request, + ``tensors.safetensors``) when :mod:`skeleton`
+  can store the model and the steps left no ONNX rewrite or train hook (those are objects, kept in
+  memory only); every disk entry is checked on write by rebuilding it and comparing outputs.
 - Result cache: the outcome of a whole candidate, keyed by the candidate, the task, the bench settings
   and the source code of the package, so a candidate sampled twice, or finished just before a kill,
   is not measured again.
@@ -81,10 +82,10 @@ class PrefixCache:
             return copy.deepcopy(model)
         return None
 
-    def put(self, key: str, model: Any, example: dict[str, Any]) -> bool:
-        """Remember ``model`` (a copy); returns whether it was also stored on disk."""
-        self._remember(key, copy.deepcopy(model))
-        return self._store(key, model, example)
+    def put(self, key: str, applied: Any, example: dict[str, Any]) -> bool:
+        """Remember ``applied`` (a copy); returns whether it was also stored on disk."""
+        self._remember(key, copy.deepcopy(applied))
+        return self._store(key, applied, example)
 
     def _remember(self, key: str, model: Any) -> None:
         self.memory[key] = model
@@ -92,19 +93,25 @@ class PrefixCache:
         while len(self.memory) > self.memory_items:
             self.memory.popitem(last=False)
 
-    def _store(self, key: str, model: Any, example: dict[str, Any]) -> bool:
+    def _store(self, key: str, applied: Any, example: dict[str, Any]) -> bool:
         from safetensors.torch import save_file
 
-        from .skeleton import rebuild, skeleton
+        from .skeleton import encode, rebuild, skeleton
 
-        if self.folder is None or (self.folder / key).exists():
+        if self.folder is None or (self.folder / key).exists() or applied.onnx_rewrites or applied.train_hooks:
             return False
-        stored = skeleton(model, self.allowed)
+        stored = skeleton(applied.model, self.allowed)
         if stored is None:
             return False
         data, tensors = stored
-        if not _same_outputs(model, rebuild(data, tensors, self.allowed), example):
+        if not _same_outputs(applied.model, rebuild(data, tensors, self.allowed), example):
             return False
+        try:
+            data = {**data, "facts": encode(dict(applied.facts)),
+                    "storage": encode(None if applied.storage is None else
+                                      [applied.storage.encoding, dict(applied.storage.options)])}
+        except Exception:
+            return False  # a fact that is not plain data: memory only
         stage = None
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -121,14 +128,17 @@ class PrefixCache:
     def _load(self, key: str) -> Any | None:
         from safetensors.torch import load_file
 
-        from .skeleton import NotStorable, rebuild
+        from ..compress import Applied, Storage
+        from .skeleton import NotStorable, decode, rebuild
 
         if self.folder is None or not (self.folder / key / "skeleton.json").exists():
             return None
         try:
             data = json.loads((self.folder / key / "skeleton.json").read_text())
-            return rebuild(data, load_file(str(self.folder / key / "tensors.safetensors")), self.allowed)
-        except (NotStorable, OSError, ValueError, KeyError, RuntimeError):
+            model = rebuild(data, load_file(str(self.folder / key / "tensors.safetensors")), self.allowed)
+            storage = decode(data["storage"])
+            return Applied(model, decode(data["facts"]), None if storage is None else Storage(*storage))
+        except (NotStorable, OSError, ValueError, KeyError, RuntimeError, TypeError):
             return None  # a damaged entry is recomputed, never trusted
 
 

@@ -68,12 +68,13 @@ def cmd_auto(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
-    from ..cli import stage_printer
+    from ..terminal import show_messages
     from .loop import auto
 
     recipe, name = load_target(args.target)
     out = Path(args.output or Path("runs") / f"auto-{name}")
     con = Console(width=None if sys.stdout.isatty() else 160)  # logs and pipes get the whole table
+    show_messages(con)
     con.print("[dim]·[/dim] constraints: " + ", ".join(
         f"{k} {v:g}" for k, v in vars(recipe.constraints).items() if v is not None))
 
@@ -90,7 +91,7 @@ def cmd_auto(args: argparse.Namespace) -> int:
 
     try:
         summary = auto(recipe, out, trials=args.trials, workers=args.workers, timeout_s=args.timeout,
-                       ray_address=args.ray, force=args.force, progress=stage_printer(con), on_trial=on_trial)
+                       ray_address=args.ray, force=args.force, on_trial=on_trial)
     except KeyboardInterrupt:
         con.print(f"interrupted: finished trials are kept in {out}; run the same command to continue.")
         return 130

@@ -27,17 +27,20 @@ from typing import Any
 import yaml
 
 from ..artifact import atomic_write_text
+from ..constraints import LIMITS
+from ..progress import log
+from ..result import Result
 from . import pareto
 from . import study as studies
-from .space import Candidate, SearchConfig, resolve
+from ..searchconfig import SearchConfig
+from .space import Candidate, resolve
 
-Progress = Callable[[str], None]
 MAX_REPEATS = 50  # proposals in a row that repeat measured candidates before the search gives up on the space
 
 
 def auto(recipe: Any, out: str | Path, *, trials: int | None = None, workers: int | None = None,
          timeout_s: float | None = None, ray_address: str | None = None, force: bool = False,
-         progress: Progress = lambda s: None, on_trial: Callable[[dict[str, Any]], None] = lambda r: None) -> dict[str, Any]:
+         on_trial: Callable[[dict[str, Any]], None] = lambda r: None) -> dict[str, Any]:
     """Search ``recipe.search`` (defaults when absent) and write ``out``; returns the summary."""
     from .checks import preflight
     from .runner import make_runner
@@ -51,7 +54,7 @@ def auto(recipe: Any, out: str | Path, *, trials: int | None = None, workers: in
         from .runner import check_reachable
 
         check_reachable(ray_address)  # before any work
-    progress(f"loading task {recipe.task}")
+    log.info(f"loading task {recipe.task}")
     ctx = context(recipe.task)
     batch = preflight(recipe, config, space, ctx["task"])
     out = Path(out)
@@ -65,14 +68,14 @@ def auto(recipe: Any, out: str | Path, *, trials: int | None = None, workers: in
             shutil.rmtree(stale, ignore_errors=True)  # a staging folder a kill left behind
         lost = studies.recover(study)
         if lost:
-            progress(f"continuing: trial(s) {', '.join(map(str, lost))} were interrupted and are queued again")
+            log.info(f"continuing: trial(s) {', '.join(map(str, lost))} were interrupted and are queued again")
         if not study.get_trials(deepcopy=False):
             study.enqueue_trial({}, user_attrs={"seed": "fp32"})
             for params, cand in space.defaults():
                 study.enqueue_trial(params, user_attrs={"seed": f"default:{cand.steps[0][0]}"})
         run_id = int(study.user_attrs.get("runs", 0)) + 1
         study.set_user_attr("runs", run_id)
-        search = Search(study, space, recipe, config, out, ctx, batch, run_id, progress, on_trial)
+        search = Search(study, space, recipe, config, out, ctx, batch, run_id, on_trial)
         runner = make_runner(config.workers, ray_address)
         try:
             search.loop(runner)
@@ -97,11 +100,11 @@ class Search:
     """The study plus what the loop needs to run and record trials."""
 
     def __init__(self, study: Any, space: Any, recipe: Any, config: SearchConfig, out: Path, ctx: dict[str, Any],
-                 batch: int, run_id: int, progress: Progress, on_trial: Callable[[dict[str, Any]], None]):
+                 batch: int, run_id: int, on_trial: Callable[[dict[str, Any]], None]):
         from .cache import ResultCache
 
         self.study, self.space, self.recipe, self.config, self.out = study, space, recipe, config, out
-        self.ctx, self.batch, self.run_id, self.progress, self.on_trial = ctx, batch, run_id, progress, on_trial
+        self.ctx, self.batch, self.run_id, self.on_trial = ctx, batch, run_id, on_trial
         self.results = ResultCache(out / "cache" / "results")
         self.chosen: int | None = None
         self.queued: set[str] = set()  # result keys of the extensions queued by this invocation
@@ -128,15 +131,15 @@ class Search:
                         break
                     continue
                 repeats = 0
-                self.progress(f"trial {trial.number}: {cand.label()}")
+                log.info(f"trial {trial.number}: {cand.label()}")
                 pending[runner.submit(self._job(cand))] = (trial, cand, key)
             if not pending and repeats >= MAX_REPEATS:
-                self.progress(f"the sampler proposed {MAX_REPEATS} measured candidates in a row: the space looks "
+                log.info(f"the sampler proposed {MAX_REPEATS} measured candidates in a row: the space looks "
                               f"exhausted ({self.space.size()} candidates); widen it or ask for fewer trials")
                 return
             if not pending:
                 if deadline is not None and studies.finished(self.study) < self.config.trials:
-                    self.progress(f"time limit of {self.config.timeout_s:g} s: no further trial would end in time; "
+                    log.info(f"time limit of {self.config.timeout_s:g} s: no further trial would end in time; "
                                   f"run the same command again to continue")
                 return
             handle, outcome = runner.wait_one(list(pending))
@@ -198,7 +201,7 @@ class Search:
         trial.set_user_attr("outcome", outcome)
         trial.set_user_attr("objectives", objectives)
         trial.set_user_attr("cached", cached)
-        for name, value in zip(pareto.LIMITS, pareto.constraint_values(self.recipe.constraints, values)):
+        for name, value in zip(LIMITS, self.recipe.constraints.margins(values)):
             trial.set_constraint(name, value)  # <= 0: met; the sampler steers away from misses
         if outcome["status"] == "complete":
             self.study.tell(trial, [objectives[o] for o in self.config.objectives])
@@ -209,17 +212,17 @@ class Search:
         self.on_trial({**row, "finished": studies.finished(self.study), "of": self.config.trials})
 
     def _objectives(self, cand: Candidate, outcome: dict[str, Any]) -> dict[str, float]:
-        result, bs = outcome["result"], str(self.batch)
+        result, bs = Result.from_json(outcome["result"]), str(self.batch)
         # One fp32 reference per runtime setting the space varies (backend, and e.g. threads or streams):
         # the candidate's ratio is to fp32 timed on its own setting.
         varied = [k for k, values in self.space.runtime.items() if k != "backend" and len(values) > 1]
         key = " ".join([cand.runtime["backend"], *(f"{k}={cand.runtime[k]}" for k in varied)])
         reference = dict(self.study.user_attrs.get("reference_ms", {}))
         if key not in reference:  # the first measurement on a runtime setting fixes its fp32 reference
-            reference[key] = {b: v["p50"] for b, v in result["baseline_latency_ms"].items()}
+            reference[key] = {b: v["p50"] for b, v in result.baseline_latency_ms.items()}
             self.study.set_user_attr("reference_ms", reference)
-        return {"latency": result["latency_ratio"][bs] * reference[key][bs], "size": float(result["size_bytes"]),
-                "energy": result.get("energy_j_per_inference")}
+        return {"latency": result.latency_ratio[bs] * reference[key][bs], "size": float(result.size_bytes),
+                "energy": result.energy_j_per_inference}
 
     def _write_trial(self, number: int, cand: Candidate, outcome: dict[str, Any], files: dict[str, bytes]) -> None:
         """``trials/NNNN/``: recipe.yaml, outcome.json and the artifact, complete or not at all."""
@@ -243,7 +246,8 @@ class Search:
         from .summary import markdown, summarize
 
         recs = studies.records(self.study)
-        extra = {"latency_batch_size": self.batch, "baseline_score": self.ctx["score"], "output": str(self.out),
+        extra = {"latency_batch_size": self.batch, "baseline_score": self.ctx["scores"].test,
+                 "baseline_val_score": self.ctx["scores"].val, "output": str(self.out),
                  "report": str(self.out / "report.html"), "reference_ms": self.study.user_attrs.get("reference_ms", {}),
                  "runs": self.run_id, "final": final}
         summary = summarize(recs, self.recipe, self.config, self.space, extra)

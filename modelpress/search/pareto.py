@@ -1,53 +1,30 @@
-"""Constraints, objectives, the Pareto front and the choice of one candidate, over trial records.
+"""Objectives, the Pareto front and the choice of one candidate, over trial records.
 
 A record is the plain summary the study keeps per trial: ``state`` (complete, pruned, failed),
-``values`` (the measured quantities below, None where not measured) and ``objectives`` (objective name
--> value to minimise, for complete trials). Everything here is a pure function of records.
+``values`` (the ``Quantities`` the constraints limit, on validation data: the search decides on it) and
+``objectives`` (objective name -> value to minimise, for complete trials). The constraints are checked by
+``Constraints.check``, the one check ``run`` uses too. Everything here is a pure function of records.
 """
 from __future__ import annotations
 
 import math
 from typing import Any
 
-# constraint -> the measured quantity it limits
-LIMITS = {"max_score_drop": "score_drop", "max_latency_ms": "latency_ms_batch1", "max_size_bytes": "size_bytes",
-          "max_energy_j": "energy_j"}
+from ..constraints import Constraints, Quantities
+from ..result import Result
 
 
-def values_of(outcome: dict[str, Any]) -> dict[str, float | None]:
-    """The quantities the constraints limit, from a trial outcome (subset numbers for stopped trials)."""
-    result = outcome.get("result") or {}
+def values_of(outcome: dict[str, Any]) -> Quantities:
+    """The quantities the constraints limit, from a trial outcome: the validation score drop of a measured
+    trial, or the subset (validation) numbers of a stopped one."""
+    if outcome.get("result"):
+        return Result.from_json(outcome["result"]).quantities("val")
     subset = outcome.get("subset") or {}
-    lat1 = ((result.get("latency_ms") or {}).get("1") or {}).get("p50")
-    return {"score_drop": result.get("score_drop", subset.get("score_drop")),
-            "latency_ms_batch1": lat1,
-            "size_bytes": result.get("size_bytes", subset.get("size_bytes")),
-            "energy_j": result.get("energy_j_per_inference")}
+    return Quantities(score_drop=subset.get("score_drop"), size_bytes=subset.get("size_bytes"))
 
 
-def violations(constraints: Any, values: dict[str, float | None]) -> list[dict[str, Any]]:
-    """Each constraint the values miss: name, limit, value, by how much (absolute and relative)."""
-    out = []
-    for name, quantity in LIMITS.items():
-        limit, value = getattr(constraints, name), values.get(quantity)
-        if limit is not None and value is not None and value > limit:
-            out.append({"constraint": name, "limit": limit, "value": value, "excess": value - limit,
-                        "relative": (value - limit) / max(abs(limit), 1e-12)})
-    return out
-
-
-def describe(v: dict[str, Any]) -> str:
-    return f"{LIMITS[v['constraint']]} {v['value']:.4g} exceeds {v['constraint']} {v['limit']:.4g} by {v['excess']:.4g}"
-
-
-def constraint_values(constraints: Any, values: dict[str, float | None]) -> list[float]:
-    """For the sampler: one number per constraint, <= 0 when met (relative excess when missed)."""
-    missed = {v["constraint"]: v["relative"] for v in violations(constraints, values)}
-    return [missed.get(name, 0.0) for name in LIMITS]
-
-
-def feasible(record: dict[str, Any], constraints: Any) -> bool:
-    return record["state"] == "complete" and not violations(constraints, record["values"])
+def feasible(record: dict[str, Any], constraints: Constraints) -> bool:
+    return record["state"] == "complete" and not constraints.check(record["values"])
 
 
 def dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
@@ -80,15 +57,15 @@ def choose(candidates: list[dict[str, Any]], objectives: tuple[str, ...], tolera
     return min(pool, key=lambda r: (tuple(r["objectives"][o] for o in objectives), r["number"]))
 
 
-def closest(records: list[dict[str, Any]], constraints: Any, keep: int) -> list[dict[str, Any]]:
+def closest(records: list[dict[str, Any]], constraints: Constraints, keep: int) -> list[dict[str, Any]]:
     """The measured infeasible records that miss the constraints by the least (sum of relative excess)."""
     scored = []
     for r in records:
         if r["state"] not in ("complete", "pruned"):
             continue
-        missed = violations(constraints, r["values"])
+        missed = constraints.check(r["values"])
         if missed:
-            scored.append((sum(v["relative"] for v in missed), r["state"] != "complete", r["number"], r))
+            scored.append((sum(v.relative for v in missed), r["state"] != "complete", r["number"], r))
     return [r for *_, r in sorted(scored, key=lambda s: s[:3])[:keep]]
 
 

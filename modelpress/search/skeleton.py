@@ -6,8 +6,8 @@ dict alone cannot rebuild it. The skeleton records, per module, its class (impor
 tuples, lists and dicts of those) and the shapes and dtypes of its parameters and buffers. Rebuilding
 creates each module without running its ``__init__``, restores those attributes and loads the tensors.
 
-A model that holds anything else (forward hooks, parametrizations, train hooks or post-export
-callables a technique attached) is not storable: :func:`skeleton` returns None and the caller keeps it
+A model that holds anything else (forward hooks, parametrizations, other objects) is not storable:
+:func:`skeleton` returns None and the caller keeps it
 in memory only.
 """
 from __future__ import annotations
@@ -25,35 +25,35 @@ class NotStorable(Exception):
     """The model holds something that is not plain data."""
 
 
-def _encode(value: Any) -> Any:
+def encode(value: Any) -> Any:
     """Tagged JSON: {"v": scalar} {"t": tuple} {"l": list} {"d": dict} {"dtype": name}."""
     import torch
 
     if value is None or isinstance(value, (bool, int, float, str)):
         return {"v": value}
     if isinstance(value, tuple):  # torch.Size is a tuple
-        return {"t": [_encode(v) for v in value]}
+        return {"t": [encode(v) for v in value]}
     if isinstance(value, list):
-        return {"l": [_encode(v) for v in value]}
+        return {"l": [encode(v) for v in value]}
     if isinstance(value, dict) and all(isinstance(k, str) for k in value):
-        return {"d": {k: _encode(v) for k, v in value.items()}}
+        return {"d": {k: encode(v) for k, v in value.items()}}
     if isinstance(value, torch.dtype):
         return {"dtype": str(value).removeprefix("torch.")}
     raise NotStorable(f"{type(value).__name__} value")
 
 
-def _decode(data: dict[str, Any]) -> Any:
+def decode(data: dict[str, Any]) -> Any:
     import torch
 
     (tag, value), = data.items()
     if tag == "v":
         return value
     if tag == "t":
-        return tuple(_decode(v) for v in value)
+        return tuple(decode(v) for v in value)
     if tag == "l":
-        return [_decode(v) for v in value]
+        return [decode(v) for v in value]
     if tag == "d":
-        return {k: _decode(v) for k, v in value.items()}
+        return {k: decode(v) for k, v in value.items()}
     if tag == "dtype":
         return getattr(torch, value)
     raise ValueError(f"unknown tag {tag}")
@@ -89,7 +89,7 @@ def skeleton(model: Any, allowed: tuple[str, ...] = SAFE_PREFIXES) -> tuple[dict
             raise NotStorable(f"class {path} does not resolve to itself")
         if any(getattr(m, h, None) for h in _HOOK_DICTS) or getattr(m, "_forward_hooks_with_kwargs", None):
             raise NotStorable(f"module '{prefix}' has hooks")
-        attrs = {k: _encode(v) for k, v in m.__dict__.items() if k not in base_keys}
+        attrs = {k: encode(v) for k, v in m.__dict__.items() if k not in base_keys}
         params: list[Any] = []
         buffers: list[Any] = []
         for kind, table, out in (("p", m._parameters, params), ("b", m._buffers, buffers)):
@@ -125,7 +125,7 @@ def rebuild(data: dict[str, Any], tensors: dict[str, Any], allowed: tuple[str, .
         m = cls.__new__(cls)
         nn.Module.__init__(m)
         for k, v in d["attrs"].items():
-            m.__dict__[k] = _decode(v)
+            m.__dict__[k] = decode(v)
         for kind, specs, table in (("p", d["params"], m._parameters), ("b", d["buffers"], m._buffers)):
             for name, spec in specs:
                 if spec is None:

@@ -20,59 +20,16 @@ from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from ..config import check, to_dict
-from ..errors import ConfigError, closest
-from .validate import SPACE_KEYS, settings_of, technique_module, validate_space
+from ..config import to_dict
+from ..errors import ConfigError
+from ..searchconfig import SPACE_KEYS, SearchConfig, settings_of, technique_module
 
-OBJECTIVES = ("latency", "size", "energy")
-# Canonical pipeline order: change the structure first, then recover, then share, then quantize.
-CANONICAL = ("prune", "lowrank", "distill", "finetune", "cluster", "quantize")
 # Techniques that only train the model they are given (recovery): a pipeline never starts with one,
 # except distillation into a smaller student when the space offers one (student: smaller).
 RECOVERY = ("distill", "finetune")
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    """``search`` in a recipe. Every field has a default; ``space`` is checked against the registry."""
-
-    space: dict[str, Any] = field(default_factory=dict)
-    objectives: tuple[str, ...] = ("latency", "size")
-    trials: int = 30  # finished trials (complete, stopped early or failed) the study ends with
-    workers: int = 1  # parallel worker processes on this machine
-    timeout_s: float | None = None  # time limit of one invocation: a trial starts only if expected to end within it
-    seed: int = 0
-    latency_batch_size: int | None = None  # batch size of the latency objective; None: the largest benched
-    subset_samples: int = 512  # evaluation samples of the cheap first evaluation
-    early_stop_margin: float | None = None  # None: 3 binomial standard errors for [0, 1] metrics
-    tie_tolerance: float = 0.03  # objective values within this relative gap count as equal when choosing
-    keep_closest: int = 3  # infeasible candidates reported when nothing meets the constraints
-    startup_trials: int | None = None  # random trials before the sampler models; None: about a third
-
-    def __post_init__(self) -> None:
-        objectives = tuple(self.objectives)
-        check(len(objectives) > 0, f"search.objectives needs at least one of {', '.join(OBJECTIVES)}.")
-        for o in objectives:
-            check(o in OBJECTIVES, f"Unknown objective '{o}'.{closest(o, OBJECTIVES)} "
-                                   f"Valid objectives: {', '.join(OBJECTIVES)}.")
-        check(len(set(objectives)) == len(objectives), f"search.objectives lists an objective twice: {list(objectives)}.")
-        check(self.trials >= 1, f"trials must be at least 1, got {self.trials}.")
-        check(self.workers >= 1, f"workers must be at least 1, got {self.workers}.")
-        check(self.timeout_s is None or self.timeout_s > 0, f"timeout_s must be positive, got {self.timeout_s}.")
-        check(self.latency_batch_size is None or self.latency_batch_size >= 1,
-              f"latency_batch_size must be at least 1, got {self.latency_batch_size}.")
-        check(self.subset_samples >= 1, f"subset_samples must be at least 1, got {self.subset_samples}.")
-        check(self.early_stop_margin is None or self.early_stop_margin >= 0,
-              f"early_stop_margin must be >= 0, got {self.early_stop_margin}.")
-        check(0 <= self.tie_tolerance < 1, f"tie_tolerance must be in [0, 1), got {self.tie_tolerance}.")
-        check(self.keep_closest >= 1, f"keep_closest must be at least 1, got {self.keep_closest}.")
-        check(self.startup_trials is None or self.startup_trials >= 1,
-              f"startup_trials must be at least 1, got {self.startup_trials}.")
-        object.__setattr__(self, "objectives", objectives)
-        object.__setattr__(self, "space", validate_space(self.space))
 
 
 @dataclass(frozen=True)
@@ -256,13 +213,6 @@ class Space:
         return out
 
 
-def _order(names: list[str]) -> list[str]:
-    def rank(name: str) -> tuple[float, str]:
-        return (CANONICAL.index(name) if name in CANONICAL else CANONICAL.index("quantize") - 0.5, name)
-
-    return sorted(names, key=rank)
-
-
 def resolve(config: SearchConfig, recipe: Any) -> Space:
     """The space for ``recipe``: the techniques' own SEARCH_SPACE, narrowed or widened by ``search.space``."""
     from .. import registry
@@ -279,7 +229,7 @@ def resolve(config: SearchConfig, recipe: Any) -> Space:
                 notes.append(f"technique '{name}' left out of the search: it cannot be imported ({e}).")
                 continue
             names.append(name)
-        names = _order(names)
+        names = registry.in_order(names)
     settings = {}
     for name in names:
         own = getattr(technique_module(name), "SEARCH_SPACE", None) or {}

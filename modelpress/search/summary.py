@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from ..constraints import LIMITS
+from ..result import Result
 from . import pareto
 
 
@@ -18,16 +20,19 @@ def row(record: dict[str, Any], constraints: Any, front_numbers: set[int], chose
     outcome = record["outcome"]
     result = outcome.get("result") or {}
     subset = outcome.get("subset") or {}
-    missed = pareto.violations(constraints, record["values"])
+    values = record["values"]
+    missed = constraints.check(values)
     return {
         "trial": record["number"], "state": record["state"], "candidate": record["label"],
-        "score": result.get("score", subset.get("score")), "score_drop": record["values"]["score_drop"],
-        "score_on": "all" if result else (f"{subset.get('samples')} samples" if subset else None),
-        "latency_ms": record["objectives"].get("latency"), "latency_ms_batch1": record["values"]["latency_ms_batch1"],
-        "latency_ratio": result.get("latency_ratio"), "size_bytes": record["values"]["size_bytes"],
-        "size_ratio": result.get("size_ratio"), "energy_j": record["values"]["energy_j"],
+        # reported: the test score of a measured trial; decided on: the validation drop (values)
+        "score": result.get("score", subset.get("score")), "score_drop": result.get("score_drop", values.score_drop),
+        "val_score_drop": values.score_drop,
+        "score_on": "test" if result else (f"{subset.get('samples')} validation samples" if subset else None),
+        "latency_ms": record["objectives"].get("latency"), "latency_ms_batch1": values.latency_ms_batch1,
+        "latency_ratio": result.get("latency_ratio"), "latency_verdict": result.get("latency_verdict"),
+        "size_bytes": values.size_bytes, "size_ratio": result.get("size_ratio"), "energy_j": values.energy_j,
         "feasible": record["state"] == "complete" and not missed, "pareto": record["number"] in front_numbers,
-        "chosen": record["number"] == chosen, "violations": [pareto.describe(v) for v in missed],
+        "chosen": record["number"] == chosen, "violations": [v.describe() for v in missed],
         "error": outcome.get("error"), "seconds": (outcome.get("seconds") or {}).get("total"),
         "reused_steps": outcome.get("reused_steps", 0), "cached": record.get("cached", False),
         "seed": record.get("seed"), "run": record.get("run"),
@@ -65,24 +70,18 @@ def summarize(records: list[dict[str, Any]], recipe: Any, config: Any, space: An
     return summary
 
 
-STANDARD = {"task", "recipe", "export", "runtime", "device", "score", "baseline_score", "score_drop", "latency_ms",
-            "baseline_latency_ms", "latency_ratio", "throughput_per_s", "size_bytes", "baseline_size_bytes",
-            "size_ratio", "peak_memory_bytes", "parity", "energy_j_per_inference", "energy_note", "notes",
-            "constraints_met", "violations", "error"}
-
-
 def _facts(result: dict[str, Any]) -> dict[str, Any]:
-    """What the techniques recorded on the chosen model (per-layer facts among them)."""
-    return {k: v for k, v in result.items() if k not in STANDARD}
+    """What the techniques, exporter and storage reported for the chosen candidate (per-layer facts among them)."""
+    return dict(Result.from_json(result).facts) if result else {}
 
 
 def missed_by(records: list[dict[str, Any]], constraints: Any) -> dict[str, dict[str, Any]]:
     """Per constraint that no trial met: the best value any measured trial reached, and the gap."""
     out = {}
-    for name, quantity in pareto.LIMITS.items():
+    for name, quantity in LIMITS.items():
         limit = getattr(constraints, name)
-        measured = [(r["values"][quantity], r["number"]) for r in records
-                    if r["state"] in ("complete", "pruned") and r["values"].get(quantity) is not None]
+        measured = [(getattr(r["values"], quantity), r["number"]) for r in records
+                    if r["state"] in ("complete", "pruned") and getattr(r["values"], quantity) is not None]
         if limit is None or not measured:
             continue
         best, number = min(measured)

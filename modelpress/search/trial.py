@@ -1,9 +1,9 @@
 """One trial, as run by a worker: compress (reusing cached prefixes), a cheap evaluation on a subset of
-the evaluation data that stops hopeless candidates, then the full measurement of ``pipeline.measure``.
+the validation data that stops hopeless candidates, then the full measurement of ``pipeline.measure``.
 
 A job is plain data (the candidate's recipe, the technique table, settings) and so is its outcome
-(the result, the per-layer table, the artifact's files as bytes), so the same function runs inline, in
-a worker process or as a Ray task on another machine.
+(the result as result.json data, the per-layer table, the artifact's files as bytes), so the same
+function runs inline, in a worker process or as a Ray task on another machine.
 """
 from __future__ import annotations
 
@@ -21,17 +21,17 @@ _CACHES: dict[str, Any] = {}  # per process: cache folder -> PrefixCache
 
 
 def context(task_name: str) -> dict[str, Any]:
-    """The task, its fp32 model, the model's score and fingerprint, loaded once per process."""
+    """The task, its fp32 model, the model's scores (validation and test) and fingerprint, once per process."""
     if task_name not in _CONTEXT:
-        from ..evaluate import evaluate, torch_predict
-        from ..pipeline import check_finite
+        from ..evaluate import torch_predict
+        from ..pipeline import Scores, check_finite
         from ..task import load_task
         from .cache import model_fingerprint
 
         task = load_task(task_name)
         model = task.build_model()
         check_finite(model)
-        _CONTEXT[task_name] = {"task": task, "model": model, "score": evaluate(torch_predict(model, task), task),
+        _CONTEXT[task_name] = {"task": task, "model": model, "scores": Scores.of(torch_predict(model, task), task),
                                "fingerprint": model_fingerprint(model), "subset_scores": {},
                                "model_package": type(model).__module__.split(".")[0] + "."}
     return _CONTEXT[task_name]
@@ -48,38 +48,40 @@ def prefix_cache(folder: str | None, ctx: dict[str, Any]) -> Any:
 
 def prefix_keys(task_name: str, fingerprint: str, steps: list[tuple[str, dict[str, Any]]]) -> list[str]:
     """One key per prefix: task, fp32 weights, the steps so far and the code of their techniques."""
+    from .. import registry
     from .cache import digest, technique_code_hash
-    from .space import technique_module
 
-    code = {name: technique_code_hash(technique_module(name)) for name, _ in steps}
+    code = {name: technique_code_hash(registry.module("technique", name)) for name, _ in steps}
     return [digest({"task": task_name, "model": fingerprint, "steps": steps[:k], "code": code})
             for k in range(1, len(steps) + 1)]
 
 
 def compress_cached(ctx: dict[str, Any], recipe: Any, cache: Any) -> tuple[Any, int]:
-    """The recipe's steps applied to a copy of the fp32 model, starting from the longest cached prefix.
-    Returns the model and how many steps came from the cache."""
+    """The recipe's steps applied to the fp32 model, starting from the longest cached prefix. Returns the
+    ``Applied`` and how many steps came from the cache."""
     import copy
 
     from .. import registry
+    from ..compress import Applied
     from ..config import to_dict
+    from ..layer_timing import tools_for
 
     steps = [(s.name, to_dict(s.config)) for s in recipe.steps]
     keys = prefix_keys(recipe.task, ctx["fingerprint"], steps)
-    start, model = 0, None
+    start, applied = 0, None
     for k in range(len(keys), 0, -1):
-        model = cache.get(keys[k - 1])
-        if model is not None:
+        applied = cache.get(keys[k - 1])
+        if applied is not None:
             start = k
             break
-    if model is None:
-        model = copy.deepcopy(ctx["model"])
-    example = ctx["task"].example_inputs(2)
+    if applied is None:
+        applied = Applied.of(copy.deepcopy(ctx["model"]))  # the context's fp32 model stays untouched
+    example, tools = ctx["task"].example_inputs(2), tools_for(recipe)
     for k in range(start, len(steps)):
         step = recipe.steps[k]
-        model = registry.module("technique", step.name).apply(model, step.config, ctx["task"])
-        cache.put(keys[k], model, example)
-    return model, start
+        applied = registry.module("technique", step.name).apply(applied, step.config, ctx["task"], tools)
+        cache.put(keys[k], applied, example)
+    return applied, start
 
 
 def early_stop_threshold(max_score_drop: float | None, margin: float | None, base: float, n: int,
@@ -97,21 +99,21 @@ def early_stop_threshold(max_score_drop: float | None, margin: float | None, bas
     return max_score_drop + margin
 
 
-def cheap_evaluation(model: Any, ctx: dict[str, Any], recipe: Any, folder: Path, job: dict[str, Any]) -> dict[str, Any]:
-    """Export, load on the runtime and score on the first ``subset_samples`` evaluation samples."""
+def cheap_evaluation(applied: Any, ctx: dict[str, Any], recipe: Any, folder: Path, job: dict[str, Any]) -> dict[str, Any]:
+    """Export, load on the runtime and score on the first ``subset_samples`` validation samples."""
     from ..evaluate import evaluate, predict_fn, torch_predict
     from ..isolate import probe
     from ..pipeline import export_model
     from ..runtime import open_session
 
     task = ctx["task"]
-    total = task.eval_data.num_samples
+    total = task.val_data.num_samples
     n = min(job["subset_samples"], total)
-    subset = task.eval_data.take(n)
+    subset = task.val_data.take(n)
     if n not in ctx["subset_scores"]:
         ctx["subset_scores"][n] = evaluate(torch_predict(ctx["model"], task), task, subset)
     base = ctx["subset_scores"][n]
-    art = export_model(model, task, recipe, folder)
+    art = export_model(applied, task, recipe, folder)
     # A runtime that crashes on this artifact crashes a child process, not the search (a failed trial).
     probe(art, recipe.runtime, task.example_inputs(1))
     score = evaluate(predict_fn(open_session(art, recipe.runtime)), task, subset)
@@ -121,7 +123,7 @@ def cheap_evaluation(model: Any, ctx: dict[str, Any], recipe: Any, folder: Path,
             "size_bytes": art.size_bytes, "stop": threshold is not None and drop > threshold}
 
 
-def layer_table(before: Any, after: Any) -> list[dict[str, Any]]:
+def weight_table(before: Any, after: Any) -> list[dict[str, Any]]:
     """Per layer with weights: type, parameters before and after, share of zero weights, distinct values."""
     import torch
 
@@ -146,9 +148,12 @@ def layer_table(before: Any, after: Any) -> list[dict[str, Any]]:
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """Evaluate one candidate; never raises (a failure is an outcome with its error)."""
+    from .. import registry
+
     started = time.perf_counter()
     try:
-        outcome = _run(job)
+        with registry.overlay("technique", job["techniques"]):  # the driver's table: same techniques here
+            outcome = _run(job)
     except Exception as e:  # one bad candidate must not end the study: it is recorded as failed
         tail = "".join(traceback.format_exception(e)[-3:])[-2000:]
         outcome = {"status": "failed", "error": f"{type(e).__name__}: {str(e)[:1000]}", "traceback": tail}
@@ -170,7 +175,6 @@ def worker_identity() -> dict[str, Any]:
 
 
 def _run(job: dict[str, Any]) -> dict[str, Any]:
-    from .. import registry
     from ..pipeline import measure
     from ..recipe import parse_recipe
 
@@ -178,21 +182,21 @@ def _run(job: dict[str, Any]) -> dict[str, Any]:
         import torch
 
         torch.set_num_threads(job["threads"])
-    registry.TECHNIQUES.update(job["techniques"])  # the driver's table, so workers see the same techniques
     recipe = parse_recipe(job["recipe"])
     ctx = context(recipe.task)
     t0 = time.perf_counter()
-    model, reused = compress_cached(ctx, recipe, prefix_cache(job.get("cache_dir"), ctx))
+    applied, reused = compress_cached(ctx, recipe, prefix_cache(job.get("cache_dir"), ctx))
     t1 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="modelpress-trial-") as tmp:
-        cheap = cheap_evaluation(model, ctx, recipe, Path(tmp) / "cheap", job)
+        cheap = cheap_evaluation(applied, ctx, recipe, Path(tmp) / "cheap", job)
         t2 = time.perf_counter()
         seconds = {"compress": t1 - t0, "cheap_evaluation": t2 - t1}
         if cheap["stop"]:
             return {"status": "pruned", "subset": cheap, "reused_steps": reused, "seconds": seconds}
-        result = measure(model, ctx["model"], ctx["task"], recipe, Path(tmp) / "full", ctx["score"])
+        result = measure(applied, ctx["model"], ctx["task"], recipe, Path(tmp) / "full", ctx["scores"])
         folder = Path(tmp) / "full" / "artifact"
         files = {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
     seconds["measure"] = time.perf_counter() - t2
-    return {"status": "complete", "result": result, "subset": cheap, "layers": layer_table(ctx["model"], model),
-            "files": files, "reused_steps": reused, "seconds": seconds}
+    return {"status": "complete", "result": result.to_json(), "subset": cheap,
+            "layers": weight_table(ctx["model"], applied.model), "files": files, "reused_steps": reused,
+            "seconds": seconds}

@@ -1,5 +1,7 @@
 """Storage codecs for compressed artifacts (registered in ``registry.STORAGE``): each has
-``encode(artifact, model, config) -> Artifact`` and ``decode(artifact) -> Path`` to a plain runnable file."""
+``encode(artifact, model, options) -> Artifact`` and ``decode(artifact) -> Path`` to a plain runnable file.
+What a codec wants in the result (bits per weight, a note) goes into the manifest's ``facts`` field, which the
+pipeline merges into result.json."""
 from __future__ import annotations
 
 import tempfile

@@ -41,7 +41,6 @@ from . import _tensors, rewrite_manifest
 from ._huffman import CorruptStream
 from ._streams import ENTROPY
 from .. import artifact
-from ..compress import record
 from ..config import parse
 from ..errors import ModelFileError
 
@@ -169,9 +168,9 @@ def encode(art: artifact.Artifact, model: Any, options: dict[str, Any]) -> artif
     pruning = list(options.pop("pruning", []))  # structured-pruning records, kept in the manifest
     config = parse(CodecConfig, options, "storage.codebook")
     if art.format != "onnx":
-        record(model, storage_note=f"The codebook storage encodes ONNX artifacts; this {art.format} artifact is "
-                                   f"stored as exported (export with format: onnx to store it clustered).")
-        return art
+        note = (f"The codebook storage encodes ONNX artifacts; this {art.format} artifact is stored as exported "
+                f"(export with format: onnx to store it clustered).")
+        return rewrite_manifest(art, art.manifest["file"], facts={**art.manifest.get("facts", {}), "storage_note": note})
     proto = onnx.load(str(art.path))
     graph = proto.graph
     moved = [i for i, t in enumerate(graph.initializer)
@@ -193,10 +192,11 @@ def encode(art: artifact.Artifact, model: Any, options: dict[str, Any]) -> artif
     summary = {"entropy": config.entropy, "graph_bytes": len(graph_bytes), "weights_bytes": len(blob),
                "bits_per_weight": round(8 * len(blob) / max(total_weights, 1), 4), "layers": layers}
     fields = {"pruning": pruning} if pruning else {}
-    new = rewrite_manifest(art, GRAPH, extra_files=(WEIGHTS,), encoding=ENCODING, **{ENCODING: summary}, **fields)
-    record(model, storage_encoding=ENCODING, storage_entropy=config.entropy, storage_bytes=new.size_bytes,
-           storage_bits_per_weight=summary["bits_per_weight"], storage_layers=layers)
-    return new
+    facts = {**art.manifest.get("facts", {}), "storage_encoding": ENCODING, "storage_entropy": config.entropy,
+             "storage_bytes": len(graph_bytes) + len(blob), "storage_bits_per_weight": summary["bits_per_weight"],
+             "storage_layers": layers}
+    return rewrite_manifest(art, GRAPH, extra_files=(WEIGHTS,), encoding=ENCODING, **{ENCODING: summary}, **fields,
+                            facts=facts)
 
 
 def decode(art: artifact.Artifact) -> Path:

@@ -78,7 +78,7 @@ def _on_grid(w: np.ndarray, axis: int, options: dict[str, Any]) -> tuple[dict, n
     """(meta, unsigned codes, scale, zero point) at the fewest bits that reproduce ``w``, else None."""
     import torch
 
-    from ..compress._quant.quantizer import WeightSpec, quantize
+    from ..compress.quantizer import WeightSpec, quantize
 
     granularity, symmetric = options.get("granularity", "channel"), bool(options.get("symmetric", True))
     group_size = int(options.get("group_size") or 128)
@@ -100,12 +100,12 @@ def encode(artifact: Artifact, model: Any, options: dict[str, Any]) -> Artifact:
     """Store the low-bit weights of ``artifact`` packed (options: granularity, group_size, symmetric)."""
     import onnx
 
-    from ..compress._quant.graph import Graph
+    from ..onnxgraph import OnnxGraph
 
     if artifact.format != "onnx":
         return artifact
     proto = onnx.load(str(artifact.path))
-    g = Graph(proto)
+    g = OnnxGraph(proto)
     arrays: dict[str, np.ndarray] = {}
     index: dict[str, dict[str, Any]] = {}
     positions = {init.name: i for i, init in enumerate(proto.graph.initializer)}

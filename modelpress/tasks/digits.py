@@ -9,7 +9,7 @@ from functools import lru_cache
 import numpy as np
 
 from ..task import Batches, Task
-from ._cache import TRAIN_THREADS, cached_model, fingerprint
+from ..cache import TRAIN_THREADS, cached_model, fingerprint
 
 SEED = 0
 
@@ -26,7 +26,7 @@ def _split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _task(name: str, model_name: str, build, to_input, epochs: int, lr: float) -> Task:
-    from ..compress._train import TrainConfig, fit
+    from ..train import TrainConfig, fit
 
     x_train, x_test, y_train, y_test = _split()
     x_train, x_test = to_input(x_train), to_input(x_test)
@@ -40,7 +40,8 @@ def _task(name: str, model_name: str, build, to_input, epochs: int, lr: float) -
     return Task(
         name=name, build_model=build_model, input_names=("x",), output_names=("logits",),
         calib_data=Batches({"x": x_train[:256]}, batch_size=32),
-        eval_data=Batches({"x": x_test}, y_test, batch_size=64),
+        val_data=Batches({"x": x_test}, y_test, batch_size=64),
+        test_data=Batches({"x": x_test}, y_test, batch_size=64),
         train_data=train, num_classes=10,
         preprocessing={"input": "grayscale 8x8 digit image scaled to [0, 1]", "layout": list(x_train.shape[1:])},
     )

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import ModelpressError
 from ..task import Batches, Task
-from ._cache import TRAIN_THREADS, cached_model, fingerprint
+from ..cache import TRAIN_THREADS, cached_model, fingerprint
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 SEED = 0
@@ -60,7 +60,7 @@ def load(split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _task(model_name: str, build, epochs: int, lr: float, rows_as_tokens: bool = False) -> Task:
-    from ..compress._train import TrainConfig, fit
+    from ..train import TrainConfig, fit
 
     (x_train, y_train), (x_test, y_test) = load("train"), load("test")
     if rows_as_tokens:  # [N, 1, 28, 28] -> [N, 28, 28]: a sequence of 28 rows of 28 pixels
@@ -76,7 +76,8 @@ def _task(model_name: str, build, epochs: int, lr: float, rows_as_tokens: bool =
     return Task(
         name=f"fashion-mnist:{model_name}", build_model=build_model, input_names=("x",), output_names=("logits",),
         calib_data=Batches({"x": x_train[:512]}, batch_size=64),
-        eval_data=Batches({"x": x_test}, y_test, batch_size=256),
+        val_data=Batches({"x": x_test}, y_test, batch_size=256),
+        test_data=Batches({"x": x_test}, y_test, batch_size=256),
         train_data=train, num_classes=10,
         preprocessing={"input": "grayscale 28x28 image scaled to [0, 1]", "layout": list(x_train.shape[1:])},
     )

@@ -99,11 +99,11 @@ def label_ids(labels: list, label2id: dict[str, int], num_labels: int) -> np.nda
     return np.asarray(out, dtype=np.int64)
 
 
-def cosine_to_reference(predict: Any, eval_data: Any) -> float:
-    """Mean cosine similarity between each output row and the fp32 model's row (the batch targets)."""
+def cosine_to_reference(predict: Any, data: Any) -> float:
+    """Mean cosine similarity between each first-output row and the fp32 model's row (the batch targets)."""
     total, count = 0.0, 0
-    for inputs, reference in eval_data:
-        out = np.asarray(predict(inputs), dtype=np.float64).reshape(len(reference), -1)
+    for inputs, reference in data:
+        out = np.asarray(predict(inputs)[0], dtype=np.float64).reshape(len(reference), -1)
         ref = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
         denom = np.maximum(np.linalg.norm(out, axis=1) * np.linalg.norm(ref, axis=1), 1e-12)
         total += float(((out * ref).sum(1) / denom).sum())
@@ -191,8 +191,8 @@ def task(model_dir: str | Path, texts: str | Path, labels: str | Path | list | N
     return Task(
         name=name or f"hf-text:{model_dir.name}", build_model=build_model,
         input_names=("input_ids", "attention_mask"), output_names=(output,),
-        calib_data=Batches(part(calib), batch_size=batch_size), eval_data=eval_data, train_data=train_data,
-        metric=metric, num_classes=int(config.num_labels) if output == "logits" else None,
+        calib_data=Batches(part(calib), batch_size=batch_size), val_data=eval_data, test_data=eval_data,
+        train_data=train_data, metric=metric, output_kinds=(output,), num_classes=int(config.num_labels) if output == "logits" else None,
         preprocessing={"input": f"text tokenized with the tokenizer in {model_dir.name}/",
                        "max_length": max_length, "padding": "max_length", "truncation": True,
                        "output": "logits" if output == "logits" else "mean-pooled last hidden state"},

@@ -149,7 +149,8 @@ def task(images_dir: str | Path, model_dir: str | Path, image_size: int | None =
     return Task(
         name=name or f"image-folder:{root.name}", build_model=build_model, input_names=("pixel_values",),
         output_names=("logits",), calib_data=Batches({"pixel_values": x[calib]}, batch_size=batch_size),
-        eval_data=Batches({"pixel_values": x[held]}, labels[held], batch_size=batch_size),
+        val_data=Batches({"pixel_values": x[held]}, labels[held], batch_size=batch_size),
+        test_data=Batches({"pixel_values": x[held]}, labels[held], batch_size=batch_size),
         train_data=Batches({"pixel_values": x[calib]}, labels[calib], batch_size=batch_size, shuffle=True),
         metric=accuracy, num_classes=int(config.num_labels),
         preprocessing={"input": "RGB image", **prep, "layout": "NCHW float32",

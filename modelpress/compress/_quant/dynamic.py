@@ -12,14 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from .graph import Graph
-from .quantizer import WeightSpec, quantize
+from ...onnxgraph import OnnxGraph
+from ..quantizer import WeightSpec, quantize
 
 INT8_COLUMNS = WeightSpec(bits=8, symmetric=True, granularity="channel")
 INT8_TENSOR = WeightSpec(bits=8, symmetric=True, granularity="tensor")
 
 
-def eligible(g: Graph, node: Any) -> bool:
+def eligible(g: OnnxGraph, node: Any) -> bool:
     return node.op_type in ("Gemm", "MatMul") and g.weight_input(node) is not None
 
 
@@ -29,7 +29,7 @@ def rewrite(proto: Any, targets: list[str], per_channel: Mapping[str, bool]) -> 
     import torch
     from onnx import TensorProto, helper
 
-    g = Graph(proto)
+    g = OnnxGraph(proto)
     shared: dict[str, tuple[str, str, str]] = {}
     for node in [n for n in g.graph.node if n.name in set(targets) and eligible(g, n)]:
         name, w, axis = g.weight_input(node)

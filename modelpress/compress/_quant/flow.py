@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from ...errors import ConfigError, ModelpressError
-from .. import add_train_hook, record, set_storage
+from .. import Applied, Storage
 from .hook import OnnxLowering, Plan
 from .layers import (KeepOnGrid, batches_of, calibrate, check_weights, correct_bias, empty_calibration_error,
                      fold_batchnorm, kind, select, shift_biases, unwrap, weight_specs, wrap)
@@ -18,12 +18,10 @@ DYNAMIC_CONV = ("dynamic int8 convolution (ConvInteger) is several times slower 
 ACT = {"static": "static", "qat": "static", "mixed": "static", "dynamic": "dynamic", "weight_only": None}
 
 
-def run(model: Any, config: Any, task: Any) -> Any:
+def run(prev: Applied, config: Any, task: Any) -> Applied:
     import copy
 
-    from ...export.onnx import POST_EXPORT_ATTR
-
-    model = copy.deepcopy(model)  # the caller's model is never modified
+    model = copy.deepcopy(prev.model)  # the caller's model is never modified
     layers = select(model, config.include, config.exclude, config.per_channel)
     if not layers:
         raise ConfigError("quantize found no Conv or Linear layer to quantize (after 'include'/'exclude'); "
@@ -56,7 +54,7 @@ def run(model: Any, config: Any, task: Any) -> Any:
                 shifts = correct_bias(model, wrapped, batches_of(task.calib_data, config.calib_samples),
                                       task.input_names)
         if config.mode == "qat":
-            _train(model, config, task)
+            _train(model, config, task, prev.train_hooks)
         if config.score_limit is not None:
             demoted, estimate = _accuracy_aware(model, wrapped, config, task, shifts)
             skipped.update(demoted)
@@ -67,33 +65,31 @@ def run(model: Any, config: Any, task: Any) -> Any:
     facts: dict[str, Any] = {
         "mode": config.mode, "bits": config.bits, "layer_bits": layer_bits, "fallback_layers": skipped,
         "folded_batchnorm": folded, "weight_granularity": {n: q.spec.granularity for n, q in wrapped.items()},
-        "int8_ops": [] if act is None else [f"{n}: {k}" for n, k in int8.items()],
-        "float_ops": [f"{n}: {kinds[n]}" for n in kinds if act is None or n not in int8],
     }
     if shifts:
         facts["bias_correction"] = {n: round(float(v.abs().max()), 6) for n, v in shifts.items()}
     if estimate is not None:
         facts["estimated_score_drop"] = estimate
-    record(model, **facts)
-    add_train_hook(model, KeepOnGrid({n: wrapped[n].spec for n, b in layer_bits.items() if b <= 8}))
+    hooks = (*prev.train_hooks, KeepOnGrid({n: wrapped[n].spec for n, b in layer_bits.items() if b <= 8}))
+    storage, rewrites = prev.storage, tuple(r for r in prev.onnx_rewrites if not isinstance(r, OnnxLowering))
     if act is None:
-        set_storage(model, "packed", granularity=spec.granularity, group_size=spec.group_size, symmetric=spec.symmetric)
+        storage = Storage("packed", {"granularity": spec.granularity, "group_size": spec.group_size,
+                                     "symmetric": spec.symmetric})
     elif int8:
         plan = Plan(mode="dynamic" if act == "dynamic" else "static", layers=int8,
                     per_channel={n: wrapped[n].spec.granularity == "channel" for n in int8},
                     input_ranges={n: r for n, r in ranges[0].items() if n in int8},
                     output_ranges={n: r for n, r in ranges[1].items() if n in int8},
-                    fallback=skipped, preflight=config.preflight)
-        hooks = [h for h in getattr(model, POST_EXPORT_ATTR, ()) if not isinstance(h, OnnxLowering)]
-        object.__setattr__(model, POST_EXPORT_ATTR, [*hooks, OnnxLowering(model, plan)])
-    return model
+                    fallback=skipped)
+        rewrites = (*rewrites, OnnxLowering(plan))
+    return prev.then(model, facts=facts, storage=storage, onnx_rewrites=rewrites, train_hooks=hooks)
 
 
-def _train(model: Any, config: Any, task: Any) -> None:
-    from .._train import TrainConfig, fit
+def _train(model: Any, config: Any, task: Any, hooks: tuple[Any, ...]) -> None:
+    from ...train import TrainConfig, fit
 
     fit(model, task.train_data, TrainConfig(epochs=config.qat_epochs, lr=config.qat_lr),
-        description="quantization-aware training")
+        description="quantization-aware training", hooks=hooks)
     model.eval()
 
 
@@ -106,7 +102,7 @@ def _subset(data: Any, max_samples: int) -> list[tuple[dict, Any]]:
         out.append(({k: v[:take] for k, v in inputs.items()}, target[:take]))
         seen += take
     if not out:
-        raise ModelpressError("The accuracy-aware fallback (max_score_drop) scores the model on the task's eval_data, "
+        raise ModelpressError("The accuracy-aware fallback (max_score_drop) scores the model on the task's val_data, "
                               "which is empty.")
     return out
 
@@ -117,7 +113,7 @@ def _accuracy_aware(model: Any, wrapped: dict, config: Any, task: Any, shifts: d
     that goes back to float also gives back its bias correction (removed from ``shifts``)."""
     from ...evaluate import evaluate, torch_predict
 
-    data = _subset(task.eval_data, config.eval_samples)
+    data = _subset(task.val_data, config.eval_samples)
     for q in wrapped.values():
         q.enabled = False
     shift_biases(wrapped, shifts, -1.0)  # the float model, as it was

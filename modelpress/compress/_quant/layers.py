@@ -12,7 +12,7 @@ from torch import nn
 
 from ...errors import ConfigError, ModelpressError
 from .._calib import make_observer
-from .quantizer import WeightSpec, act_qparams, fake_quant, fake_quant_act, fake_quant_act_dynamic, sqnr_db
+from ..quantizer import WeightSpec, act_qparams, fake_quant, fake_quant_act, fake_quant_act_dynamic, sqnr_db
 
 LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 Range = tuple[float, float]
@@ -199,7 +199,7 @@ def calibrate(model: nn.Module, wrapped: Mapping[str, QuantLayer], batches: Iter
               method: str, percentile: float) -> tuple[dict[str, Range], dict[str, Range]]:
     """Observe each wrapped layer's input (and a convolution's output) over ``batches`` with the float model,
     streaming; set the static activation parameters. Returns (input ranges, output ranges) by layer."""
-    from .._train import forward, to_tensors
+    from ...train import forward, to_tensors
 
     for q in wrapped.values():
         q.observer, q.enabled = make_observer(method, percentile), False
@@ -263,7 +263,7 @@ def correct_bias(model: nn.Module, wrapped: Mapping[str, QuantLayer], batches: I
     minus the quantized layer), and add its mean to the bias where that mean is clearly not noise (at least
     ``min_z`` standard errors from zero). Returns the shift added per layer (``shift_biases`` with sign -1
     takes it back for a layer that goes back to float)."""
-    from .._train import forward, to_tensors
+    from ...train import forward, to_tensors
 
     stats: dict[str, list[torch.Tensor]] = {}  # layer -> [sum, sum of squares] per channel, and the count
 

@@ -16,7 +16,7 @@ from .layers import QuantLayer
 
 
 def _outputs(model: nn.Module, batches: list[dict], input_names: tuple[str, ...]) -> list[np.ndarray]:
-    from .._train import forward, to_tensors
+    from ...train import forward, to_tensors
 
     outs = []
     with torch.no_grad():

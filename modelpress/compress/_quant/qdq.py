@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from .graph import PASS_THROUGH, Graph
-from .quantizer import WeightSpec, act_qparams, quantize
+from ...onnxgraph import PASS_THROUGH, OnnxGraph
+from ..quantizer import WeightSpec, act_qparams, quantize
 
 Range = tuple[float, float]
 INT8_CHANNELS = WeightSpec(bits=8, symmetric=True, granularity="channel")
@@ -25,7 +25,7 @@ INT8_TENSOR = WeightSpec(bits=8, symmetric=True, granularity="tensor")
 SHAPE_ONLY = {"Shape", "Size"}  # consumers that read only the shape keep the float tensor
 
 
-def plan_points(g: Graph, targets: list[Any], ranges: Mapping[str, Range]) -> dict[str, tuple[float, int]]:
+def plan_points(g: OnnxGraph, targets: list[Any], ranges: Mapping[str, Range]) -> dict[str, tuple[float, int]]:
     """Tensor -> (scale, zero point) of every quantization point.
 
     A target's input point is repeated up a chain of pass-through ops only when the chain starts at another
@@ -56,7 +56,7 @@ def plan_points(g: Graph, targets: list[Any], ranges: Mapping[str, Range]) -> di
     return params
 
 
-def _insert_qdq(g: Graph, tensor: str, scale: float, zp: int) -> None:
+def _insert_qdq(g: OnnxGraph, tensor: str, scale: float, zp: int) -> None:
     from onnx import helper
 
     consumers = [c for c in g.consumers[tensor] if c.op_type not in SHAPE_ONLY]
@@ -72,7 +72,7 @@ def _insert_qdq(g: Graph, tensor: str, scale: float, zp: int) -> None:
     g.reindex()
 
 
-def _quantize_weight(g: Graph, node: Any, x_scale: float, spec: WeightSpec) -> None:
+def _quantize_weight(g: OnnxGraph, node: Any, x_scale: float, spec: WeightSpec) -> None:
     from onnx import helper
     import torch
 
@@ -114,7 +114,7 @@ def _quantize_weight(g: Graph, node: Any, x_scale: float, spec: WeightSpec) -> N
 def rewrite(proto: Any, targets: list[str], ranges: Mapping[str, Range], per_channel: Mapping[str, bool]) -> Any:
     """Quantize the nodes named in ``targets`` (static u8 activations, s8 weights, one scale per output channel
     for the nodes ``per_channel`` maps to True, else per tensor) in place."""
-    g = Graph(proto)
+    g = OnnxGraph(proto)
     nodes = [n for n in g.graph.node if n.name in set(targets)]
     params = plan_points(g, nodes, ranges)
     inputs = {n.name: n.input[0] for n in nodes}

@@ -1,16 +1,20 @@
-"""Strict validation of ``search.space``: every searched setting is a non-empty list of values of the
-setting's type, each accepted by the owner's own range checks (a technique's Config, RuntimeConfig)."""
+"""The ``search`` block of a recipe (``SearchConfig``), strictly validated: every searched setting in
+``search.space`` is a non-empty list of values of the setting's type, each accepted by the owner's own range
+checks (a technique's Config, RuntimeConfig). The search itself (``modelpress.search``) reads it; a recipe
+holds it without importing the search."""
 from __future__ import annotations
 
 import dataclasses
 import typing
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import check, coerce, parse, to_dict
-from ..errors import ConfigError, closest
+from .config import check, coerce, parse, to_dict
+from .errors import ConfigError, closest
 
 SPACE_KEYS = ("techniques", "max_steps", "order", "runtime")
+OBJECTIVES = ("latency", "size", "energy")
 
 
 def _where(*parts: str) -> str:
@@ -37,7 +41,7 @@ def _choices(value: Any, hint: Any, where: str, build: Any = None) -> list[Any]:
 
 
 def technique_module(name: str) -> Any:
-    from .. import registry
+    from . import registry
 
     return registry.module("technique", name)
 
@@ -48,7 +52,7 @@ def settings_of(name: str, raw: Any, where: str) -> dict[str, list[Any]]:
 
 
 def _runtime_settings(raw: Any) -> dict[str, list[Any]]:
-    from ..runtime import RuntimeConfig
+    from .runtime import RuntimeConfig
 
     return _settings(RuntimeConfig, raw, _where("runtime"), "runtime", "{backend: [onnxruntime]}")
 
@@ -75,7 +79,7 @@ def _settings(config_cls: type, raw: Any, where: str, owner: str, example: str) 
 
 def validate_space(raw: Any) -> dict[str, Any]:
     """The ``search.space`` mapping, checked and normalised (same shape as the input)."""
-    from .. import registry
+    from . import registry
 
     if raw is None:
         raw = {}
@@ -94,7 +98,7 @@ def validate_space(raw: Any) -> dict[str, Any]:
                 raise ConfigError(f"'search.space.techniques' must be a list of technique names, got {value!r}.")
             for name in value:
                 if name not in registry.TECHNIQUES:
-                    from ..errors import unknown
+                    from .errors import unknown
                     raise unknown("technique", str(name), registry.TECHNIQUES)
             check(len(set(value)) == len(value), f"'search.space.techniques' lists a technique twice: {value}.")
             out[key] = list(value)
@@ -110,3 +114,43 @@ def validate_space(raw: Any) -> dict[str, Any]:
         else:
             out[key] = settings_of(key, value, _where(key))
     return out
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """``search`` in a recipe. Every field has a default; ``space`` is checked against the registry."""
+
+    space: dict[str, Any] = field(default_factory=dict)
+    objectives: tuple[str, ...] = ("latency", "size")
+    trials: int = 30  # finished trials (complete, stopped early or failed) the study ends with
+    workers: int = 1  # parallel worker processes on this machine
+    timeout_s: float | None = None  # time limit of one invocation: a trial starts only if expected to end within it
+    seed: int = 0
+    latency_batch_size: int | None = None  # batch size of the latency objective; None: the largest benched
+    subset_samples: int = 512  # evaluation samples of the cheap first evaluation
+    early_stop_margin: float | None = None  # None: 3 binomial standard errors for [0, 1] metrics
+    tie_tolerance: float = 0.03  # objective values within this relative gap count as equal when choosing
+    keep_closest: int = 3  # infeasible candidates reported when nothing meets the constraints
+    startup_trials: int | None = None  # random trials before the sampler models; None: about a third
+
+    def __post_init__(self) -> None:
+        objectives = tuple(self.objectives)
+        check(len(objectives) > 0, f"search.objectives needs at least one of {', '.join(OBJECTIVES)}.")
+        for o in objectives:
+            check(o in OBJECTIVES, f"Unknown objective '{o}'.{closest(o, OBJECTIVES)} "
+                                   f"Valid objectives: {', '.join(OBJECTIVES)}.")
+        check(len(set(objectives)) == len(objectives), f"search.objectives lists an objective twice: {list(objectives)}.")
+        check(self.trials >= 1, f"trials must be at least 1, got {self.trials}.")
+        check(self.workers >= 1, f"workers must be at least 1, got {self.workers}.")
+        check(self.timeout_s is None or self.timeout_s > 0, f"timeout_s must be positive, got {self.timeout_s}.")
+        check(self.latency_batch_size is None or self.latency_batch_size >= 1,
+              f"latency_batch_size must be at least 1, got {self.latency_batch_size}.")
+        check(self.subset_samples >= 1, f"subset_samples must be at least 1, got {self.subset_samples}.")
+        check(self.early_stop_margin is None or self.early_stop_margin >= 0,
+              f"early_stop_margin must be >= 0, got {self.early_stop_margin}.")
+        check(0 <= self.tie_tolerance < 1, f"tie_tolerance must be in [0, 1), got {self.tie_tolerance}.")
+        check(self.keep_closest >= 1, f"keep_closest must be at least 1, got {self.keep_closest}.")
+        check(self.startup_trials is None or self.startup_trials >= 1,
+              f"startup_trials must be at least 1, got {self.startup_trials}.")
+        object.__setattr__(self, "objectives", objectives)
+        object.__setattr__(self, "space", validate_space(self.space))

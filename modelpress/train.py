@@ -21,9 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import train_hooks
-from ..config import check
-from ..errors import ConfigError, ModelpressError
+from .config import check
+from .errors import ConfigError, ModelpressError
 
 
 @dataclass(frozen=True)
@@ -115,7 +114,7 @@ def split_batch(batch: Any) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
 def reseeded(train_data: Iterable, seed: int) -> Iterable:
     """A fresh copy of shuffled ``Batches`` whose order depends only on its seed plus ``seed``, so two
     ``fit`` calls with the same config see the same batches (``Batches`` reshuffles per iteration)."""
-    from ..task import Batches
+    from .task import Batches
 
     if isinstance(train_data, Batches) and train_data.shuffle:
         return Batches(train_data.arrays, train_data.targets, train_data.batch_size, True, train_data.seed + seed)
@@ -136,17 +135,17 @@ def first_batch(train_data: Iterable) -> Any:
 def fit(model: nn.Module, train_data: Iterable, config: TrainConfig = TrainConfig(),
         loss_fn: LossFn = cross_entropy, evaluate: Callable[[nn.Module], float] | None = None,
         description: str = "train", *, higher_is_better: bool = True,
-        extra_parameters: Iterable[nn.Parameter] = ()) -> nn.Module:
+        extra_parameters: Iterable[nn.Parameter] = (), hooks: Iterable[Any] = ()) -> nn.Module:
     """Train ``model`` in place on (inputs, target) or unlabeled input batches and return it in eval mode.
 
     With ``evaluate`` (model -> task metric), shows the metric after each epoch, keeps the best epoch's
     weights and stops after ``config.patience`` epochs without improvement. ``extra_parameters`` train
-    alongside the model (e.g. a distillation loss's projections). Train hooks of earlier techniques run
-    around every optimizer step.
+    alongside the model (e.g. a distillation loss's projections). ``hooks`` (the ``train_hooks`` of the
+    earlier techniques' ``Applied``) run around every optimizer step.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
-    from .._progress import progress_bar
+    from .progress import progress_bar
 
     if train_data is None:
         raise ModelpressError("This step needs training data, but the task has no train_data.")
@@ -167,7 +166,7 @@ def fit(model: nn.Module, train_data: Iterable, config: TrainConfig = TrainConfi
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + np.cos(np.pi * min(s, total) / total)))
     sign = 1.0 if higher_is_better else -1.0
     best_score, best_state, stale = -np.inf, None, 0  # best_score is sign * metric (higher is better)
-    hooks = train_hooks(model)
+    hooks = tuple(hooks)
     threads_before = torch.get_num_threads()
     if config.threads is not None:
         torch.set_num_threads(config.threads)
@@ -218,10 +217,11 @@ def fit(model: nn.Module, train_data: Iterable, config: TrainConfig = TrainConfi
 
 
 def task_evaluator(task: Any) -> Callable[[nn.Module], float]:
-    """model -> the task's metric on its evaluation data (for ``fit(evaluate=...)``)."""
-    from ..evaluate import evaluate, torch_predict
+    """model -> the task's metric on its validation data (for ``fit(evaluate=...)``: early stopping decides
+    on validation, never on the test data the score is reported on)."""
+    from .evaluate import evaluate, torch_predict
 
-    return lambda model: evaluate(torch_predict(model, task), task)
+    return lambda model: evaluate(torch_predict(model, task), task, task.val_data)
 
 
 def train_data_for(task: Any, batch_size: int | None = None, labels: bool = True) -> Iterable:

@@ -1,4 +1,5 @@
-"""Reference models are trained on first use and cached under a content hash (safetensors only)."""
+"""The user cache folder, and reference models trained on first use and cached under a content hash
+(safetensors only). Shared by the built-in tasks and by runtimes that cache compiled engines."""
 from __future__ import annotations
 
 import hashlib
@@ -11,7 +12,8 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from ..errors import ModelFileError
+from .errors import ModelFileError
+from .progress import log
 
 # Reference models train on this many torch threads whatever the caller set: sums split over a different
 # number of threads round differently, and the trained model would depend on which process trained it.
@@ -52,7 +54,7 @@ def cached_model(name: str, build: Callable[[], nn.Module], train: Callable[[nn.
             model.load_state_dict(load_file(str(path)))
             return model.eval()
         except Exception as e:  # a damaged cache file is rebuilt, never trusted
-            print(f"modelpress: the cached model {path} is unreadable ({e}); retraining it.")
+            log.warning(f"the cached model {path} is unreadable ({e}); retraining it.")
     model = train(model).eval()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")

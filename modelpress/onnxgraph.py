@@ -37,7 +37,7 @@ def module_name(node_name: str, known: Container[str] | None = None) -> str:
     return full if known is None else best
 
 
-class Graph:
+class OnnxGraph:
     """Index over ``proto.graph``; edits go straight to the proto (call :meth:`reindex` after rewiring)."""
 
     def __init__(self, proto: Any):

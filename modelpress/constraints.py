@@ -1,0 +1,91 @@
+"""Constraints on a result, and the one check that ``run``, ``auto``, the search summary and the reports use.
+
+A constraint limits a measured quantity (``Quantities``): the score drop, the median latency at batch 1,
+the stored size, the energy per inference. A quantity that was not measured (None) meets every limit.
+
+>>> c = Constraints(max_score_drop=0.01, max_size_bytes=1000)
+>>> [v.describe() for v in c.check(Quantities(score_drop=0.02, size_bytes=800))]
+['score_drop 0.02 exceeds max_score_drop 0.01 by 0.01']
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+from .config import check
+
+# constraint -> the measured quantity it limits (and its name in Quantities)
+LIMITS = {"max_score_drop": "score_drop", "max_latency_ms": "latency_ms_batch1", "max_size_bytes": "size_bytes",
+          "max_energy_j": "energy_j"}
+
+
+@dataclass(frozen=True)
+class Quantities:
+    """The measured quantities constraints limit (None: not measured)."""
+
+    score_drop: float | None = None  # in the task metric's units, positive = worse than fp32
+    latency_ms_batch1: float | None = None  # median latency at batch size 1
+    size_bytes: float | None = None
+    energy_j: float | None = None  # joules per inference
+
+    def to_json(self) -> dict[str, float | None]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class Violation:
+    constraint: str
+    limit: float
+    value: float
+
+    @property
+    def quantity(self) -> str:
+        return LIMITS[self.constraint]
+
+    @property
+    def excess(self) -> float:
+        return self.value - self.limit
+
+    @property
+    def relative(self) -> float:
+        """The excess as a share of the limit."""
+        return self.excess / max(abs(self.limit), 1e-12)
+
+    def describe(self) -> str:
+        return f"{self.quantity} {self.value:.4g} exceeds {self.constraint} {self.limit:.4g} by {self.excess:.4g}"
+
+    def to_json(self) -> dict[str, float | str]:
+        return {"constraint": self.constraint, "limit": self.limit, "value": self.value, "excess": self.excess,
+                "relative": self.relative}
+
+
+@dataclass(frozen=True)
+class Constraints:
+    max_score_drop: float | None = None
+    max_latency_ms: float | None = None  # median latency at batch size 1
+    max_size_bytes: int | None = None
+    max_energy_j: float | None = None  # joules per inference
+
+    def __post_init__(self) -> None:
+        for name in LIMITS:
+            value = getattr(self, name)
+            check(value is None or math.isfinite(value), f"{name} must be a finite number, got {value}.")
+        check(self.max_score_drop is None or self.max_score_drop >= 0,
+              f"max_score_drop must be >= 0 (the largest loss of score you accept), got {self.max_score_drop}.")
+        for name in ("max_latency_ms", "max_size_bytes", "max_energy_j"):
+            value = getattr(self, name)
+            check(value is None or value > 0, f"{name} must be positive, got {value}.")
+
+    def check(self, measured: Quantities) -> list[Violation]:
+        """Each constraint ``measured`` misses, with by how much."""
+        out = []
+        for name, quantity in LIMITS.items():
+            limit, value = getattr(self, name), getattr(measured, quantity)
+            if limit is not None and value is not None and value > limit:
+                out.append(Violation(name, float(limit), float(value)))
+        return out
+
+    def margins(self, measured: Quantities) -> list[float]:
+        """For a sampler: one number per constraint, <= 0 when met (the relative excess when missed)."""
+        missed = {v.constraint: v.relative for v in self.check(measured)}
+        return [missed.get(name, 0.0) for name in LIMITS]
