@@ -151,6 +151,21 @@ class Task:
         return baseline - score if self.higher_is_better else score - baseline
 
 
+def split_slices(n: int, calib_samples: int) -> tuple[slice, slice, slice]:
+    """(calibration, validation, test) slices of ``n`` samples in a fixed order: up to ``calib_samples`` (at
+    most a quarter) for calibration, the rest halved into validation then test. Below 8 samples every
+    slice is all of them (a demo, too small to hold data out).
+
+    >>> split_slices(100, 20)
+    (slice(0, 20, None), slice(20, 60, None), slice(60, 100, None))
+    """
+    if n < 8:
+        return slice(0, n), slice(0, n), slice(0, n)
+    k = min(calib_samples, n // 4)
+    mid = k + (n - k) // 2
+    return slice(0, k), slice(k, mid), slice(mid, n)
+
+
 def load_task(name: str) -> Task:
     """A built-in task by name (``modelpress tasks`` lists them) or a user task ``module:function``."""
     from .registry import TASKS

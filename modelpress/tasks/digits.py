@@ -15,21 +15,26 @@ SEED = 0
 
 
 @lru_cache(maxsize=1)
-def _split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _split() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``train`` / ``val`` / ``test`` (images, labels): 20% held out for test, then 20% of the rest for
+    validation (from the training side), both stratified by class."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     data = load_digits()
     x = (data.images / 16.0).astype(np.float32)[:, None]  # [N, 1, 8, 8] in [0, 1]
     y = data.target.astype(np.int64)
-    return tuple(train_test_split(x, y, test_size=0.2, random_state=SEED, stratify=y))  # type: ignore[return-value]
+    x_rest, x_test, y_rest, y_test = train_test_split(x, y, test_size=0.2, random_state=SEED, stratify=y)
+    x_train, x_val, y_train, y_val = train_test_split(x_rest, y_rest, test_size=0.2, random_state=SEED,
+                                                      stratify=y_rest)
+    return {"train": (x_train, y_train), "val": (x_val, y_val), "test": (x_test, y_test)}
 
 
 def _task(name: str, model_name: str, build, to_input, epochs: int, lr: float) -> Task:
     from ..train import TrainConfig, fit
 
-    x_train, x_test, y_train, y_test = _split()
-    x_train, x_test = to_input(x_train), to_input(x_test)
+    (x_train, y_train), (x_val, y_val), (x_test, y_test) = (_split()[k] for k in ("train", "val", "test"))
+    x_train, x_val, x_test = to_input(x_train), to_input(x_val), to_input(x_test)
     train = Batches({"x": x_train}, y_train, batch_size=32, shuffle=True, seed=SEED)
     config = TrainConfig(epochs=epochs, lr=lr, seed=SEED, threads=TRAIN_THREADS)
 
@@ -40,7 +45,7 @@ def _task(name: str, model_name: str, build, to_input, epochs: int, lr: float) -
     return Task(
         name=name, build_model=build_model, input_names=("x",), output_names=("logits",),
         calib_data=Batches({"x": x_train[:256]}, batch_size=32),
-        val_data=Batches({"x": x_test}, y_test, batch_size=64),
+        val_data=Batches({"x": x_val}, y_val, batch_size=64),
         test_data=Batches({"x": x_test}, y_test, batch_size=64),
         train_data=train, num_classes=10,
         preprocessing={"input": "grayscale 8x8 digit image scaled to [0, 1]", "layout": list(x_train.shape[1:])},

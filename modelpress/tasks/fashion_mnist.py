@@ -59,12 +59,23 @@ def load(split: str) -> tuple[np.ndarray, np.ndarray]:
     return (images.astype(np.float32) / 255.0)[:, None], labels.astype(np.int64)
 
 
+VAL_SAMPLES = 10_000  # held out of the 60,000 training images for validation (the test set stays 10,000)
+
+
+def held_out(x: np.ndarray, y: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """(train, validation): a fixed random ``VAL_SAMPLES`` of the training images for validation."""
+    order = np.random.default_rng(SEED).permutation(len(y))
+    val, train = np.sort(order[:VAL_SAMPLES]), np.sort(order[VAL_SAMPLES:])
+    return (x[train], y[train]), (x[val], y[val])
+
+
 def _task(model_name: str, build, epochs: int, lr: float, rows_as_tokens: bool = False) -> Task:
     from ..train import TrainConfig, fit
 
-    (x_train, y_train), (x_test, y_test) = load("train"), load("test")
+    (x_train, y_train), (x_val, y_val) = held_out(*load("train"))
+    x_test, y_test = load("test")
     if rows_as_tokens:  # [N, 1, 28, 28] -> [N, 28, 28]: a sequence of 28 rows of 28 pixels
-        x_train, x_test = x_train[:, 0], x_test[:, 0]
+        x_train, x_val, x_test = x_train[:, 0], x_val[:, 0], x_test[:, 0]
     train = Batches({"x": x_train}, y_train, batch_size=128, shuffle=True, seed=SEED)
     config = TrainConfig(epochs=epochs, lr=lr, seed=SEED, threads=TRAIN_THREADS)
 
@@ -76,7 +87,7 @@ def _task(model_name: str, build, epochs: int, lr: float, rows_as_tokens: bool =
     return Task(
         name=f"fashion-mnist:{model_name}", build_model=build_model, input_names=("x",), output_names=("logits",),
         calib_data=Batches({"x": x_train[:512]}, batch_size=64),
-        val_data=Batches({"x": x_test}, y_test, batch_size=256),
+        val_data=Batches({"x": x_val}, y_val, batch_size=256),
         test_data=Batches({"x": x_test}, y_test, batch_size=256),
         train_data=train, num_classes=10,
         preprocessing={"input": "grayscale 28x28 image scaled to [0, 1]", "layout": list(x_train.shape[1:])},

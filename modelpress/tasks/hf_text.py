@@ -29,7 +29,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..errors import ConfigError, ModelFileError, RuntimeUnavailable
-from ..task import Batches, Task, accuracy
+from ..task import Batches, Task, accuracy, split_slices
 
 Output = Literal["auto", "logits", "embeddings"]
 
@@ -134,14 +134,6 @@ def load_model(model_dir: Path, output: str) -> Any:
     return TextModel(hf).eval()
 
 
-def split(n: int, calib_samples: int) -> tuple[slice, slice]:
-    """(calibration, evaluation) slices: a held-out evaluation part once there are enough texts."""
-    if n < 8:
-        return slice(0, n), slice(0, n)
-    k = min(calib_samples, n // 4)
-    return slice(0, k), slice(k, n)
-
-
 def task(model_dir: str | Path, texts: str | Path, labels: str | Path | list | None = None, output: Output = "auto",
          max_length: int = 64, calib_samples: int = 64, batch_size: int = 16, name: str | None = None) -> Task:
     """A Task over a local Hugging Face model folder and a texts file."""
@@ -166,7 +158,7 @@ def task(model_dir: str | Path, texts: str | Path, labels: str | Path | list | N
         raise ModelFileError(f"Cannot load the tokenizer in {model_dir}: {str(e).splitlines()[0][:300]}") from None
     enc = tokenizer(lines, padding="max_length", truncation=True, max_length=max_length, return_tensors="np")
     arrays = {k: np.ascontiguousarray(enc[k].astype(np.int64)) for k in ("input_ids", "attention_mask")}
-    calib, held = split(len(lines), calib_samples)
+    calib, val, test = split_slices(len(lines), calib_samples)
 
     def part(s: slice) -> dict[str, np.ndarray]:
         return {k: v[s] for k, v in arrays.items()}
@@ -176,7 +168,7 @@ def task(model_dir: str | Path, texts: str | Path, labels: str | Path | list | N
 
     if raw_labels is not None and output == "logits":
         y = label_ids(raw_labels, {str(k): int(v) for k, v in (config.label2id or {}).items()}, config.num_labels)
-        eval_data = Batches(part(held), y[held], batch_size=batch_size)
+        val_data, test_data = (Batches(part(s), y[s], batch_size=batch_size) for s in (val, test))
         train_data = Batches(part(calib), y[calib], batch_size=batch_size, shuffle=True)
         metric = accuracy
     else:
@@ -184,14 +176,16 @@ def task(model_dir: str | Path, texts: str | Path, labels: str | Path | list | N
             raise ConfigError("Labels need a classification model (output 'logits'); this model gives embeddings.")
         import torch
 
+        model = build_model()
         with torch.inference_mode():  # the fp32 outputs the metric compares with
-            ref = build_model()(*[torch.from_numpy(a) for a in part(held).values()]).float().numpy()
-        eval_data = Batches(part(held), ref, batch_size=batch_size)
+            val_data, test_data = (
+                Batches(part(s), model(*[torch.from_numpy(a) for a in part(s).values()]).float().numpy(),
+                        batch_size=batch_size) for s in (val, test))
         train_data, metric = None, cosine_to_reference
     return Task(
         name=name or f"hf-text:{model_dir.name}", build_model=build_model,
         input_names=("input_ids", "attention_mask"), output_names=(output,),
-        calib_data=Batches(part(calib), batch_size=batch_size), val_data=eval_data, test_data=eval_data,
+        calib_data=Batches(part(calib), batch_size=batch_size), val_data=val_data, test_data=test_data,
         train_data=train_data, metric=metric, output_kinds=(output,), num_classes=int(config.num_labels) if output == "logits" else None,
         preprocessing={"input": f"text tokenized with the tokenizer in {model_dir.name}/",
                        "max_length": max_length, "padding": "max_length", "truncation": True,

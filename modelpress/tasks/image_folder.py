@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, ModelFileError
-from ..task import Batches, Task, accuracy
-from .hf_text import from_local_folder, require_transformers, split
+from ..task import Batches, Task, accuracy, split_slices
+from .hf_text import from_local_folder, require_transformers
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -133,7 +133,7 @@ def task(images_dir: str | Path, model_dir: str | Path, image_size: int | None =
     config = transformers.AutoConfig.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=False)
     labels = folder_labels(files, root, {str(k): int(v) for k, v in (config.label2id or {}).items()},
                            int(config.num_labels))
-    calib, held = split(len(files), calib_samples)
+    calib, val, test = split_slices(len(files), calib_samples)
 
     def build_model() -> Any:
         return load_model(model_dir)
@@ -149,8 +149,8 @@ def task(images_dir: str | Path, model_dir: str | Path, image_size: int | None =
     return Task(
         name=name or f"image-folder:{root.name}", build_model=build_model, input_names=("pixel_values",),
         output_names=("logits",), calib_data=Batches({"pixel_values": x[calib]}, batch_size=batch_size),
-        val_data=Batches({"pixel_values": x[held]}, labels[held], batch_size=batch_size),
-        test_data=Batches({"pixel_values": x[held]}, labels[held], batch_size=batch_size),
+        val_data=Batches({"pixel_values": x[val]}, labels[val], batch_size=batch_size),
+        test_data=Batches({"pixel_values": x[test]}, labels[test], batch_size=batch_size),
         train_data=Batches({"pixel_values": x[calib]}, labels[calib], batch_size=batch_size, shuffle=True),
         metric=accuracy, num_classes=int(config.num_labels),
         preprocessing={"input": "RGB image", **prep, "layout": "NCHW float32",
