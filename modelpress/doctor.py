@@ -24,6 +24,20 @@ def cpu_info() -> dict[str, Any]:
     return {"model": model, "cores": os.cpu_count(), "flags": {f: f in present for f in FLAGS}}
 
 
+def int8_dot_product() -> bool:
+    """Whether this CPU has an int8 dot-product instruction (AVX512-VNNI, AVX-VNNI or AMX-INT8). Without one,
+    int8 kernels add u8 x s8 products in pairs into int16 (AVX2 ``vpmaddubsw``), which full-range weights
+    can saturate."""
+    flags = cpu_info()["flags"]
+    return bool(flags.get("avx512_vnni") or flags.get("avx_vnni") or flags.get("amx_int8"))
+
+
+def bf16_compute() -> bool:
+    """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX-BF16): OpenVINO's bf16 hint needs it."""
+    flags = cpu_info()["flags"]
+    return bool(flags.get("avx512_bf16") or flags.get("amx_bf16"))
+
+
 def gpus() -> list[str]:
     if not shutil.which("nvidia-smi"):
         return []

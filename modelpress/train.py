@@ -80,6 +80,13 @@ def main_output(output: Any) -> torch.Tensor:
                           f"tensors or an object with '.logits'.")
 
 
+def all_outputs(output: Any) -> list[torch.Tensor]:
+    """Every output tensor, in order: the output itself, ``.logits`` (Hugging Face) or each of a tuple."""
+    if isinstance(output, (tuple, list)) and output and all(isinstance(t, torch.Tensor) for t in output):
+        return list(output)
+    return [main_output(output)]
+
+
 def supervised_loss(output: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
     """Cross-entropy for integer class targets, mean squared error for float targets of the output's shape."""
     if target is None:

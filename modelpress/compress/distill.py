@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from . import Applied, Tools
-from ..train import (TrainConfig, first_batch, fit, forward, frozen_parameters, main_output, split_batch,
+from ..train import (TrainConfig, all_outputs, first_batch, fit, forward, frozen_parameters, main_output, split_batch,
                      supervised_loss, task_evaluator, to_tensors, train_data_for)
 from ..config import check
 from ..errors import ConfigError, ModelpressError
@@ -88,9 +88,12 @@ def load_teacher(model: nn.Module, config: Config, task: Any) -> tuple[nn.Module
     return load_into(built, config.teacher), config.teacher
 
 
-def loss_kind(config: Config, task: Any) -> str:
-    """The teacher term in use: ``auto`` is kl for classifiers (the task has classes), else mse."""
-    return config.loss if config.loss != "auto" else ("kl" if task.num_classes is not None else "mse")
+def loss_kinds(config: Config, task: Any) -> list[str]:
+    """The teacher term per output: ``auto`` is kl for a classifier's class scores (an output of kind
+    ``logits`` of a task with classes), else mse."""
+    if config.loss != "auto":
+        return [config.loss] * len(task.output_names)
+    return ["kl" if kind == "logits" and task.num_classes is not None else "mse" for kind in task.output_kinds]
 
 
 def soft_loss(kind: str, student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -159,7 +162,7 @@ def distill(student: nn.Module, teacher: nn.Module, task: Any, config: Config = 
     if config.data == "calib" and config.batch_size is not None:
         data = data.with_batch_size(config.batch_size)
     inputs, _ = split_batch(first_batch(data))
-    kind = loss_kind(config, task)
+    kinds = loss_kinds(config, task)
     pairs = [(f.split("=")[0], f.split("=")[-1]) for f in config.features]
     frozen = frozen_parameters(student, config.include, config.exclude)
     teacher_was_training = teacher.training
@@ -171,22 +174,26 @@ def distill(student: nn.Module, teacher: nn.Module, task: Any, config: Config = 
         teacher.eval()
         with torch.no_grad():
             x = to_tensors(inputs)
-            t_out, s_out = main_output(forward(teacher, x, names)), main_output(forward(student.eval(), x, names))
-        if t_out.shape != s_out.shape:
-            raise ModelpressError(f"The teacher's outputs have shape {tuple(t_out.shape)} but the student's have "
-                                  f"{tuple(s_out.shape)}; distillation needs outputs of the same shape (same classes "
-                                  f"or embedding width). Give a student with the teacher's output layer.")
+            t_outs, s_outs = all_outputs(forward(teacher, x, names)), all_outputs(forward(student.eval(), x, names))
+        if [t.shape for t in t_outs] != [o.shape for o in s_outs]:
+            raise ModelpressError(f"The teacher's outputs have shapes {[tuple(t.shape) for t in t_outs]} but the "
+                                  f"student's have {[tuple(o.shape) for o in s_outs]}; distillation needs outputs of "
+                                  f"the same shape (same classes or embedding width). Give a student with the "
+                                  f"teacher's output layers.")
+        if len(kinds) != len(t_outs):
+            kinds = (kinds * len(t_outs))[:len(t_outs)]  # a task that names fewer outputs than the model gives
         torch.manual_seed(config.seed)  # the projections' initial weights
         proj = nn.ModuleDict({str(i): projection(s_cap.outputs[s].shape, t_cap.outputs[t].shape, f"{s}={t}")
                               for i, (s, t) in enumerate(pairs)})
 
         def loss_fn(model: nn.Module, x: dict[str, torch.Tensor], target: torch.Tensor | None) -> torch.Tensor:
             with torch.no_grad():
-                t_out = main_output(forward(teacher, x, names))
-            s_out = main_output(forward(model, x, names))
-            loss = soft_loss(kind, s_out, t_out, config.temperature)
+                t_outs = all_outputs(forward(teacher, x, names))
+            s_outs = all_outputs(forward(model, x, names))
+            # every output learns from the teacher's; labels (if any) belong to the first output
+            loss = sum(soft_loss(k, s, t, config.temperature) for k, s, t in zip(kinds, s_outs, t_outs))
             if target is not None and config.alpha > 0:
-                loss = config.alpha * supervised_loss(s_out, target) + (1 - config.alpha) * loss
+                loss = config.alpha * supervised_loss(s_outs[0], target) + (1 - config.alpha) * loss
             for i, (s, t) in enumerate(pairs):
                 feature = proj[str(i)](s_cap.outputs[s])
                 loss = loss + config.feature_weight * nn.functional.mse_loss(feature, t_cap.outputs[t])
@@ -222,7 +229,7 @@ def apply(model: nn.Module | Applied, config: Config, task: Any, tools: Tools = 
     else:
         student = copy.deepcopy(prev.model)
     distill(student, teacher, task, config, teacher_name, prev.train_hooks)
-    facts = {"distill": {"teacher": teacher_name, "student": config.student, "loss": loss_kind(config, task),
+    facts = {"distill": {"teacher": teacher_name, "student": config.student, "loss": "+".join(loss_kinds(config, task)),
                          "alpha": config.alpha, "temperature": config.temperature, "epochs": config.epochs,
                          "params_student": count_params(student), "params_teacher": count_params(teacher)}}
     return prev.then(student, facts=facts)

@@ -31,7 +31,7 @@ from ..config import check
 from ..errors import ConfigError, ModelpressError
 from ..task import Task
 from ._lowrank_layers import approximation, bases, split
-from ._lowrank_scope import calibration_inputs, geometry, run, select
+from ._lowrank_scope import calibration_inputs, geometry, select
 from ._lowrank_select import Choice, Layer, by_energy, by_param_ratio, by_sensitivity, explicit
 
 SEARCH_SPACE: dict[str, list] = {
@@ -104,7 +104,7 @@ def apply(model: nn.Module | Applied, config: Config, task: Task, tools: Tools =
     for name, choice in plan.items():
         replace(model, name, split(model.get_submodule(name), choice.method, choice.ranks))
     if teacher is not None and plan:
-        recover(model, teacher, task, config, prev.train_hooks)
+        fine_tune_from(model, teacher, task, config, prev.train_hooks)
     facts = {"ranks": {n: c.ranks[0] if len(c.ranks) == 1 else list(c.ranks) for n, c in plan.items()},
              "params_before": params_before, "params_after": count(model),
              "lowrank_layers": {n: layer_facts(c, measured.get(n)) for n, c in plan.items()},
@@ -135,13 +135,13 @@ def decide(model: nn.Module, layers: list[Layer], config: Config, inputs: dict[s
 
 def sensitivity_plan(model: nn.Module, layers: list[Layer], config: Config, inputs: dict[str, torch.Tensor]):
     from ..progress import progress_bar
+    from .sensitivity import OutputProbe
 
-    reference = run(model, inputs).to(torch.float64)
-    scale = float((reference ** 2).sum()) or 1.0
+    probe = OutputProbe(model, [inputs], list(inputs))
     cache: dict[tuple[str, str], tuple] = {}
 
     def sensitivity(layer: Layer, method: str, ranks: tuple[int, ...]) -> float:
-        """Relative squared output error with only this layer approximated (the weight swapped in place)."""
+        """Relative output error (every output) with only this layer approximated (the weight swapped in place)."""
         weight = layer.module.weight
         original = weight.detach().clone()
         key = (layer.name, method)
@@ -151,10 +151,9 @@ def sensitivity_plan(model: nn.Module, layers: list[Layer], config: Config, inpu
         with torch.no_grad():
             weight.copy_(approximation(layer.module, method, ranks, cache[key]))
             try:
-                out = run(model, inputs).to(torch.float64)
+                return probe.error()
             finally:
                 weight.copy_(original)
-        return float(((out - reference) ** 2).sum()) / scale
 
     with progress_bar() as progress:
         bar = progress.add_task("lowrank: layer sensitivity", total=len(layers))
@@ -199,7 +198,7 @@ def count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def recover(model: nn.Module, teacher: nn.Module, task: Task, config: Config, hooks: tuple = ()) -> None:
+def fine_tune_from(model: nn.Module, teacher: nn.Module, task: Task, config: Config, hooks: tuple = ()) -> None:
     """Fine-tune the factorized model: (1 - a) * CE + a * T^2 * KL(teacher_T || student_T)."""
     from ..train import TrainConfig, fit
 

@@ -90,23 +90,23 @@ def schedule(ratio: float, step: int, steps: int) -> float:
 
 def apply(model: nn.Module | Applied, config: Config, task: Any, tools: Tools = Tools()) -> Applied:
     """Prune a copy of the model; the input model is not modified."""
-    from ._prune import measure
+    from ._prune import counts
 
     prev = Applied.of(model)
     model = copy.deepcopy(prev.model).eval()
     example = example_inputs(task)
-    params_before, macs_before = measure.params(model), measure.macs(model, example)
+    params_before, macs_before = counts.params(model), counts.macs(model, example)
     if config.method == "channel":
         model, facts, pruning = _channel(model, config, task, example, prev.train_hooks)
-        params_after = measure.params(model)
+        params_after = counts.params(model)
         sparsity = 1 - params_after / params_before
         hooks = prev.train_hooks
     else:
         facts, hooks, sparsity = _unstructured(model, config, task, prev.train_hooks)
-        params_after = measure.nonzero_params(model)
+        params_after = counts.nonzero_params(model)
         pruning = {}
     facts.update(sparsity=round(sparsity, 6), params_before=params_before, params_after=params_after,
-                 macs_before=macs_before, macs_after=measure.macs(model, example))
+                 macs_before=macs_before, macs_after=counts.macs(model, example))
     return prev.then(model.eval(), facts=facts, storage=_merged_storage(prev.storage, pruning), train_hooks=hooks)
 
 
@@ -124,7 +124,7 @@ def _channel(model: nn.Module, config: Config, task: Any, example: tuple[torch.T
     """The pruned model, its facts and the pruning record (replayable cuts)."""
     from . import _importance, _surgery
     from ._graph import Graph
-    from ._prune import measure, policy
+    from ._prune import counts, policy
 
     composed: dict[tuple[str, Any], dict[str, Any]] = {}
     sets: dict[str, dict[str, Any]] = {}
@@ -144,7 +144,7 @@ def _channel(model: nn.Module, config: Config, task: Any, example: tuple[torch.T
         if config.target == "channels":
             cuts = cuts_for(local)
         else:
-            cost = measure.params if config.target == "params" else (lambda m: measure.macs(m, example))
+            cost = counts.params if config.target == "params" else (lambda m: counts.macs(m, example))
             now = cost(model)
 
             def removed_share(ratio: float) -> float:

@@ -53,6 +53,11 @@ class Config:
     calibration: Literal["minmax", "percentile", "mse", "entropy"] = "mse"  # activation range observer
     percentile: float = 99.99  # for calibration: percentile
     calib_samples: int = 512  # calibration samples used at most (streamed)
+    # int8 modes: weights in 7 bits (values -63..63) instead of 8. ONNX Runtime's and OpenVINO's int8 kernels on
+    # CPUs without an int8 dot-product instruction (VNNI, AMX) add u8 x s8 products in pairs into int16, which
+    # saturates with full-range weights; auto: on exactly when this CPU has neither (what ONNX Runtime's own
+    # quantizer recommends with reduce_range).
+    reduce_range: Literal["auto", "on", "off"] = "auto"
     bias_correction: bool = True  # static/mixed: shift each bias by the mean output error rounding caused
     fold_batchnorm: bool = True  # fold BatchNorm into the convolution before quantizing
     max_score_drop: float | None = None  # accuracy-aware fallback (mode mixed: 0.005 when unset)
@@ -86,12 +91,21 @@ class Config:
         check(self.qat_epochs >= 1, f"'quantize.qat_epochs' must be at least 1, got {self.qat_epochs}.")
         check(0 < self.qat_lr < float("inf"), f"'quantize.qat_lr' must be a positive number, got {self.qat_lr}.")
 
+    @property
+    def int8_weight_bits(self) -> int:
+        """The bits int8 weights use: 7 with a reduced range (``reduce_range``), else 8."""
+        from ..doctor import int8_dot_product
+
+        return 7 if self.reduce_range == "on" or (self.reduce_range == "auto" and not int8_dot_product()) else 8
+
     def weight_spec(self, bits: int | None = None, per_channel: bool | None = None) -> Any:
         from .quantizer import WeightSpec
 
         channel = self.per_channel if per_channel is None else per_channel
         granularity = "group" if self.group_size else ("channel" if channel else "tensor")
-        return WeightSpec(bits or self.bits, self.symmetric, granularity, self.group_size or 128, self.weight_range)
+        if bits is None:
+            bits = self.bits if self.mode == "weight_only" else self.int8_weight_bits
+        return WeightSpec(bits, self.symmetric, granularity, self.group_size or 128, self.weight_range)
 
     @property
     def score_limit(self) -> float | None:

@@ -117,6 +117,14 @@ def quantize(ov_model: Any, task: Task, config: Config) -> Any:
     if config.smooth_quant:
         kwargs["model_type"] = nncf.ModelType.TRANSFORMER
     preset = nncf.QuantizationPreset.MIXED if config.preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
+    from ..doctor import int8_dot_product
+
+    # Without VNNI/AMX the CPU plugin's int8 kernels add u8 x s8 pairs into int16: 7-bit weights everywhere
+    # keep those sums from saturating (NNCF's overflow fix), at the cost of one bit of weight precision.
+    if not int8_dot_product():
+        kwargs["advanced_parameters"] = AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE)
     n = sum(len(next(iter(b.values()))) for b in items)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

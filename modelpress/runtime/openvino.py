@@ -1,9 +1,10 @@
 """OpenVINO sessions on the CPU plugin.
 
 ``RuntimeConfig.precision`` picks the inference precision hint: ``fp32`` -> f32 (the default, for
-parity checks: this CPU would otherwise compute in bf16), ``bf16``, ``fp16`` -> f16, ``int8`` -> f32 for
-the layers NNCF left in float (the quantized layers run in int8 whatever the hint), ``auto`` -> the
-plugin's own choice.
+parity checks: a CPU with AVX512-BF16 or AMX would otherwise compute in bf16), ``bf16``, ``fp16`` -> f16
+(refused, with the reason, on a CPU that cannot compute in it: the plugin would silently run f32),
+``int8`` -> f32 for the layers NNCF left in float (the quantized layers run in int8 whatever the hint),
+``auto`` -> the plugin's own choice.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ModelFileError, ModelpressError
+from ..errors import ModelFileError, ModelpressError, RuntimeUnavailable
 from . import RuntimeConfig, check_inputs, importable
 
 FORMATS = ("openvino",)
@@ -43,6 +44,18 @@ class OpenVINOSession:
         return [self._request.get_output_tensor(i).data.copy() for i in range(len(self._compiled.outputs))]
 
 
+def check_precision(core: Any, precision: str) -> None:
+    """Refuse a bf16/fp16 hint this CPU cannot compute in: OpenVINO would silently run f32 instead, and a
+    result labelled bf16 would describe an fp32 run."""
+    wanted = {"bf16": "BF16", "fp16": "FP16"}.get(precision)
+    capabilities = list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    if wanted and wanted not in capabilities:
+        raise RuntimeUnavailable(
+            f"OpenVINO's CPU plugin cannot compute in {precision} on this CPU (its capabilities: "
+            f"{', '.join(capabilities)}); {precision} needs "
+            f"{'AVX512-BF16 or AMX' if precision == 'bf16' else 'AVX512-FP16 or AMX-FP16'}. Use precision fp32.")
+
+
 def load(artifact: Any, config: RuntimeConfig = RuntimeConfig()) -> OpenVINOSession:
     import openvino as ov
 
@@ -54,6 +67,7 @@ def load(artifact: Any, config: RuntimeConfig = RuntimeConfig()) -> OpenVINOSess
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         raise ModelFileError(f"OpenVINO cannot read {path}: {first}. The IR is damaged: re-export it.") from None
     props: dict[str, Any] = {"INFERENCE_NUM_THREADS": config.threads, "PERFORMANCE_HINT": "LATENCY"}
+    check_precision(core, config.precision)
     if HINTS[config.precision]:
         props["INFERENCE_PRECISION_HINT"] = HINTS[config.precision]
     try:

@@ -5,7 +5,7 @@ stored as ``codebook`` (float32 ``[groups, k]``, exact values) plus one index pe
 
 - ``dense`` layout: the index of every weight;
 - ``sparse`` layout: only nonzero weights, as their indices plus relative positions (runs of zeros,
-  see ``_streams.positions_to_runs``); the escape width is picked per tensor.
+  see ``_symbols.positions_to_runs``); the escape width is picked per tensor.
 
 Every applicable form is encoded and the smallest kept, so a tensor is never stored larger than raw.
 Decoding is exact: the decoded array equals the encoded one value for value.
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ._huffman import CorruptStream
-from ._streams import decode_stream, encode_stream, positions_to_runs, runs_to_positions
+from ._symbols import decode_stream, encode_stream, positions_to_runs, runs_to_positions
 
 MAX_CODEBOOK = 256
 ESCAPE_BITS = range(1, 9)  # run-length symbols of 1..8 bits (escape = 2**bits - 1)

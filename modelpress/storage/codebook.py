@@ -39,7 +39,7 @@ import numpy as np
 
 from . import _tensors, rewrite_manifest
 from ._huffman import CorruptStream
-from ._streams import ENTROPY
+from ._symbols import ENTROPY
 from .. import artifact
 from ..config import parse
 from ..errors import ModelFileError
@@ -170,7 +170,9 @@ def encode(art: artifact.Artifact, model: Any, options: dict[str, Any]) -> artif
     if art.format != "onnx":
         note = (f"The codebook storage encodes ONNX artifacts; this {art.format} artifact is stored as exported "
                 f"(export with format: onnx to store it clustered).")
-        return rewrite_manifest(art, art.manifest["file"], facts={**art.manifest.get("facts", {}), "storage_note": note})
+        others = tuple(f for f in art.manifest["files"] if f != art.manifest["file"])  # e.g. OpenVINO's model.bin
+        return rewrite_manifest(art, art.manifest["file"], extra_files=others,
+                                facts={**art.manifest.get("facts", {}), "storage_note": note})
     proto = onnx.load(str(art.path))
     graph = proto.graph
     moved = [i for i, t in enumerate(graph.initializer)

@@ -15,17 +15,16 @@ import numpy as np
 from ...onnxgraph import OnnxGraph
 from ..quantizer import WeightSpec, quantize
 
-INT8_COLUMNS = WeightSpec(bits=8, symmetric=True, granularity="channel")
-INT8_TENSOR = WeightSpec(bits=8, symmetric=True, granularity="tensor")
 
 
 def eligible(g: OnnxGraph, node: Any) -> bool:
     return node.op_type in ("Gemm", "MatMul") and g.weight_input(node) is not None
 
 
-def rewrite(proto: Any, targets: list[str], per_channel: Mapping[str, bool]) -> Any:
-    """Replace the Gemm/MatMul nodes named in ``targets`` by their dynamic int8 form, in place (one weight scale
-    per output column for the nodes ``per_channel`` maps to True, else one per tensor)."""
+def rewrite(proto: Any, targets: list[str], per_channel: Mapping[str, bool], weight_bits: int = 8) -> Any:
+    """Replace the Gemm/MatMul nodes named in ``targets`` by their dynamic int8 form, in place (weights of
+    ``weight_bits`` bits; one weight scale per output column for the nodes ``per_channel`` maps to True, else
+    one per tensor)."""
     import torch
     from onnx import TensorProto, helper
 
@@ -35,7 +34,8 @@ def rewrite(proto: Any, targets: list[str], per_channel: Mapping[str, bool]) -> 
         name, w, axis = g.weight_input(node)
         w_kn = np.ascontiguousarray(w if axis == 1 else w.T)  # MatMulInteger takes B as [K, N]
         channel = per_channel.get(node.name, True)
-        qw = quantize(torch.from_numpy(w_kn.copy()), INT8_COLUMNS if channel else INT8_TENSOR, axis=1)
+        spec = WeightSpec(bits=weight_bits, symmetric=True, granularity="channel" if channel else "tensor")
+        qw = quantize(torch.from_numpy(w_kn.copy()), spec, axis=1)
         w_int8 = qw.integers().numpy().astype(np.int8)
         w_scale = qw.scale.reshape(-1).numpy().astype(np.float32)
         if not channel:

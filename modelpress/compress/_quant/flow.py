@@ -66,6 +66,11 @@ def run(prev: Applied, config: Any, task: Any) -> Applied:
         "mode": config.mode, "bits": config.bits, "layer_bits": layer_bits, "fallback_layers": skipped,
         "folded_batchnorm": folded, "weight_granularity": {n: q.spec.granularity for n, q in wrapped.items()},
     }
+    if act is not None and config.int8_weight_bits < 8:
+        facts["int8_weight_bits"] = config.int8_weight_bits
+        facts["quantize_note"] = ("int8 weights use 7 bits (reduce_range): this CPU has no VNNI/AMX int8 dot product, "
+                                  "and the AVX2 int8 kernels add u8 x s8 products in pairs into int16, which saturates "
+                                  "with full-range weights and corrupts outputs.")
     if shifts:
         facts["bias_correction"] = {n: round(float(v.abs().max()), 6) for n, v in shifts.items()}
     if estimate is not None:
@@ -80,7 +85,7 @@ def run(prev: Applied, config: Any, task: Any) -> Applied:
                     per_channel={n: wrapped[n].spec.granularity == "channel" for n in int8},
                     input_ranges={n: r for n, r in ranges[0].items() if n in int8},
                     output_ranges={n: r for n, r in ranges[1].items() if n in int8},
-                    fallback=skipped)
+                    fallback=skipped, weight_bits=config.int8_weight_bits)
         rewrites = (*rewrites, OnnxLowering(plan))
     return prev.then(model, facts=facts, storage=storage, onnx_rewrites=rewrites, train_hooks=hooks)
 

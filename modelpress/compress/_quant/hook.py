@@ -24,6 +24,7 @@ class Plan:
     input_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)  # layer -> calibrated input range
     output_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)  # conv layer -> output range
     fallback: dict[str, str] = field(default_factory=dict)  # layers kept float by the plan, with the reason
+    weight_bits: int = 8  # bits of the int8 weights' values (7: reduced range, see quantize.Config.reduce_range)
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ class OnnxLowering:
         names = [n.name for n in nodes]
         channel = {n.name: self.plan.per_channel.get(module_name(n.name), True) for n in nodes}
         if self.plan.mode == "dynamic":
-            dynamic.rewrite(proto, names, channel)
+            dynamic.rewrite(proto, names, channel, self.plan.weight_bits)
         else:
             ranges = {}
             for n in nodes:
@@ -60,7 +61,7 @@ class OnnxLowering:
                 ranges[n.input[0]] = tuple(self.plan.input_ranges[m])
                 if m in self.plan.output_ranges:
                     ranges[n.output[0]] = tuple(self.plan.output_ranges[m])
-            qdq.rewrite(proto, names, ranges, channel)
+            qdq.rewrite(proto, names, ranges, channel, self.plan.weight_bits)
         found = {module_name(n.name) for n in nodes}
         fallback = dict(self.plan.fallback)
         fallback.update({m: "not found as a Conv/Gemm/MatMul with constant weights in the exported graph"

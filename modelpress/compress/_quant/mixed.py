@@ -8,38 +8,24 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 
-import numpy as np
-import torch
 from torch import nn
 
 from .layers import QuantLayer
 
 
-def _outputs(model: nn.Module, batches: list[dict], input_names: tuple[str, ...]) -> list[np.ndarray]:
-    from ...train import forward, to_tensors
-
-    outs = []
-    with torch.no_grad():
-        for b in batches:
-            out = forward(model.eval(), to_tensors(b), input_names)
-            outs.append((out[0] if isinstance(out, (tuple, list)) else out).float().numpy())  # the scored output
-    return outs
-
-
 def sensitivity(model: nn.Module, wrapped: Mapping[str, QuantLayer], batches: Iterable[dict],
                 input_names: tuple[str, ...]) -> dict[str, float]:
-    """Layer -> output noise-to-signal ratio (squared error / squared output) with only that layer quantized."""
-    batches = list(batches)
+    """Layer -> relative output error (``compress.sensitivity``: every output) with only that layer quantized."""
+    from ..sensitivity import OutputProbe
+
     for q in wrapped.values():
         q.enabled = False
-    reference = _outputs(model, batches, input_names)
-    signal = sum(float((r.astype(np.float64) ** 2).sum()) for r in reference) or 1.0
+    probe = OutputProbe(model, list(batches), input_names)  # the float model's outputs
     scores = {}
     for name, q in wrapped.items():
         q.enabled = True
-        out = _outputs(model, batches, input_names)
+        scores[name] = probe.error()
         q.enabled = False
-        scores[name] = sum(float(((o - r).astype(np.float64) ** 2).sum()) for o, r in zip(out, reference)) / signal
     for q in wrapped.values():
         q.enabled = True
     return scores

@@ -20,8 +20,6 @@ from ...onnxgraph import PASS_THROUGH, OnnxGraph
 from ..quantizer import WeightSpec, act_qparams, quantize
 
 Range = tuple[float, float]
-INT8_CHANNELS = WeightSpec(bits=8, symmetric=True, granularity="channel")
-INT8_TENSOR = WeightSpec(bits=8, symmetric=True, granularity="tensor")
 SHAPE_ONLY = {"Shape", "Size"}  # consumers that read only the shape keep the float tensor
 
 
@@ -111,9 +109,11 @@ def _quantize_weight(g: OnnxGraph, node: Any, x_scale: float, spec: WeightSpec) 
     g.remove_initializer(name)
 
 
-def rewrite(proto: Any, targets: list[str], ranges: Mapping[str, Range], per_channel: Mapping[str, bool]) -> Any:
-    """Quantize the nodes named in ``targets`` (static u8 activations, s8 weights, one scale per output channel
-    for the nodes ``per_channel`` maps to True, else per tensor) in place."""
+def rewrite(proto: Any, targets: list[str], ranges: Mapping[str, Range], per_channel: Mapping[str, bool],
+            weight_bits: int = 8) -> Any:
+    """Quantize the nodes named in ``targets`` (static u8 activations, s8 weights of ``weight_bits`` bits: 7 keeps
+    u8 x s8 pair sums inside int16 for kernels without VNNI; one scale per output channel for the nodes
+    ``per_channel`` maps to True, else per tensor) in place."""
     g = OnnxGraph(proto)
     nodes = [n for n in g.graph.node if n.name in set(targets)]
     params = plan_points(g, nodes, ranges)
@@ -121,6 +121,7 @@ def rewrite(proto: Any, targets: list[str], ranges: Mapping[str, Range], per_cha
     for tensor, (scale, zp) in params.items():
         _insert_qdq(g, tensor, scale, zp)
     for node in nodes:
-        spec = INT8_CHANNELS if per_channel.get(node.name, True) else INT8_TENSOR
+        spec = WeightSpec(bits=weight_bits, symmetric=True,
+                          granularity="channel" if per_channel.get(node.name, True) else "tensor")
         _quantize_weight(g, node, params[inputs[node.name]][0], spec)
     return proto
