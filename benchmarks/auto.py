@@ -118,7 +118,7 @@ def main() -> None:
             arts[name] = default_artifact(name, model, task, Path(tmp) / name)
         sizes = {k: a.size_bytes for k, a in arts.items()}  # read before the temporary folder goes
         sessions = {k: open_session(a, runtime) for k, a in arts.items()}
-        scores = {k: evaluate(predict_fn(s), task) for k, s in sessions.items()}
+        scores = {k: evaluate(predict_fn(s), task, task.test_data) for k, s in sessions.items()}
         print("timing every candidate interleaved with fp32")
         ratios, medians = {}, {}
         for bs in config.batch_sizes:

@@ -25,7 +25,7 @@ def main() -> None:
         task = load_task(name)
         model = task.build_model()
         eager = from_module(model, task.input_names, threads=2)
-        fp32 = evaluate(torch_predict(model, task), task)
+        fp32 = evaluate(torch_predict(model, task), task, task.test_data)
         with tempdir() as tmp:
             session, size = onnx_session(model, task, Path(tmp))
             rows.append(row(name, "onnxruntime-fp32 vs torch eager", score_session(session, task), fp32, size, size,

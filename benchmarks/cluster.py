@@ -19,14 +19,13 @@ LeNet-5 without accuracy loss. Targets here: LeNet-300-100 >= 40x with a drop <=
 """
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
 from common import bench_config, emit, latency_ratios, parser, row, score_session, tempdir
 
-from modelpress.compress import facts, set_storage
-from modelpress.evaluate import parity, predict_fn, torch_predict
+from modelpress.compress import Storage
+from modelpress.evaluate import compare, first_output, predict_fn, torch_predict
 from modelpress.export import onnx as onnx_export
 from modelpress.pipeline import compress, export_model
 from modelpress.recipe import parse_recipe
@@ -71,15 +70,17 @@ def quick(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def measure(name: str, model: Any, task: Any, steps: list[dict], folder: Path, base: dict[str, Any], args: Any,
+def measure(name: str, applied: Any, task: Any, steps: list[dict], folder: Path, base: dict[str, Any], args: Any,
             **extra: Any) -> dict[str, Any]:
-    """Export (and encode) ``model``, score it on ONNX Runtime, time it against fp32: one row."""
+    """Export (and encode) the compressed model (an ``Applied``), score it on ONNX Runtime, time it against fp32:
+    one row."""
     recipe = parse_recipe({"task": task.name, "steps": steps})
-    art = export_model(model, task, recipe, folder)
+    art = export_model(applied, task, recipe, folder)
     session = open_session(art)
     score = score_session(session, task)
-    agreement = parity(torch_predict(model, task), predict_fn(session), task.eval_data)["agreement"]
-    fields = facts(model)
+    agreement = first_output(compare(torch_predict(applied.model, task), predict_fn(session), task.test_data,
+                                     task.output_kinds, task.output_names))["agreement"]
+    fields = applied.facts
     return row(task.name, name, score, base["score"], art.size_bytes, base["size"],
                latency_ratios(session, base["session"], task, bench_config(args)),
                times_smaller=round(base["size"] / art.size_bytes, 2), bytes=art.size_bytes,
@@ -88,10 +89,10 @@ def measure(name: str, model: Any, task: Any, steps: list[dict], folder: Path, b
                layers=(art.manifest.get("codebook") or {}).get("layers"), **extra)
 
 
-def with_entropy(model: Any, entropy: str) -> Any:
-    other = copy.deepcopy(model)
-    set_storage(other, "codebook", entropy=entropy)
-    return other
+def with_entropy(applied: Any, entropy: str) -> Any:
+    """The same weights stored by the codebook codec with another entropy coder."""
+    options = dict(applied.storage.options) if applied.storage is not None else {}
+    return applied.then(storage=Storage("codebook", {**options, "entropy": entropy}))
 
 
 def run_task(name: str, args: Any, tmp: Path) -> list[dict[str, Any]]:

@@ -57,17 +57,29 @@ def ort_title(args: argparse.Namespace) -> str:
 
 
 def onnx_session(model: Any, task: Any, folder: Path, runtime: RuntimeConfig = RuntimeConfig()):
-    """Export ``model`` to ONNX under ``folder`` and open it on ONNX Runtime; returns (session, size_bytes)."""
+    """Export ``model`` (a plain model or a technique's ``Applied``, whose ONNX rewrites are applied) to ONNX
+    under ``folder`` and open it on ONNX Runtime; returns (session, size_bytes)."""
+    from modelpress.compress import Applied
     from modelpress.export import onnx as onnx_export
 
-    art = onnx_export.export(model, task, folder)
+    applied = Applied.of(model)
+    art = onnx_export.export(applied.model, task, folder, rewrites=applied.onnx_rewrites)
     return open_session(art, runtime), art.size_bytes
+
+
+def latency(candidate: Any, baseline: Any, task: Any, config: BenchConfig) -> tuple[dict[str, float], dict[str, str]]:
+    """Per batch size: the median per-round ratio candidate/baseline (timed interleaved), and its verdict
+    (faster / slower / no measurable difference, from the interquartile range of the per-round ratios)."""
+    from modelpress.result import verdict
+
+    res = compare(candidate.run, baseline.run, task.example_inputs, config)
+    return ({str(bs): round(r["paired_ratio"], 4) for bs, r in res.items()},
+            {str(bs): verdict(*r["paired_iqr"]) for bs, r in res.items()})
 
 
 def latency_ratios(candidate: Any, baseline: Any, task: Any, config: BenchConfig) -> dict[str, float]:
     """Median per-round ratio candidate/baseline at each batch size, timed interleaved."""
-    res = compare(candidate.run, baseline.run, task.example_inputs, config)
-    return {str(bs): round(r["paired_ratio"], 4) for bs, r in res.items()}
+    return latency(candidate, baseline, task, config)[0]
 
 
 def row(model: str, candidate: str, score: float, fp32_score: float, size_bytes: int, fp32_size_bytes: int,
@@ -78,7 +90,8 @@ def row(model: str, candidate: str, score: float, fp32_score: float, size_bytes:
 
 
 def score_session(session: Any, task: Any) -> float:
-    return evaluate(predict_fn(session), task)
+    """The task's metric on its test data (the reported score)."""
+    return evaluate(predict_fn(session), task, task.test_data)
 
 
 def machine() -> str:

@@ -66,7 +66,8 @@ def main() -> None:
         student = derive(teacher, example, width=0.5, init=args.init, seed=seed)
         candidates[f"{KD} (seed {seed})"] = distill.distill(copy.deepcopy(student), teacher, task,
                                                             dataclasses.replace(kd, seed=seed))
-        candidates[f"{LABELS} (seed {seed})"] = finetune.apply(student, dataclasses.replace(labels, seed=seed), task)
+        candidates[f"{LABELS} (seed {seed})"] = finetune.apply(student, dataclasses.replace(labels, seed=seed),
+                                                               task).model
     try:
         from modelpress.compress import prune
 
@@ -75,11 +76,11 @@ def main() -> None:
         print(f"channel pruning unavailable ({e}); recovery rows pending")
         pruned = None
     if pruned is not None:
-        candidates["channel-50%, no recovery"] = pruned
+        candidates["channel-50%, no recovery"] = pruned.model
         candidates[f"channel-50% + distill {recovery_epochs} ep"] = distill.apply(
-            pruned, dataclasses.replace(kd, epochs=recovery_epochs), task)
+            pruned, dataclasses.replace(kd, epochs=recovery_epochs), task).model
         candidates[f"channel-50% + finetune {recovery_epochs} ep"] = finetune.apply(
-            pruned, dataclasses.replace(labels, epochs=recovery_epochs), task)
+            pruned, dataclasses.replace(labels, epochs=recovery_epochs), task).model
 
     rows = []
     with tempdir() as tmp:

@@ -19,7 +19,8 @@ from common import bench_config, emit, onnx_session, parser, row, tempdir
 from modelpress import registry
 from modelpress.bench import compare
 from modelpress.energy import EnergyMeter
-from modelpress.evaluate import evaluate, parity, predict_fn, torch_predict
+from modelpress.evaluate import compare as compare_outputs
+from modelpress.evaluate import evaluate, first_output, predict_fn, torch_predict
 from modelpress.runtime import RuntimeConfig, open_session
 from modelpress.task import load_task
 
@@ -43,7 +44,7 @@ def main() -> None:
     for name, task_name in MODELS.items():
         task = load_task(task_name)
         model = task.build_model()
-        fp32 = evaluate(torch_predict(model, task), task)
+        fp32 = evaluate(torch_predict(model, task), task, task.test_data)
         with tempdir() as tmp:
             cpu, cpu_size = onnx_session(model, task, Path(tmp) / "cpu")
             artifacts = {fmt: registry.module("export format", fmt).export(model, task, Path(tmp) / fmt)
@@ -56,10 +57,12 @@ def main() -> None:
                 except Exception as e:
                     print(f"{name}: {label} failed: {type(e).__name__}: {e}")
                     continue
-                par = parity(torch_predict(model, task), predict_fn(session), task.eval_data)
+                par = first_output(compare_outputs(torch_predict(model, task), predict_fn(session), task.test_data,
+                                                   task.output_kinds, task.output_names))
                 latency = compare(session.run, cpu.run, task.example_inputs, config)
                 joules = meter.measure(lambda s=session: s.run(task.example_inputs(256)), 20)
-                rows.append(row(name, label, evaluate(predict_fn(session), task), fp32, artifacts[fmt].size_bytes,
+                score = evaluate(predict_fn(session), task, task.test_data)
+                rows.append(row(name, label, score, fp32, artifacts[fmt].size_bytes,
                                 cpu_size, {str(b): round(r["paired_ratio"], 4) for b, r in latency.items()},
                                 p50_ms_256=round(latency[256]["candidate"]["p50"], 4),
                                 max_abs_diff=float(f"{par['max_abs_diff']:.3g}"), agreement=round(par["agreement"], 4),

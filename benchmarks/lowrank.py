@@ -30,7 +30,6 @@ import torch
 from common import (bench_config, emit, latency_ratios, onnx_session, ort_args, ort_config, ort_title, parser, row,
                     score_session, tempdir)
 
-from modelpress.compress import facts
 from modelpress.compress import lowrank
 from modelpress.compress._lowrank_layers import approximation
 from modelpress.task import load_task
@@ -115,11 +114,11 @@ def main() -> None:
         task = load_task(task_name)
         fp32_model = task.build_model()
         epochs = config.recover_epochs
-        split = lowrank.apply(fp32_model, lowrank.Config(**{**_fields(config), "recover_epochs": 0}), task)
-        info = facts(split)
+        applied = lowrank.apply(fp32_model, lowrank.Config(**{**_fields(config), "recover_epochs": 0}), task)
+        split, info = applied.model, applied.facts
         recovered = copy.deepcopy(split)
-        lowrank.recover(recovered, copy.deepcopy(fp32_model), task,
-                        lowrank.Config(**{**_fields(config), "recover_epochs": epochs}))
+        lowrank.fine_tune_from(recovered, copy.deepcopy(fp32_model), task,
+                               lowrank.Config(**{**_fields(config), "recover_epochs": epochs}))
         names = [n for n, _ in fp32_model.named_modules()
                  if n in info["lowrank_layers"] or n in info["lowrank_skipped"]]
         candidates = {"lowrank": split, "lowrank+recover": recovered,

@@ -28,8 +28,8 @@ from pathlib import Path
 from common import bench_config, emit, latency_ratios, parser, row, score_session, tempdir
 
 from modelpress import registry
-from modelpress.compress import facts, prune, storage
-from modelpress.compress._prune import measure
+from modelpress.compress import Applied, prune
+from modelpress.compress._prune import counts
 from modelpress.export import onnx as onnx_export
 from modelpress.runtime import RuntimeConfig, open_session
 from modelpress.task import load_task
@@ -40,12 +40,13 @@ LR = 1e-3
 
 
 def export(model, task, folder: Path):
-    """ONNX export plus the storage codec the technique asked for; (session, size_bytes)."""
-    art = onnx_export.export(model, task, folder)
-    wanted = storage(model)
-    if wanted:
-        options = {k: v for k, v in wanted.items() if k != "encoding"}
-        art = registry.module("storage encoding", wanted["encoding"]).encode(art, model, options)
+    """ONNX export plus the storage codec the technique asked for (``model``: an ``Applied`` or a plain model);
+    (session, size_bytes)."""
+    applied = Applied.of(model)
+    art = onnx_export.export(applied.model, task, folder)
+    if applied.storage is not None:
+        codec = registry.module("storage encoding", applied.storage.encoding)
+        art = codec.encode(art, applied.model, dict(applied.storage.options))
     return open_session(art, RuntimeConfig(threads=2)), art.size_bytes
 
 
@@ -68,9 +69,9 @@ def torch_l1(model, task, amount: float, epochs: int):
 
 
 def candidates(model, task, epochs: int):
-    """(name, pruned model, extra row fields) for each candidate, in table order."""
+    """(name, pruned model or Applied) for each candidate, in table order."""
     channel = prune.apply(model, prune.Config(ratio=0.5, epochs=epochs, lr=LR), task)
-    reduction = facts(channel)["sparsity"]
+    reduction = channel.facts["sparsity"]
     yield "channel-50%", channel
     yield "channel-50%-round8", prune.apply(model, prune.Config(ratio=0.5, round_to=8, epochs=epochs, lr=LR), task)
     yield "magnitude@same", prune.apply(model, prune.Config(method="magnitude", ratio=reduction, epochs=epochs, lr=LR), task)
@@ -94,8 +95,9 @@ def main() -> None:
             fp32 = score_session(base, task)
             for i, (cand, pruned) in enumerate(candidates(model, task, epochs)):
                 session, size = export(pruned, task, Path(tmp) / f"c{i}")
-                f = facts(pruned)  # the torch recipe records none: its MACs are the dense ones
-                extra = {"params_ratio": round(measure.nonzero_params(pruned) / measure.params(model), 4),
+                applied = Applied.of(pruned)
+                f = applied.facts  # the torch recipe reports none: its MACs are the dense ones
+                extra = {"params_ratio": round(counts.nonzero_params(applied.model) / counts.params(model), 4),
                          "macs_ratio": round(f["macs_after"] / f["macs_before"], 4) if f else 1.0}
                 rows.append(row(name.split(":")[1], cand, score_session(session, task), fp32, size, base_size,
                                 latency_ratios(session, base, task, bench_config(args)), epochs=epochs, **extra))

@@ -7,12 +7,12 @@
 Scores are the task's accuracy, which counts a sample whose top score is tied between k classes as 1/k when
 its label is among them (``modelpress.task.top1_credit``): a graph that rounds its logits to int8, as ORT's
 quantize_static does, ties on about 1% of samples, and ``argmax`` would hand every tie to the lowest class
-number. Rows (besides the common fields): ``ties`` (evaluation samples with a tied top score),
+number. Rows (besides the common fields): ``ties`` (test samples with a tied top score),
 ``score_argmax`` (the accuracy with ``argmax``'s lowest-index rule instead), ``cosine`` (mean cosine
-similarity of the outputs to the fp32 artifact's over the whole evaluation set), ``int8_ops`` /
-``float_ops`` / ``fallback_layers`` (what ONNX Runtime ran) and ``why_slower`` (quantize.explain on the
-measured ratios). The rows ``static`` and ``static, per channel at 6 dB`` also have ``vs_ort_static``
-(latency ratio to ORT's quantize_static per batch size, timed interleaved) and ``vs_ort_static_samples``: on how many evaluation samples only ours /
+similarity of the outputs to the fp32 artifact's over the whole test set), ``int8_ops`` /
+``float_ops`` / ``fallback_layers`` (what ONNX Runtime ran, read off the artifact), ``latency_verdict`` and
+``why_slower`` (quantize.explain on the measured ratios). The rows ``static`` and ``static, per channel at 6 dB`` also have ``vs_ort_static``
+(latency ratio to ORT's quantize_static per batch size, timed interleaved) and ``vs_ort_static_samples``: on how many test samples only ours /
 only ORT's is right, with the exact two-sided sign-test (McNemar) p-value of that difference (over the
 samples neither ties at the top). With ``--streams N`` (N > 1) every session splits its batches across N
 sessions, and a row ``fp32, 1 stream`` times the fp32 model on one session against the N-stream fp32 (above
@@ -29,17 +29,18 @@ import json
 import math
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
-from common import (bench_config, emit, latency_ratios, onnx_session, ort_args, ort_config, ort_title, parser, row,
-                    score_session, tempdir)
+from common import (bench_config, emit, latency, latency_ratios, onnx_session, ort_args, ort_config, ort_title, parser,
+                    row, score_session, tempdir)
 
 from modelpress.artifact import load as load_artifact
 from modelpress.artifact import write_for_task
-from modelpress.compress import facts, quantize
-from modelpress.evaluate import parity, predict_fn, torch_predict
-from modelpress.pipeline import export_model
+from modelpress.compress import quantize
+from modelpress.evaluate import compare, first_output, predict_fn, torch_predict
+from modelpress.pipeline import export_model, runtime_fallbacks
 from modelpress.recipe import parse_recipe
 from modelpress.runtime import open_session
 from modelpress.task import load_task, top1_credit
@@ -84,13 +85,13 @@ def ort_quantized(kind: str, fp32_path: Path, task, folder: Path):
 
 
 def outputs(session, task) -> tuple[np.ndarray, np.ndarray]:
-    """The first output over the whole evaluation set, and the labels."""
-    logits = np.concatenate([np.asarray(session.run(x)[0]) for x, _ in task.eval_data])
-    return logits, np.concatenate([y for _, y in task.eval_data])
+    """The first output over the whole test set, and the labels."""
+    logits = np.concatenate([np.asarray(session.run(x)[0]) for x, _ in task.test_data])
+    return logits, np.concatenate([y for _, y in task.test_data])
 
 
 def correct(session, task) -> np.ndarray:
-    """Per evaluation sample: 1 right, 0 wrong, 1/k when the label is one of k tied top scores (the score's rule)."""
+    """Per test sample: 1 right, 0 wrong, 1/k when the label is one of k tied top scores (the score's rule)."""
     return top1_credit(*outputs(session, task))
 
 
@@ -106,13 +107,27 @@ def sign_test(ours, theirs) -> dict:
 
 
 def measure(name, candidate, session, size, fp32, fp32_size, fp32_score, task, config, **extra):
-    cosine = parity(predict_fn(fp32), predict_fn(session), task.eval_data, max_batches=10 ** 6)["cosine"]
-    lat = latency_ratios(session, fp32, task, config)
+    cosine = first_output(compare(predict_fn(fp32), predict_fn(session), task.test_data, task.output_kinds,
+                                  task.output_names, max_batches=10 ** 6))["cosine"]
+    lat, verdicts = latency(session, fp32, task, config)
     logits, y = outputs(session, task)
     ties = int((~np.isin(top1_credit(logits, y), (0, 1))).sum())
     argmax = float((logits.argmax(-1) == y).mean())  # argmax's rule: a tie goes to the lowest class number
     return row(name, candidate, score_session(session, task), fp32_score, size, fp32_size, lat,
-               cosine=round(cosine, 6), ties=ties, score_argmax=round(argmax, 4), **extra)
+               cosine=round(cosine, 6), ties=ties, score_argmax=round(argmax, 4), latency_verdict=verdicts, **extra)
+
+
+def reported_facts(q, art, runtime) -> dict:
+    """The facts a run reports for a quantized artifact: the technique's, the rewrite's (in the manifest) and the
+    op precisions ONNX Runtime reads off the artifact with ``runtime``'s settings (as ``pipeline.measure``)."""
+    from modelpress.runtime.onnxruntime import op_precisions
+
+    f = {**q.facts, **art.manifest.get("facts", {}),
+         **op_precisions(art, runtime, {n for n, _ in q.model.named_modules()})}
+    fallbacks = runtime_fallbacks(f)
+    if fallbacks:
+        f["fallback_layers"] = {**f.get("fallback_layers", {}), **fallbacks}
+    return f
 
 
 def kernel_profile(files: dict[str, Path], task) -> dict[str, dict[str, dict[str, float]]]:
@@ -175,8 +190,8 @@ def near_ties(name: str, model, task, closest: int = 200, draws: int = 100) -> N
     """Why every int8 variant can score above fp32: on the fp32 model's ``closest`` samples (smallest gap
     between its two highest logits), how often its top-1 and its runner-up are right; and the mean
     accuracy after adding Gaussian noise to the fp32 logits (the predictions it flips, and what that does)."""
-    logits = np.concatenate([np.asarray(torch_predict(model, task)(x)) for x, _ in task.eval_data])
-    y = np.concatenate([t for _, t in task.eval_data])
+    logits = np.concatenate([np.asarray(torch_predict(model, task)(x)[0]) for x, _ in task.test_data])
+    y = np.concatenate([t for _, t in task.test_data])
     order = np.argsort(logits, axis=1)
     gap = np.take_along_axis(logits, order[:, -1:], 1)[:, 0] - np.take_along_axis(logits, order[:, -2:-1], 1)[:, 0]
     near = np.argsort(gap)[:closest]
@@ -228,12 +243,15 @@ def main() -> None:
                 apply_s = time.perf_counter() - t0
                 session = open_session(art, runtime)
                 sessions[candidate], paths[candidate] = session, art.runnable_path()
-                f = facts(q)
+                f = reported_facts(q, art, runtime)
                 r = measure(name, candidate, session, art.size_bytes, fp32, fp32_size, fp32_score, task, config,
                             quantize_s=round(apply_s, 1), int8_ops=f.get("int8_ops"), float_ops=f.get("float_ops"),
                             fallback_layers=f.get("fallback_layers"), layer_bits=f.get("layer_bits"),
                             quant_boundaries=f.get("quant_boundaries"))
-                r["why_slower"] = quantize.explain({**r, **f})
+                # what quantize.explain reads of a Result: the facts, the ratios and their verdicts, the setting
+                r["why_slower"] = quantize.explain(SimpleNamespace(
+                    facts=f, latency_ratio=r["latency_ratio"], latency_verdict=r["latency_verdict"],
+                    threads=runtime.threads, streams=runtime.streams))
                 rows.append(r)
             for kind in ("static", "dynamic"):
                 art = ort_quantized(kind, tmp / "fp32" / "model.onnx", task, tmp / f"ort_{kind}")

@@ -13,7 +13,7 @@ All sessions of a model are timed interleaved in one loop (2 threads each; ONNX 
 of 1 thread, the setting ``quantize.explain`` suggests for int8 convolutions). Columns: ``lat×@B`` is
 latency / fp32 ONNX Runtime at batch B (median of per-round ratios); ``vs_fp32_same@32`` is the int8
 artifact's latency / the fp32 artifact's on the same runtime at batch 32; ``max_abs_diff`` and
-``agreement`` compare with the torch model on evaluation inputs; energy is joules per inference at
+``agreement`` compare with the torch model on test inputs; energy is joules per inference at
 batch 32 from RAPL, or empty with the reason in the JSON.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ from common import bench_config, emit, parser, row, tempdir
 from modelpress import registry
 from modelpress.bench import interleaved, percentiles
 from modelpress.energy import EnergyMeter
-from modelpress.evaluate import evaluate, parity, predict_fn, torch_predict
+from modelpress.evaluate import compare, evaluate, first_output, predict_fn, torch_predict
 from modelpress.runtime import RuntimeConfig, open_session
 from modelpress.task import load_task
 
@@ -63,7 +63,8 @@ def ort_int8(model: Any, task: Any, folder: Path) -> tuple[Any, str]:
         from modelpress.compress import quantize
 
         quantized = quantize.apply(model, quantize.Config(mode="static"), task)
-        return onnx_export.export(quantized, task, folder), "modelpress quantize (static, QDQ)"
+        return (onnx_export.export(quantized.model, task, folder, rewrites=quantized.onnx_rewrites),
+                "modelpress quantize (static, QDQ)")
     except ImportError:
         pass
     import onnx
@@ -104,7 +105,7 @@ def measure_model(name: str, task_name: str, args: Any) -> list[dict[str, Any]]:
     con = Console(stderr=True)
     task = load_task(task_name)
     model = task.build_model()
-    torch_score = evaluate(torch_predict(model, task), task)
+    torch_score = evaluate(torch_predict(model, task), task, task.test_data)
     config = bench_config(args)
     sessions, info = {}, {}
     with tempdir() as tmp:
@@ -124,9 +125,11 @@ def measure_model(name: str, task_name: str, args: Any) -> list[dict[str, Any]]:
                 info[label] = {"error": f"{type(e).__name__}: {str(e)[:300]}", "runtime": backend}
                 continue
             export_s = time.perf_counter() - t0
-            par = parity(torch_predict(model, task), predict_fn(session), task.eval_data)
+            par = first_output(compare(torch_predict(model, task), predict_fn(session), task.test_data,
+                                       task.output_kinds, task.output_names))
             info[label] = {"runtime": backend, "size_bytes": art.size_bytes, "export_s": round(export_s, 1),
-                           "score": evaluate(predict_fn(session), task), "parity": par, "int8_method": method}
+                           "score": evaluate(predict_fn(session), task, task.test_data), "parity": par,
+                           "int8_method": method}
             sessions[label] = session
         con.print(f"{name}: timing {len(sessions)} sessions interleaved")
         timing = {}

@@ -1,7 +1,8 @@
 """A user task: ``modelpress run`` with ``task: my_task:task`` (this folder on PYTHONPATH).
 
 It scores a tiny logistic-regression-like model on scikit-learn's iris data, to show the pieces a Task
-needs: a model builder, input/output names, calibration, evaluation and training data, and a metric.
+needs: a model builder, input/output names, calibration, validation (decisions), test (the reported score)
+and training data, and a metric.
 """
 import numpy as np
 import torch
@@ -25,5 +26,6 @@ def task() -> Task:
         return fit(model, Batches({"x": x[:120]}, y[:120], batch_size=16, shuffle=True), TrainConfig(epochs=30, lr=1e-2))
 
     return Task(name="my-task", build_model=build_model, input_names=("x",), output_names=("logits",),
-                calib_data=Batches({"x": x[:64]}), eval_data=Batches({"x": x[120:]}, y[120:]),
+                calib_data=Batches({"x": x[:64]}),
+                val_data=Batches({"x": x[120:135]}, y[120:135]), test_data=Batches({"x": x[135:]}, y[135:]),
                 train_data=Batches({"x": x[:120]}, y[:120], batch_size=16, shuffle=True), num_classes=3)

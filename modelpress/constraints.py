@@ -6,6 +6,8 @@ the stored size, the energy per inference. A quantity that was not measured (Non
 >>> c = Constraints(max_score_drop=0.01, max_size_bytes=1000)
 >>> [v.describe() for v in c.check(Quantities(score_drop=0.02, size_bytes=800))]
 ['score_drop 0.02 exceeds max_score_drop 0.01 by 0.01']
+>>> [v.describe() for v in c.check(Quantities(score_drop=float("nan")))]
+['score_drop is nan (not a usable measurement), so max_score_drop cannot be met']
 """
 from __future__ import annotations
 
@@ -48,10 +50,12 @@ class Violation:
 
     @property
     def relative(self) -> float:
-        """The excess as a share of the limit."""
-        return self.excess / max(abs(self.limit), 1e-12)
+        """The excess as a share of the limit (infinite for a NaN value)."""
+        return self.excess / max(abs(self.limit), 1e-12) if math.isfinite(self.value) else math.inf
 
     def describe(self) -> str:
+        if not math.isfinite(self.value):
+            return f"{self.quantity} is {self.value} (not a usable measurement), so {self.constraint} cannot be met"
         return f"{self.quantity} {self.value:.4g} exceeds {self.constraint} {self.limit:.4g} by {self.excess:.4g}"
 
     def to_json(self) -> dict[str, float | str]:
@@ -77,11 +81,12 @@ class Constraints:
             check(value is None or value > 0, f"{name} must be positive, got {value}.")
 
     def check(self, measured: Quantities) -> list[Violation]:
-        """Each constraint ``measured`` misses, with by how much."""
+        """Each constraint ``measured`` misses, with by how much. A limited quantity measured as NaN (a model
+        whose outputs are NaN scores NaN) misses its limit: it can never pass as met."""
         out = []
         for name, quantity in LIMITS.items():
             limit, value = getattr(self, name), getattr(measured, quantity)
-            if limit is not None and value is not None and value > limit:
+            if limit is not None and value is not None and not value <= limit:
                 out.append(Violation(name, float(limit), float(value)))
         return out
 

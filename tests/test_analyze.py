@@ -25,7 +25,8 @@ def self_labelled(model, shape, n=192, seed=0):
         y = model.eval()(torch.from_numpy(x)).argmax(-1).numpy()
     return Task(name=f"synthetic-{type(model).__name__}", build_model=lambda: model, input_names=("x",),
                 output_names=("logits",), calib_data=Batches({"x": x[:64]}, batch_size=32),
-                eval_data=Batches({"x": x}, y, batch_size=64), num_classes=10)
+                val_data=Batches({"x": x}, y, batch_size=64), test_data=Batches({"x": x}, y, batch_size=64),
+                num_classes=10)
 
 
 def model_and_task(cls, shape, seed=0):
@@ -247,16 +248,17 @@ def test_sensitivity_uses_registered_technique():
     assert "score" in sens["layers"][0]["results"]["lowrank"]
 
 
-def test_task_without_eval_data_skips_sensitivity_with_a_note():
+def test_task_without_val_data_skips_sensitivity_with_a_note():
     model, task = model_and_task(LeNet300100, (1, 28, 28))
+    # sensitivity decides on validation data: labelled test data does not stand in for it
     unlabelled = Task(name="nolabels", build_model=lambda: model, input_names=("x",), output_names=("logits",),
-                      calib_data=task.calib_data, eval_data=task.eval_data.inputs_only())
+                      calib_data=task.calib_data, val_data=task.val_data.inputs_only(), test_data=task.test_data)
     sens = sensitivity(model, unlabelled, layer_table(model, unlabelled))
     assert "Sensitivity skipped" in sens["skipped"] and "no labels" in sens["skipped"]
     empty = Task(name="empty", build_model=lambda: model, input_names=("x",), output_names=("logits",),
-                 calib_data=task.calib_data, eval_data=None)
+                 calib_data=task.calib_data, val_data=None, test_data=task.test_data)
     result = analyze(empty, model, AnalyzeConfig(profile=False))
-    assert "no evaluation data" in result["sensitivity"]["skipped"]
+    assert "no validation data" in result["sensitivity"]["skipped"]
     assert result["advice"]["recommendations"]  # advice still comes from the layer table
 
 

@@ -37,6 +37,30 @@ def test_compare_ratio(monkeypatch):
     assert set(res) == {1, 8}
     assert abs(res[1]["ratio"] - 0.25) < 1e-9 and abs(res[8]["paired_ratio"] - 0.25) < 1e-9
     assert abs(bench.throughput_per_s({8: res[8]["candidate"]})[8] - 8 * 1e3 / 0.5) < 1e-6
+    assert res[1]["paired_iqr"] == [0.25, 0.25] and res[1]["rounds"] == 3  # steady timings: no extra rounds
+
+
+def test_compare_times_more_rounds_while_the_spread_is_wide(monkeypatch):
+    state = {"t": 0.0, "calls": 0}
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: state["t"])
+
+    def candidate(_inputs):  # 1 ms and 3 ms in turn against a steady 2 ms: per-round ratios 0.5 and 1.5
+        state["calls"] += 1
+        state["t"] += (1.0 if state["calls"] % 2 else 3.0) / 1e3
+
+    def baseline(_inputs):
+        state["t"] += 2.0 / 1e3
+
+    def timed(**settings):
+        config = bench.BenchConfig(batch_sizes=(1,), warmup=0, rounds=4, runs_per_round=1, **settings)
+        return bench.compare(candidate, baseline, lambda bs: {}, config)[1]
+
+    wide = timed(max_rounds=10)
+    assert wide["rounds"] == 10  # more rounds, up to max_rounds, as the spread never narrows
+    q1, q3 = wide["paired_iqr"]
+    assert q1 <= wide["paired_ratio"] <= q3 and q3 - q1 > 0.5
+    assert timed(max_spread=10.0)["rounds"] == 4  # a spread within max_spread: the configured rounds suffice
+    assert timed()["rounds"] == 12  # max_rounds 0: three times rounds
 
 
 def test_percentiles_order():

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from modelpress.compress import cluster, facts, storage, train_hooks
+from modelpress.compress import Storage, cluster
 from modelpress.compress._kmeans import INITS, kmeans_1d
 from modelpress.train import TrainConfig, fit
 from modelpress.config import parse
@@ -25,7 +25,8 @@ def mlp_task(n=256, seed=0):
     y = (x.reshape(n, -1)[:, :10].argmax(1)).astype(np.int64)  # a learnable rule
     data = Batches({"x": x}, y, batch_size=64, shuffle=True)
     return Task(name="mlp", build_model=lambda: None, input_names=("x",), output_names=("logits",),
-                calib_data=Batches({"x": x[:64]}), eval_data=Batches({"x": x}, y), train_data=data, num_classes=10)
+                calib_data=Batches({"x": x[:64]}), val_data=Batches({"x": x}, y), test_data=Batches({"x": x}, y),
+                train_data=data, num_classes=10)
 
 
 def sparsified(model: nn.Module, ratio: float) -> nn.Module:
@@ -80,23 +81,23 @@ def test_every_layer_holds_at_most_k_values_and_input_is_untouched(granularity):
     torch.manual_seed(0)
     model = LeNet5().eval()
     before = copy.deepcopy(model.state_dict())
-    out = cluster.apply(model, cluster.Config(clusters=8, granularity=granularity), None)
+    applied = cluster.apply(model, cluster.Config(clusters=8, granularity=granularity), None)
     for name in ("features.0", "features.3", "classifier.1", "classifier.3"):
-        w = out.get_submodule(name).weight
+        w = applied.model.get_submodule(name).weight
         if granularity == "layer":
             assert distinct(w) <= 8
         else:
             assert max(distinct(row) for row in w) <= 8 and distinct(w) > 8
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert storage(out) == {"encoding": "codebook", "entropy": "huffman"}
-    assert facts(out)["cluster_layers"]["classifier.1"]["clusters"] == 8
+    assert applied.storage == Storage("codebook", {"entropy": "huffman"})
+    assert applied.facts["cluster_layers"]["classifier.1"]["clusters"] == 8
 
 
 def test_clustering_at_256_keeps_outputs_close():
     torch.manual_seed(0)
     model = LeNet300100().eval()
     x = torch.randn(32, 1, 28, 28)
-    out = cluster.apply(model, cluster.Config(clusters=256), None)
+    out = cluster.apply(model, cluster.Config(clusters=256), None).model
     with torch.no_grad():
         ref, got = model(x), out(x)
     assert torch.nn.functional.cosine_similarity(ref, got).min() > 0.999
@@ -108,21 +109,23 @@ def test_pruned_zeros_stay_zero_and_count_as_a_cluster():
     zeros = {n: (p == 0) for n, p in model.named_parameters() if p.dim() == 2}
     out = cluster.apply(model, cluster.Config(clusters=16), None)
     for name, was_zero in zeros.items():
-        w = out.get_parameter(name)
+        w = out.model.get_parameter(name)
         assert torch.equal(w == 0, was_zero)  # the same zeros, no new ones
         assert distinct(w) <= 16
-    frozen = train_hooks(out)[0].layers["net.1.weight"][2]
+    frozen = out.train_hooks[0].layers["net.1.weight"][2]
     assert frozen.sum() == 1  # one fixed zero cluster
     dense = cluster.apply(model, cluster.Config(clusters=16, preserve_sparsity=False), None)
-    assert not train_hooks(dense)[0].layers["net.1.weight"][2].any()  # zeros are an ordinary, trainable cluster
+    assert not dense.train_hooks[0].layers["net.1.weight"][2].any()  # zeros are an ordinary, trainable cluster
 
 
 def test_train_hook_sums_gradients_per_cluster():
     layer = nn.Sequential(nn.Linear(6, 1, bias=False))
     with torch.no_grad():
         layer[0].weight.copy_(torch.tensor([[0.0, 1.0, 1.0, 2.0, 2.0, 2.0]]))
-    out = cluster.apply(layer, cluster.Config(clusters=3, encode=False), None)
-    hook, = train_hooks(out)
+    applied = cluster.apply(layer, cluster.Config(clusters=3, encode=False), None)
+    assert applied.storage is None  # encode: false asks for no codebook storage
+    hook, = applied.train_hooks
+    out = applied.model
     out[0].weight.grad = torch.tensor([[5.0, 1.0, 2.0, 1.0, 1.0, 3.0]])
     hook.before_step(out)
     assert out[0].weight.grad.tolist() == [[0.0, 3.0, 3.0, 5.0, 5.0, 5.0]]  # zero cluster gets none
@@ -134,10 +137,11 @@ def test_fine_tuning_keeps_clusters_and_zeros_and_survives_deepcopy():
     model = sparsified(LeNet300100(), 0.8)
     zero = model.net[1].weight == 0
     out = cluster.apply(model, cluster.Config(clusters=8, epochs=1, lr=1e-3), task)
-    assert distinct(out.net[1].weight) <= 8 and torch.equal(out.net[1].weight == 0, zero)
-    before = out.net[1].weight.detach().clone()
-    later = copy.deepcopy(out)  # as a later 'finetune' step would get it
-    fit(later, task.train_data, TrainConfig(epochs=2, lr=1e-2))
+    assert distinct(out.model.net[1].weight) <= 8 and torch.equal(out.model.net[1].weight == 0, zero)
+    before = out.model.net[1].weight.detach().clone()
+    later = copy.deepcopy(out)  # as a later 'finetune' step would get it: the model with its train hooks
+    fit(later.model, task.train_data, TrainConfig(epochs=2, lr=1e-2), hooks=later.train_hooks)
+    later = later.model
     w = later.net[1].weight
     assert not torch.equal(w, before)  # the centroids moved
     assert distinct(w) <= 8 and torch.equal(w == 0, zero)
@@ -149,7 +153,7 @@ def test_layer_clusters_and_include_exclude():
     torch.manual_seed(0)
     config = parse(cluster.Config, {"clusters": 4, "layer_clusters": {"features.*": 16}, "exclude": ["classifier.3"]},
                    "cluster")
-    out = cluster.apply(LeNet5(), config, None)
+    out = cluster.apply(LeNet5(), config, None).model
     assert 4 < distinct(out.features[3].weight) <= 16
     assert distinct(out.classifier[1].weight) <= 4
     assert distinct(out.classifier[3].weight) > 256  # left alone

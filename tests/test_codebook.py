@@ -12,11 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modelpress import artifact
-from modelpress.compress import cluster, facts
+from modelpress.compress import cluster
 from modelpress.errors import ModelFileError
 from modelpress.export import onnx as onnx_export
 from modelpress.runtime import open_session
-from modelpress.storage import _huffman, _streams, _tensors, codebook
+from modelpress.storage import _huffman, _symbols, _tensors, codebook
 from modelpress.zoo import LeNet300100
 
 from .test_cluster import mlp_task, sparsified
@@ -71,20 +71,20 @@ def test_huffman_rejects_damaged_streams():
 def test_relative_positions_round_trip(positions, bits):
     positions = np.array(sorted(positions), np.int64)
     escape = (1 << bits) - 1
-    runs = _streams.positions_to_runs(positions, escape)
+    runs = _symbols.positions_to_runs(positions, escape)
     assert runs.max(initial=0) <= escape
-    assert np.array_equal(_streams.runs_to_positions(runs, escape, len(positions), 5001), positions)
+    assert np.array_equal(_symbols.runs_to_positions(runs, escape, len(positions), 5001), positions)
 
 
-@pytest.mark.parametrize("entropy", _streams.ENTROPY)
+@pytest.mark.parametrize("entropy", _symbols.ENTROPY)
 def test_streams_round_trip(entropy):
     symbols = np.random.default_rng(0).integers(0, 23, 1000)
-    data = _streams.encode_stream(symbols, 23, entropy)
-    assert np.array_equal(_streams.decode_stream(data, 23, 1000, entropy), symbols)
+    data = _symbols.encode_stream(symbols, 23, entropy)
+    assert np.array_equal(_symbols.decode_stream(data, 23, 1000, entropy), symbols)
     if entropy == "none":
         assert len(data) == 1000 * 5 // 8
         with pytest.raises(_huffman.CorruptStream, match="truncated"):
-            _streams.decode_stream(data[:-10], 23, 1000, entropy)
+            _symbols.decode_stream(data[:-10], 23, 1000, entropy)
 
 
 # --- tensors ---------------------------------------------------------------------------------------
@@ -132,7 +132,7 @@ def encoded(tmp_path_factory):
     """A 90%-sparse, 16-cluster LeNet-300-100 exported dense and exported + encoded."""
     torch.manual_seed(0)
     task = mlp_task()
-    model = cluster.apply(sparsified(LeNet300100(), 0.9), cluster.Config(clusters=16), task)
+    model = cluster.apply(sparsified(LeNet300100(), 0.9), cluster.Config(clusters=16), task).model
     dense = onnx_export.export(model, task, tmp_path_factory.mktemp("dense"))
     folder = tmp_path_factory.mktemp("encoded")
     art = codebook.encode(onnx_export.export(model, task, folder), model, {"entropy": "huffman"})
@@ -166,7 +166,8 @@ def test_bits_per_weight_are_reported_per_layer(encoded):
     assert fc1["clusters"] <= 16 and fc1["layout"] == "sparse" and abs(fc1["sparsity"] - 0.9) < 0.01
     assert fc1["bits_per_weight"] == pytest.approx(8 * fc1["bytes"] / fc1["weights"], rel=1e-3)
     assert 0.5 < fc1["bits_per_weight"] < 1.5  # ~4-bit values and ~5-bit positions on one weight in ten
-    f = facts(model)
+    f = art.manifest["facts"]  # what the pipeline merges into result.json
+    assert f["storage_encoding"] == "codebook" and f["storage_entropy"] == "huffman"
     assert f["storage_layers"] == layers and f["storage_bytes"] == art.size_bytes
     assert f["storage_bits_per_weight"] < 2
 
@@ -183,14 +184,21 @@ def test_other_entropy_coders_decode_to_the_same_weights_and_huffman_is_smallest
     assert {t.name: t.raw_data for t in a.graph.initializer} == {t.name: t.raw_data for t in b.graph.initializer}
 
 
-def test_non_onnx_artifacts_are_left_as_exported(encoded, tmp_path):
-    from modelpress.export import torch as torch_export
+@pytest.mark.parametrize("format", ["torch", "openvino"])
+def test_non_onnx_artifacts_are_left_as_exported(encoded, tmp_path, format):
+    from modelpress import registry
 
+    if format == "openvino":
+        pytest.importorskip("openvino")
     task, model, _, _ = encoded
     model = copy.deepcopy(model)
-    art = torch_export.export(model, task, tmp_path)
-    assert codebook.encode(art, model, {}) is art
-    assert "stored as exported" in facts(model)["storage_note"]
+    art = registry.module("export format", format).export(model, task, tmp_path)
+    before = {p.name: p.read_bytes() for p in art.folder.iterdir() if p.name != "manifest.json"}
+    stored = codebook.encode(art, model, {})
+    assert stored.format == art.format and stored.path == art.path and stored.manifest["files"] == art.manifest["files"]
+    assert {p.name: p.read_bytes() for p in art.folder.iterdir() if p.name != "manifest.json"} == before
+    assert "encoding" not in stored.manifest and stored.size_bytes == art.size_bytes  # every file still counts
+    assert "stored as exported" in stored.manifest["facts"]["storage_note"]
 
 
 # --- damaged files ---------------------------------------------------------------------------------

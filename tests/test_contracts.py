@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from modelpress import registry
+from modelpress.compress import Applied
 from modelpress.config import parse, to_dict
 from modelpress.export import onnx as onnx_export
 from modelpress.zoo import DepthwiseCNN, LeNet5, TinyResNet, TinyTransformer
@@ -67,7 +68,9 @@ def small_task(shape):
     x = rng.standard_normal((96, *shape)).astype(np.float32)
     y = rng.integers(0, 10, 96)
     return Task(name="small", build_model=lambda: None, input_names=("x",), output_names=("logits",),
-                calib_data=Batches({"x": x[:32]}, batch_size=16), eval_data=Batches({"x": x[32:]}, y[32:], batch_size=32),
+                calib_data=Batches({"x": x[:32]}, batch_size=16),
+                val_data=Batches({"x": x[32:64]}, y[32:64], batch_size=32),
+                test_data=Batches({"x": x[64:]}, y[64:], batch_size=32),
                 train_data=Batches({"x": x}, y, batch_size=32, shuffle=True), num_classes=10)
 
 
@@ -78,8 +81,10 @@ def test_technique_keeps_shape_and_exports(name, model_name, tmp_path):
     torch.manual_seed(0)
     model, task = build().eval(), small_task(shape)
     mod = registry.module("technique", name)
-    out_model = mod.apply(copy.deepcopy(model), parse(mod.Config, {}, name), task)
+    applied = mod.apply(copy.deepcopy(model), parse(mod.Config, {}, name), task)
+    assert isinstance(applied, Applied)
+    out_model = applied.model
     x = task.example_inputs(4)
     with torch.no_grad():
         assert out_model(torch.from_numpy(x["x"])).shape == model(torch.from_numpy(x["x"])).shape
-    onnx_export.export(out_model, task, tmp_path)
+    onnx_export.export(out_model, task, tmp_path, rewrites=applied.onnx_rewrites)

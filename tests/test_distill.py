@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from modelpress.compress import add_train_hook, facts
+from modelpress.compress import Applied
 from modelpress.compress import distill, finetune
 from modelpress.compress._students import count_params, derive
 from modelpress.config import parse
@@ -28,12 +28,13 @@ def random_task(shape, n=64, build=lambda: None, train=True):
     x = rng.standard_normal((n, *shape)).astype(np.float32)
     y = rng.integers(0, 10, n)
     return Task(name="random", build_model=build, input_names=("x",), output_names=("logits",),
-                calib_data=Batches({"x": x[:32]}, batch_size=16), eval_data=Batches({"x": x}, y, batch_size=32),
+                calib_data=Batches({"x": x[:32]}, batch_size=16), val_data=Batches({"x": x}, y, batch_size=32),
+                test_data=Batches({"x": x}, y, batch_size=32),
                 train_data=Batches({"x": x}, y, batch_size=32, shuffle=True) if train else None, num_classes=10)
 
 
 def score(model, task):
-    return evaluate(torch_predict(model, task), task)
+    return evaluate(torch_predict(model, task), task, task.test_data)
 
 
 def same_weights(a, b):
@@ -65,7 +66,7 @@ def test_soft_loss_is_t_squared_kl_of_softened_distributions():
 def test_teacher_and_student_outputs_of_different_shapes_fail_clearly():
     task = random_task((1, 28, 28))
     student = nn.Sequential(nn.Flatten(), nn.Linear(784, 5))
-    with pytest.raises(ModelpressError, match=r"teacher's outputs have shape \(32, 10\).*\(32, 5\)"):
+    with pytest.raises(ModelpressError, match=r"teacher's outputs have shapes \[\(32, 10\)\].*\[\(32, 5\)\]"):
         distill.distill(student, LeNet5().eval(), task, distill.Config())
 
 
@@ -86,26 +87,27 @@ def test_without_a_reference_model_the_incoming_model_teaches_and_is_not_modifie
     model, task = LeNet5().eval(), random_task((1, 28, 28))
     before = copy.deepcopy(model)
     out = distill.apply(model, distill.Config(), task)
-    assert same_weights(model, before) and not same_weights(out, before)
-    assert facts(out)["distill"]["teacher"] == "incoming model (the task has no reference model)"
+    assert same_weights(model, before) and not same_weights(out.model, before)
+    assert out.facts["distill"]["teacher"] == "incoming model (the task has no reference model)"
 
 
 def test_unlabeled_calibration_inputs_suffice():
     torch.manual_seed(0)
     teacher, task = LeNet5().eval(), random_task((1, 28, 28), train=False)
     student = distill.apply(teacher, distill.Config(teacher="model", data="calib", epochs=2), task)
-    assert facts(student)["distill"]["params_student"] == count_params(teacher)
+    assert student.facts["distill"]["params_student"] == count_params(teacher)
 
 
 def test_half_width_student_of_the_digits_cnn_stays_close(digits_task, digits_model):
     before = copy.deepcopy(digits_model)
     config = parse(distill.Config, {"student": "smaller", "width": 0.5, "epochs": 3, "lr": 2e-3,
                                             "threads": 1}, "distill")
-    student = distill.apply(digits_model, config, digits_task)
+    applied = distill.apply(digits_model, config, digits_task)
+    student = applied.model
     assert same_weights(digits_model, before)  # the teacher / incoming model is left alone
     assert count_params(student) <= 0.3 * count_params(digits_model)
     assert score(student, digits_task) >= score(digits_model, digits_task) - 0.03
-    assert facts(student)["distill"]["params_student"] == count_params(student)
+    assert applied.facts["distill"]["params_student"] == count_params(student)
 
 
 class RowMask:
@@ -121,25 +123,26 @@ class RowMask:
 
 
 def damaged(model):
-    """Half of the hidden units of the classifier removed (and kept removed by a hook), first conv noised."""
+    """Half of the hidden units of the classifier removed (and kept removed by a hook an earlier step hands
+    on), first conv noised."""
     model = copy.deepcopy(model)
     RowMask("classifier.1", slice(0, 64)).after_step(model)
     with torch.no_grad():
         torch.manual_seed(0)
         model.features[0].weight.add_(0.3 * torch.randn_like(model.features[0].weight))
-    add_train_hook(model, RowMask("classifier.1", slice(0, 64)))
-    return model
+    return Applied.of(model).then(train_hooks=(RowMask("classifier.1", slice(0, 64)),))
 
 
 @pytest.mark.parametrize("technique, settings", [(distill, {"epochs": 1, "lr": 1e-3, "threads": 1}),
                                                  (finetune, {"epochs": 1, "lr": 1e-3, "threads": 1})])
 def test_recovery_respects_train_hooks(technique, settings, digits_task, digits_model):
     broken = damaged(digits_model)
-    base, lost = score(digits_model, digits_task), score(broken, digits_task)
+    base, lost = score(digits_model, digits_task), score(broken.model, digits_task)
     assert base - lost > 0.05  # the damage is real
     out = technique.apply(broken, parse(technique.Config, settings, "step"), digits_task)
-    assert score(out, digits_task) >= base - 0.3 * (base - lost)  # recovers most of what was lost
-    assert torch.count_nonzero(out.classifier[1].weight[:64]) == 0  # the mask held through training
+    assert score(out.model, digits_task) >= base - 0.3 * (base - lost)  # recovers most of what was lost
+    assert torch.count_nonzero(out.model.classifier[1].weight[:64]) == 0  # the mask held through training
+    assert out.train_hooks == broken.train_hooks  # and is handed on to later steps
 
 
 def test_feature_distillation_learns_a_projection_for_a_narrower_student():
@@ -161,7 +164,7 @@ def test_transformer_student_keeps_fewer_blocks():
     torch.manual_seed(0)
     teacher = TinyTransformer().eval()
     task = random_task((8, 8), build=lambda: copy.deepcopy(teacher))
-    student = distill.apply(teacher, distill.Config(student="smaller"), task)
+    student = distill.apply(teacher, distill.Config(student="smaller"), task).model
     assert len(student.blocks) == 1 and student(torch.zeros(2, 8, 8)).shape == (2, 10)
     assert not torch.equal(student.blocks[0].ffn[0].weight, teacher.blocks[0].ffn[0].weight)  # it trained
     with pytest.raises(ConfigError, match="not supported.*shrink: depth"):
@@ -171,7 +174,7 @@ def test_transformer_student_keeps_fewer_blocks():
 def test_finetune_trains_only_included_layers():
     torch.manual_seed(0)
     model, task = LeNet5().eval(), random_task((1, 28, 28))
-    out = finetune.apply(model, finetune.Config(include=("classifier.*",), lr=1e-2), task)
+    out = finetune.apply(model, finetune.Config(include=("classifier.*",), lr=1e-2), task).model
     assert torch.equal(out.features[0].weight, model.features[0].weight)
     assert not torch.equal(out.classifier[3].weight, model.classifier[3].weight)
     assert all(p.requires_grad for p in out.parameters())  # freezing is undone afterwards

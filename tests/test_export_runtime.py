@@ -4,7 +4,7 @@ import pytest
 
 from modelpress import artifact
 from modelpress.errors import ModelFileError, ModelpressError
-from modelpress.evaluate import parity, predict_fn, torch_predict
+from modelpress.evaluate import compare, predict_fn, torch_predict
 from modelpress.export import onnx as onnx_export
 from modelpress.export import torch as torch_export
 from modelpress.runtime import RuntimeConfig, open_session
@@ -30,13 +30,14 @@ def test_onnxruntime_matches_torch(onnx_artifact, digits_task, digits_model, bat
     session = open_session(onnx_artifact, RuntimeConfig(threads=1))
     x = digits_task.example_inputs(batch)
     out = session.run(x)[0]
-    ref = torch_predict(digits_model, digits_task)(x)
+    ref = torch_predict(digits_model, digits_task)(x)[0]
     assert out.shape == (batch, 10)
     assert np.abs(out - ref).max() <= 1e-4
 
 
-def test_parity_on_eval_data(onnx_artifact, digits_task, digits_model):
-    p = parity(torch_predict(digits_model, digits_task), predict_fn(open_session(onnx_artifact)), digits_task.eval_data)
+def test_parity_on_test_data(onnx_artifact, digits_task, digits_model):
+    p = compare(torch_predict(digits_model, digits_task), predict_fn(open_session(onnx_artifact)),
+                digits_task.test_data, digits_task.output_kinds, digits_task.output_names)["logits"]
     assert p["max_abs_diff"] <= 1e-4 and p["agreement"] == 1.0 and p["samples"] >= 64
 
 
@@ -44,7 +45,7 @@ def test_torch_export_runs_on_torch_runtime(tmp_path, digits_task, digits_model)
     art = torch_export.export(digits_model, digits_task, tmp_path)
     session = open_session(artifact.load(tmp_path), RuntimeConfig(backend="torch", threads=1))
     x = digits_task.example_inputs(5)
-    assert np.abs(session.run(x)[0] - torch_predict(digits_model, digits_task)(x)).max() <= 1e-5
+    assert np.abs(session.run(x)[0] - torch_predict(digits_model, digits_task)(x)[0]).max() <= 1e-5
     assert art.format == "torch"
 
 

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from modelpress.errors import ConfigError, ModelFileError, ModelpressError
-from modelpress.evaluate import evaluate, parity, predict_fn, torch_predict
+from modelpress.evaluate import compare, evaluate, predict_fn, torch_predict
 from modelpress.runtime import open_session
+from modelpress.task import split_slices
 
 transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
@@ -52,26 +53,37 @@ def test_text_classifier_scores_accuracy_and_exports_with_parity(text_files, tmp
     assert task.input_names == ("input_ids", "attention_mask") and task.output_names == ("logits",)
     assert task.example_inputs(2)["input_ids"].shape == (2, 12) and task.num_classes == 3
     model = task.build_model()
-    # 12 texts: 3 calibrate, 9 are held out for evaluation, scored against the labels' class ids
-    held = text_files["labels"][3:]
-    logits = torch_predict(model, task)(task.eval_data.arrays)
-    assert evaluate(torch_predict(model, task), task) == pytest.approx(float((logits.argmax(1) == held).mean()))
+    # 12 texts in order: 3 calibrate, then validation and test are held out, scored against the labels' class ids
+    calib, val, test = split_slices(12, 64)
+    assert calib.stop == val.start == 3 and val.stop == test.start and test.stop == 12 and 3 < val.stop < 12
+    for data, part in ((task.val_data, val), (task.test_data, test)):
+        held = text_files["labels"][part]
+        assert np.array_equal(data.targets, held)
+        logits = torch_predict(model, task)(data.arrays)[0]
+        expected = float((logits.argmax(1) == held).mean())
+        assert evaluate(torch_predict(model, task), task, data) == pytest.approx(expected)
     art = onnx_export.export(model, task, tmp_path / "onnx")
-    p = parity(torch_predict(model, task), predict_fn(open_session(art)), task.eval_data)
-    assert p["max_abs_diff"] <= 1e-4 and p["agreement"] == 1.0
+    p = compare(torch_predict(model, task), predict_fn(open_session(art)), task.test_data, task.output_kinds,
+                task.output_names)
+    assert set(p) == {"logits"} and p["logits"]["kind"] == "logits"
+    assert p["logits"]["max_abs_diff"] <= 1e-4 and p["logits"]["agreement"] == 1.0
 
 
 def test_embeddings_metric_is_cosine_to_fp32(text_files):
     from modelpress.tasks.hf_text import task as hf_task
 
     task = hf_task(text_files["encoder"], text_files["root"] / "texts.txt", max_length=12)
-    assert task.output_names == ("embeddings",) and task.train_data is None
+    assert task.output_names == ("embeddings",) and task.output_kinds == ("embeddings",) and task.train_data is None
     model = task.build_model()
     fp32 = torch_predict(model, task)
-    assert evaluate(fp32, task) == pytest.approx(1.0, abs=1e-6)
+    assert evaluate(fp32, task, task.val_data) == pytest.approx(1.0, abs=1e-6)
+    assert evaluate(fp32, task, task.test_data) == pytest.approx(1.0, abs=1e-6)
     rng = np.random.default_rng(0)
-    noisy = evaluate(lambda x: fp32(x) + rng.standard_normal(fp32(x).shape).astype(np.float32), task)
+    noisy = evaluate(lambda x: [fp32(x)[0] + rng.standard_normal(fp32(x)[0].shape).astype(np.float32)], task,
+                     task.test_data)
     assert 0.0 < noisy < 0.99
+    same = compare(fp32, fp32, task.test_data, task.output_kinds, task.output_names)["embeddings"]
+    assert same["kind"] == "embeddings" and same["nn_agreement"] == 1.0 and "agreement" not in same
 
 
 def test_hf_text_on_openvino_through_a_recipe(text_files, tmp_path, monkeypatch):
@@ -86,8 +98,9 @@ def test_hf_text_on_openvino_through_a_recipe(text_files, tmp_path, monkeypatch)
     recipe = parse_recipe({"task": "hf-text", "export": {"format": "openvino"}, "runtime": {"backend": "openvino"}})
     result = run(fast(recipe), tmp_path / "run")
     # no labels: the metric is cosine similarity to the fp32 logits, so the fp32 baseline scores 1
-    assert result["baseline_score"] == pytest.approx(1.0, abs=1e-6) and result["score"] >= 0.9999
-    assert result["parity"]["max_abs_diff"] <= 1e-3
+    assert result.baseline_score == pytest.approx(1.0, abs=1e-6) and result.score >= 0.9999
+    assert result.baseline_val_score == pytest.approx(1.0, abs=1e-6) and result.val_score >= 0.9999
+    assert result.parity["logits"]["max_abs_diff"] <= 1e-3
 
 
 def test_text_task_bad_input(text_files, tmp_path, monkeypatch):
@@ -154,9 +167,10 @@ def test_image_folder_top1_agreement_without_labels(image_setup, tmp_path):
     assert task.example_inputs(1)["pixel_values"].shape == (1, 3, 32, 32)
     assert task.preprocessing["metric"].startswith("top-1 agreement")
     model = task.build_model()
-    assert evaluate(torch_predict(model, task), task) == 1.0  # the fp32 model agrees with itself
+    for data in (task.val_data, task.test_data):
+        assert evaluate(torch_predict(model, task), task, data) == 1.0  # the fp32 model agrees with itself
     art = onnx_export.export(model, task, tmp_path / "onnx")
-    assert evaluate(predict_fn(open_session(art)), task) >= 0.99
+    assert evaluate(predict_fn(open_session(art)), task, task.test_data) >= 0.99
 
 
 def test_image_folder_labels_from_class_folders(image_setup):
@@ -165,7 +179,10 @@ def test_image_folder_labels_from_class_folders(image_setup):
     task = image_task(image_setup / "by_class", image_setup / "model", image_size=32)
     files = sorted(p for p in (image_setup / "by_class").rglob("*.jpg"))
     want = np.array([{"cat": 0, "dog": 1, "2": 2}[p.parent.name] for p in files])
-    assert np.array_equal(task.eval_data.targets, want[3:]) and task.preprocessing["metric"] == "accuracy"
+    _, val, test = split_slices(len(files), 64)
+    assert np.array_equal(task.val_data.targets, want[val]) and np.array_equal(task.test_data.targets, want[test])
+    assert val.start == 3 and test.stop == len(files)  # everything after the 3 calibration images is held out
+    assert task.preprocessing["metric"] == "accuracy"
 
 
 def test_image_folder_bad_input(image_setup, tmp_path, monkeypatch):
@@ -180,7 +197,8 @@ def test_image_folder_bad_input(image_setup, tmp_path, monkeypatch):
     monkeypatch.setenv("MODELPRESS_IMAGE_DIR", str(image_setup / "flat"))
     monkeypatch.setenv("MODELPRESS_IMAGE_MODEL", str(image_setup / "model"))
     monkeypatch.setenv("MODELPRESS_IMAGE_SIZE", "32")
-    assert load_task("image-folder").eval_data.num_samples == 9
+    held_out = load_task("image-folder")
+    assert held_out.val_data.num_samples + held_out.test_data.num_samples == 9
     monkeypatch.setenv("MODELPRESS_IMAGE_SIZE", "big")
     with pytest.raises(ModelpressError, match="MODELPRESS_IMAGE_SIZE"):
         load_task("image-folder")

@@ -46,7 +46,7 @@ def test_package_folder_then_predict_with_modelpress_and_with_the_runner(onnx_ru
 
     x = digits_task.example_inputs(7)["x"]
     np.save(tmp_path / "x.npy", x)
-    want = torch_predict(digits_model, digits_task)({"x": x})
+    want = torch_predict(digits_model, digits_task)({"x": x})[0]
     assert main(["predict", str(bundle), str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy")]) == 0
     assert "logits: shape [7, 10]" in capsys.readouterr().out
     assert np.abs(np.load(tmp_path / "y.npy") - want).max() <= 1e-4
@@ -77,7 +77,7 @@ def test_tflite_bundle_runner_splits_odd_batches(digits_task, digits_model, tmp_
     np.save(tmp_path / "x.npy", x)
     done = runner(tmp_path / "bundle", str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy"))
     assert done.returncode == 0, done.stderr
-    assert np.abs(np.load(tmp_path / "y.npy") - torch_predict(digits_model, digits_task)({"x": x})).max() <= 1e-4
+    assert np.abs(np.load(tmp_path / "y.npy") - torch_predict(digits_model, digits_task)({"x": x})[0]).max() <= 1e-4
 
 
 def test_predict_and_package_bad_input(onnx_run, tmp_path, capsys):

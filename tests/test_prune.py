@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from modelpress.compress import facts, prune, storage
-from modelpress.compress._prune import measure
+from modelpress.compress import prune
+from modelpress.compress._prune import counts
 from modelpress.config import parse
 from modelpress.errors import ConfigError, ModelpressError
 from modelpress.export import onnx as onnx_export
@@ -34,10 +34,11 @@ def run(model, task, n=4):
         return model(torch.from_numpy(task.example_inputs(n)["x"]))
 
 
-def onnx_outputs(model, task, folder):
-    art = onnx_export.export(model, task, folder)
-    wanted = storage(model)
-    art = sparse.encode(art, model, {k: v for k, v in wanted.items() if k != "encoding"})
+def onnx_outputs(applied, task, folder):
+    """Export the pruned model and store it the way the step asked (the sparse codec); run it."""
+    art = onnx_export.export(applied.model, task, folder)
+    assert applied.storage is not None and applied.storage.encoding == "sparse"
+    art = sparse.encode(art, applied.model, dict(applied.storage.options))
     return open_session(art, RuntimeConfig(threads=1)).run(task.example_inputs(4))[0], art
 
 
@@ -45,11 +46,11 @@ def onnx_outputs(model, task, folder):
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_structured_pruning_shrinks_runs_and_exports(name, target, tmp_path):
     model, task = build(name)
-    pruned = prune.apply(model, prune.Config(ratio=0.5, target=target), task)
-    f = facts(pruned)
+    applied = prune.apply(model, prune.Config(ratio=0.5, target=target), task)
+    pruned, f = applied.model, applied.facts
     example = prune.example_inputs(task)
-    assert f["params_before"] == measure.params(model) and f["params_after"] == measure.params(pruned)
-    assert f["macs_before"] == measure.macs(model, example) and f["macs_after"] == measure.macs(pruned, example)
+    assert f["params_before"] == counts.params(model) and f["params_after"] == counts.params(pruned)
+    assert f["macs_before"] == counts.macs(model, example) and f["macs_after"] == counts.macs(pruned, example)
     params_drop = 1 - f["params_after"] / f["params_before"]
     macs_drop = 1 - f["macs_after"] / f["macs_before"]
     asked = params_drop if target == "params" else macs_drop
@@ -57,13 +58,13 @@ def test_structured_pruning_shrinks_runs_and_exports(name, target, tmp_path):
     assert params_drop > 0.3 and macs_drop > 0.3  # both really drop, whichever was the target
     out = run(pruned, task)
     assert out.shape == run(model, task).shape and torch.isfinite(out).all()
-    ort_out, _ = onnx_outputs(pruned, task, tmp_path)
+    ort_out, _ = onnx_outputs(applied, task, tmp_path)
     np.testing.assert_allclose(ort_out, out.numpy(), atol=1e-4)
 
 
 def test_channel_ratio_halves_every_group_and_keeps_shapes_consistent():
     model, task = build("resnet")
-    pruned = prune.apply(model, prune.Config(ratio=0.5), task)
+    pruned = prune.apply(model, prune.Config(ratio=0.5), task).model
     assert pruned.stem[0].out_channels == 8 and pruned.layer2.conv1.out_channels == 16
     assert pruned.fc.out_features == 10  # the output layer is never pruned
     for m in pruned.modules():
@@ -77,7 +78,7 @@ def test_channel_ratio_halves_every_group_and_keeps_shapes_consistent():
 
 def test_depthwise_convolutions_stay_depthwise():
     model, task = build("depthwise")
-    pruned = prune.apply(model, prune.Config(ratio=0.5), task)
+    pruned = prune.apply(model, prune.Config(ratio=0.5), task).model
     for block in pruned.blocks:
         dw = block[0]
         assert dw.groups == dw.in_channels == dw.out_channels and dw.weight.shape[1] == 1
@@ -86,7 +87,7 @@ def test_depthwise_convolutions_stay_depthwise():
 
 def test_attention_heads_are_removed_whole():
     model, task = build("transformer")
-    pruned = prune.apply(model, prune.Config(ratio=0.5), task)
+    pruned = prune.apply(model, prune.Config(ratio=0.5), task).model
     for block in pruned.blocks:
         attn = block.attn
         assert attn.num_heads == 2 and attn.head_dim == 16
@@ -100,8 +101,7 @@ def test_least_important_channels_go_first():
     model, task = LeNet5().eval(), prune.example_task((1, 28, 28))
     with torch.no_grad():
         model.features[0].weight[::2] *= 1e-3  # even filters are tiny
-    pruned = prune.apply(model, prune.Config(ratio=0.5), task)
-    (record,) = storage(pruned)["pruning"]
+    (record,) = prune.apply(model, prune.Config(ratio=0.5), task).storage.options["pruning"]
     kept = next(c["kept"] for c in record["cuts"] if c["layer"] == "features.0" and c["axis"] == "out")
     assert kept == list(range(1, 20, 2))
     # flatten -> linear: each kept conv channel keeps its 16 spatial columns of classifier.1
@@ -115,7 +115,7 @@ def test_bn_scale_importance_uses_batchnorm_gamma():
     with torch.no_grad():
         model.layer1.bn1.weight.copy_(torch.arange(16, dtype=torch.float32) + 1)
     pruned = prune.apply(model, prune.Config(ratio=0.5, importance="bn_scale"), task)
-    cuts = storage(pruned)["pruning"][0]["cuts"]
+    cuts = pruned.storage.options["pruning"][0]["cuts"]
     assert next(c["kept"] for c in cuts if c["layer"] == "layer1.bn1") == list(range(8, 16))
 
 
@@ -123,7 +123,7 @@ def test_taylor_importance_runs_and_needs_training_data():
     import dataclasses
 
     model, task = build("resnet")
-    pruned = prune.apply(model, prune.Config(ratio=0.5, importance="taylor"), task)
+    pruned = prune.apply(model, prune.Config(ratio=0.5, importance="taylor"), task).model
     assert pruned.stem[0].out_channels == 8
     assert all(p.grad is None for p in model.parameters())
     with pytest.raises(ConfigError, match="taylor.*train_data"):
@@ -133,7 +133,7 @@ def test_taylor_importance_runs_and_needs_training_data():
 def test_round_to_keeps_multiples():
     torch.manual_seed(0)
     model, task = LeNet5().eval(), prune.example_task((1, 28, 28))
-    pruned = prune.apply(model, prune.Config(ratio=0.5, round_to=8), task)
+    pruned = prune.apply(model, prune.Config(ratio=0.5, round_to=8), task).model
     assert [pruned.features[0].out_channels, pruned.features[3].out_channels, pruned.classifier[1].out_features] == [8, 24, 248]
 
 
@@ -143,12 +143,12 @@ def test_global_scope_removes_the_share_of_all_units_with_a_cap():
         for t in (model.layer2.conv1.weight, model.layer2.bn1.weight, model.layer2.bn1.bias):
             t[2:] *= 1e-4
         model.layer2.conv2.weight[:, 2:] *= 1e-4
-    pruned = prune.apply(model, prune.Config(ratio=0.3, scope="global"), task)
+    pruned = prune.apply(model, prune.Config(ratio=0.3, scope="global"), task).model
     assert pruned.layer2.conv1.out_channels == 4  # the global ranking takes them, up to the 90% cap
     sizes = [pruned.stem[0].out_channels, pruned.layer1.conv1.out_channels, pruned.layer2.conv1.out_channels,
              pruned.layer2.conv2.out_channels]
     assert 96 - sum(sizes) == round(96 * 0.3)
-    uniform = prune.apply(model, prune.Config(ratio=0.3), task)
+    uniform = prune.apply(model, prune.Config(ratio=0.3), task).model
     assert uniform.layer2.conv1.out_channels == 22
 
 
@@ -165,18 +165,19 @@ def test_concat_is_handled_with_offsets(tmp_path):
 
     torch.manual_seed(0)
     model, task = Branches().eval(), prune.example_task((1, 8, 8))
-    pruned = prune.apply(model, prune.Config(ratio=0.5), task)
-    cuts = {(c["layer"], c["axis"]): c["kept"] for c in storage(pruned)["pruning"][0]["cuts"]}
+    applied = prune.apply(model, prune.Config(ratio=0.5), task)
+    cuts = {(c["layer"], c["axis"]): c["kept"] for c in applied.storage.options["pruning"][0]["cuts"]}
     assert cuts[("merge", "in")] == cuts[("a", "out")] + [8 + i for i in cuts[("b", "out")]]
-    assert pruned.merge.in_channels == 8
-    ort_out, _ = onnx_outputs(pruned, task, tmp_path)
-    np.testing.assert_allclose(ort_out, run(pruned, task).numpy(), atol=1e-4)
+    assert applied.model.merge.in_channels == 8
+    ort_out, _ = onnx_outputs(applied, task, tmp_path)
+    np.testing.assert_allclose(ort_out, run(applied.model, task).numpy(), atol=1e-4)
 
 
 def test_rebuild_from_the_artifact_record(tmp_path):
     model, task = build("transformer")
-    pruned = prune.apply(model, prune.Config(ratio=0.5, steps=2, epochs=1), task)
-    _, art = onnx_outputs(pruned, task, tmp_path)
+    applied = prune.apply(model, prune.Config(ratio=0.5, steps=2, epochs=1), task)
+    pruned = applied.model
+    _, art = onnx_outputs(applied, task, tmp_path)
     record = prune.read_record(art.folder)
     assert record and record[0]["version"] == 1 and all("kept" in c or "set" in c for c in record[0]["cuts"])
     rebuilt = prune.rebuild(model, record)
@@ -187,26 +188,32 @@ def test_rebuild_from_the_artifact_record(tmp_path):
 
 def test_rebuild_without_fine_tuning_reproduces_the_pruned_weights():
     model, task = build("depthwise")
-    pruned = prune.apply(model, prune.Config(ratio=0.5), task)
-    rebuilt = prune.rebuild(model, storage(pruned)["pruning"])
-    torch.testing.assert_close(run(rebuilt, task), run(pruned, task))
+    applied = prune.apply(model, prune.Config(ratio=0.5), task)
+    rebuilt = prune.rebuild(model, applied.storage.options["pruning"])
+    torch.testing.assert_close(run(rebuilt, task), run(applied.model, task))
     with pytest.raises(Exception, match="different model"):
-        prune.rebuild(pruned, storage(pruned)["pruning"])
+        prune.rebuild(applied.model, applied.storage.options["pruning"])
 
 
 def test_input_model_is_not_modified():
     model, task = build("resnet")
     before = copy.deepcopy(model.state_dict())
-    prune.apply(model, prune.Config(ratio=0.5, epochs=1), task)
+    first = prune.apply(model, prune.Config(ratio=0.5, epochs=1), task)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # nor is an earlier step's Applied: its model, facts and storage request stay as they were
+    first_state, first_facts = copy.deepcopy(first.model.state_dict()), copy.deepcopy(first.facts)
+    second = prune.apply(first, prune.Config(ratio=0.5), task)
+    assert all(torch.equal(first_state[k], v) for k, v in first.model.state_dict().items())
+    assert first.facts == first_facts and len(first.storage.options["pruning"]) == 1
+    assert len(second.storage.options["pruning"]) == 2  # the later step keeps both records
 
 
 def test_exclude_leaves_layers_and_their_coupled_channels_alone():
     model, task = build("resnet")
-    pruned = prune.apply(model, prune.Config(ratio=0.5, exclude=("layer1",)), task)
+    pruned = prune.apply(model, prune.Config(ratio=0.5, exclude=("layer1",)), task).model
     assert pruned.layer1.conv1.out_channels == 16 and pruned.stem[0].out_channels == 16  # coupled by the add
     assert pruned.layer2.conv1.out_channels == 16  # others still pruned
-    only = prune.apply(model, prune.Config(ratio=0.5, include=("layer2.conv1",)), task)
+    only = prune.apply(model, prune.Config(ratio=0.5, include=("layer2.conv1",)), task).model
     assert only.layer2.conv1.out_channels == 16 and only.stem[0].out_channels == 16
 
 
@@ -235,7 +242,7 @@ def test_layer_the_graph_cannot_cut_is_named_with_the_fix():
     task = prune.example_task((1, 8, 8))
     with pytest.raises(ConfigError, match=r"'2' \(Conv2d\).*groups=2.*exclude: \['2'\]"):
         prune.apply(model, prune.Config(ratio=0.5), task)
-    pruned = prune.apply(model, prune.Config(ratio=0.5, exclude=("2",)), task)
+    pruned = prune.apply(model, prune.Config(ratio=0.5, exclude=("2",)), task).model
     assert pruned[2].out_channels == 8 and pruned[0].out_channels == 8  # coupled to the excluded conv
     assert run(pruned, task).shape == (4, 10)
 
@@ -259,4 +266,4 @@ def test_a_cut_the_graph_got_wrong_is_caught_and_named():
     model, task = AddsInput().eval(), prune.example_task((4, 8, 8))
     with pytest.raises(ModelpressError, match=r"broke the model.*'conv'.*exclude"):
         prune.apply(model, prune.Config(ratio=0.5), task)
-    assert run(prune.apply(model, prune.Config(ratio=0.5, exclude=("conv",)), task), task).shape == (4, 10)
+    assert run(prune.apply(model, prune.Config(ratio=0.5, exclude=("conv",)), task).model, task).shape == (4, 10)

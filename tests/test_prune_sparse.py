@@ -6,7 +6,7 @@ import torch
 from onnx import numpy_helper
 
 from modelpress.artifact import load
-from modelpress.compress import facts, prune, storage
+from modelpress.compress import Storage, prune
 from modelpress.train import TrainConfig, fit
 from modelpress.errors import ConfigError, ModelFileError
 from modelpress.export import onnx as onnx_export
@@ -27,14 +27,14 @@ def weights(model):
 
 def test_per_layer_magnitude_zeroes_the_smallest_share_of_each_layer():
     model, task = lenet300()
-    pruned = prune.apply(model, prune.Config(method="magnitude", ratio=0.7), task)
-    before, after = weights(model), weights(pruned)
+    applied = prune.apply(model, prune.Config(method="magnitude", ratio=0.7), task)
+    before, after = weights(model), weights(applied.model)
     for name, w in after.items():
         zero = w == 0
         assert abs(zero.float().mean().item() - 0.7) <= 1 / w.numel() + 1e-6, name
         assert before[name][zero].abs().max() <= before[name][~zero].abs().min()  # threshold, not random
         assert torch.equal(w[~zero], before[name][~zero])  # survivors untouched
-    f = facts(pruned)
+    f = applied.facts
     assert abs(f["sparsity"] - 0.7) < 1e-3 and f["macs_after"] == f["macs_before"]
     assert f["params_after"] < 0.32 * f["params_before"]
     assert "no speedup" in f["prune_note"]
@@ -44,7 +44,7 @@ def test_global_magnitude_uses_one_threshold():
     model, task = lenet300()
     with torch.no_grad():
         model.net[3].weight.mul_(0.001)  # a layer of tiny weights: one global threshold takes all of it
-    pruned = prune.apply(model, prune.Config(method="magnitude", ratio=0.5, scope="global"), task)
+    pruned = prune.apply(model, prune.Config(method="magnitude", ratio=0.5, scope="global"), task).model
     before, after = weights(model), weights(pruned)
     zeroed = torch.cat([before[n][after[n] == 0].abs() for n in before])
     kept = torch.cat([before[n][after[n] != 0].abs() for n in before])
@@ -54,12 +54,13 @@ def test_global_magnitude_uses_one_threshold():
 
 def test_iterative_schedule_reaches_the_ratio_and_zeros_stay_zero_while_training():
     model, task = lenet300()
-    pruned = prune.apply(model, prune.Config(method="magnitude", ratio=0.8, steps=2, epochs=1, lr=1e-2), task)
-    after = weights(pruned)
+    applied = prune.apply(model, prune.Config(method="magnitude", ratio=0.8, steps=2, epochs=1, lr=1e-2), task)
+    after = weights(applied.model)
     assert all(abs((w == 0).float().mean().item() - 0.8) < 0.01 for w in after.values())
     masks = {n: w == 0 for n, w in after.items()}
-    fit(pruned, task.train_data, TrainConfig(epochs=2, lr=1e-2))  # a later step trains (e.g. distillation)
-    again = weights(pruned)
+    # a later step trains (e.g. distillation) with the train hooks of the steps before
+    fit(applied.model, task.train_data, TrainConfig(epochs=2, lr=1e-2), hooks=applied.train_hooks)
+    again = weights(applied.model)
     for n, zero in masks.items():
         assert torch.all(again[n][zero] == 0), n
         assert not torch.equal(again[n][~zero], after[n][~zero])  # the other weights did train
@@ -68,12 +69,13 @@ def test_iterative_schedule_reaches_the_ratio_and_zeros_stay_zero_while_training
 def test_n_m_keeps_n_of_every_m_along_input_channels():
     torch.manual_seed(0)
     model, task = LeNet5().eval(), prune.example_task((1, 28, 28))
-    pruned = prune.apply(model, prune.Config(method="nm", n=2, m=4), task)
+    applied = prune.apply(model, prune.Config(method="nm", n=2, m=4), task)
+    pruned = applied.model
     conv = pruned.features[3].weight.detach().permute(0, 2, 3, 1).reshape(-1, 4)  # runs of 4 input channels
     assert torch.all((conv != 0).sum(1) == 2)
     lin = pruned.classifier[1].weight.detach().reshape(-1, 4)
     assert torch.all((lin != 0).sum(1) == 2)
-    f = facts(pruned)
+    f = applied.facts
     assert f["nm_skipped_layers"] == ["features.0"]  # one input channel: no run of 4
     assert torch.equal(pruned.features[0].weight, model.features[0].weight)
     assert "sparse tensor cores" in f["prune_note"]
@@ -81,8 +83,9 @@ def test_n_m_keeps_n_of_every_m_along_input_channels():
 
 def test_sparse_artifact_really_shrinks_and_decodes_losslessly(tmp_path):
     model, task = lenet300()
-    pruned = prune.apply(model, prune.Config(method="magnitude", ratio=0.9), task)
-    assert storage(pruned)["encoding"] == "sparse"
+    applied = prune.apply(model, prune.Config(method="magnitude", ratio=0.9), task)
+    assert applied.storage == Storage("sparse", {})
+    pruned = applied.model
     dense = onnx_export.export(pruned, task, tmp_path / "dense")
     dense_proto = onnx.load(str(dense.path))
     art = onnx_export.export(pruned, task, tmp_path / "sparse")
@@ -105,15 +108,16 @@ def test_structured_only_artifact_keeps_its_plain_file_and_gains_the_record(tmp_
     model, task = TinyTransformer().eval(), prune.example_task((8, 8))
     with torch.no_grad():
         model.pos.normal_()  # no zero-heavy tensor left to encode
-    pruned = prune.apply(model, prune.Config(ratio=0.5), task)
-    art = sparse.encode(onnx_export.export(pruned, task, tmp_path), pruned, {"pruning": storage(pruned)["pruning"]})
+    applied = prune.apply(model, prune.Config(ratio=0.5), task)
+    assert applied.storage.encoding == "sparse"
+    art = sparse.encode(onnx_export.export(applied.model, task, tmp_path), applied.model, dict(applied.storage.options))
     assert "encoding" not in art.manifest and art.runnable_path() == art.path
     assert load(tmp_path).manifest["pruning"][0]["method"] == "channel"
 
 
 def test_damaged_sparse_file_is_a_clear_error(tmp_path):
     model, task = lenet300()
-    pruned = prune.apply(model, prune.Config(method="magnitude", ratio=0.9), task)
+    pruned = prune.apply(model, prune.Config(method="magnitude", ratio=0.9), task).model
     art = sparse.encode(onnx_export.export(pruned, task, tmp_path), pruned, {})
     art.path.write_bytes(art.path.read_bytes()[:100])
     with pytest.raises(ModelFileError, match="hash"):
@@ -124,7 +128,7 @@ def test_damaged_sparse_file_is_a_clear_error(tmp_path):
 
 def test_unstructured_include_and_exclude():
     model, task = lenet300()
-    pruned = prune.apply(model, prune.Config(method="magnitude", ratio=0.5, exclude=("net.5",)), task)
+    pruned = prune.apply(model, prune.Config(method="magnitude", ratio=0.5, exclude=("net.5",)), task).model
     assert torch.equal(pruned.net[5].weight, model.net[5].weight)
     assert (pruned.net[1].weight == 0).any()
     with pytest.raises(ConfigError, match="matches no prunable layer.*net.1"):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from modelpress import artifact
-from modelpress.compress import facts, quantize
+from modelpress.compress import quantize
 from modelpress.config import parse
 from modelpress.errors import ModelFileError
 from modelpress.pipeline import export_model
@@ -43,21 +43,21 @@ def test_int4_weights_take_an_eighth_and_decode_exactly(mlp, tmp_path):
     assert sorted(m["bits"] for m in index.values()) == [4, 4]  # net.1 and net.3; excluded net.5 stays float
     x = task.example_inputs(8)
     out = open_session(artifact.load(tmp_path / "int4")).run(x)[0]
-    ref = q(torch.from_numpy(x["x"])).detach().numpy()
+    ref = q.model(torch.from_numpy(x["x"])).detach().numpy()
     assert np.abs(out - ref).max() <= 1e-5 * np.abs(ref).max()
-    assert facts(q)["layer_bits"] == {"net.1": 4, "net.3": 4}
+    assert q.facts["layer_bits"] == {"net.1": 4, "net.3": 4}
 
 
 def test_mixed_bit_widths_are_found_per_tensor(mlp, tmp_path):
     model, task = mlp
     steps = [{"quantize": {"mode": "weight_only", "bits": 3, "max_score_drop": 0.0, "eval_samples": 64}}]
     q = quantize.apply(model, parse(quantize.Config, steps[0]["quantize"], "quantize"), task)
-    bits = facts(q)["layer_bits"]
+    bits = q.facts["layer_bits"]
     art = export(q, task, steps, tmp_path / "mixed")
     stored = sorted(b for b in bits.values() if b <= 8)
     assert art.manifest["packed"]["bits"] == sorted(set(stored))
     x = task.example_inputs(4)
-    ref = q(torch.from_numpy(x["x"])).detach().numpy()
+    ref = q.model(torch.from_numpy(x["x"])).detach().numpy()
     assert np.allclose(open_session(art).run(x)[0], ref, atol=1e-5)
 
 
@@ -79,7 +79,7 @@ def test_weights_off_the_grid_stay_float():
     w = np.random.default_rng(0).standard_normal((16, 32)).astype(np.float32)
     assert packed._on_grid(w, 0, {"granularity": "channel"}) is None
     q = quantize.apply(LeNet300100().eval(), parse(quantize.Config, {"mode": "weight_only", "bits": 5}, "q"),
-                       small_task((1, 28, 28)))
+                       small_task((1, 28, 28))).model
     w5 = q.net[1].weight.detach().numpy()
     meta, codes, scale, zp = packed._on_grid(w5.T.copy(), 1, {"granularity": "channel"})  # MatMul layout
     assert meta["bits"] == 5 and codes.max() < 32

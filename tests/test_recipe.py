@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from modelpress.constraints import Quantities
 from modelpress.errors import ConfigError, ModelFileError
 from modelpress.recipe import load_recipe, parse_recipe
 
@@ -51,5 +52,7 @@ def test_missing_and_invalid_files(tmp_path):
 
 def test_constraint_violations_say_by_how_much():
     r = parse_recipe({"task": "digits", "constraints": {"max_score_drop": 0.01, "max_size_bytes": 1000}})
-    v = r.constraints.violations({"score_drop": 0.03, "size_bytes": 500, "latency_ms": {}})
+    v = [x.describe() for x in r.constraints.check(Quantities(score_drop=0.03, size_bytes=500))]
     assert len(v) == 1 and "score_drop" in v[0] and "0.02" in v[0]
+    with pytest.raises(ConfigError, match="max_score_drop must be >= 0"):
+        parse_recipe({"task": "digits", "constraints": {"max_score_drop": -0.01}})

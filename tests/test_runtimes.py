@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from modelpress import registry
-from modelpress.evaluate import parity, predict_fn, torch_predict
+from modelpress.evaluate import compare, predict_fn, torch_predict
 from modelpress.runtime import RuntimeConfig, open_session
 from modelpress.runtime.executorch import split
 
@@ -39,7 +39,8 @@ def artifacts(tmp_path_factory, digits_task, digits_model):
 def test_fp32_parity_on_evaluation_data(name, artifacts, digits_task, digits_model):
     needs(name)
     session = open_session(artifacts[name], RuntimeConfig(backend=name, threads=1))
-    p = parity(torch_predict(digits_model, digits_task), predict_fn(session), digits_task.eval_data)
+    p = compare(torch_predict(digits_model, digits_task), predict_fn(session), digits_task.test_data,
+                digits_task.output_kinds, digits_task.output_names)["logits"]
     assert p["max_abs_diff"] <= 1e-3 and p["agreement"] >= 0.99 and p["samples"] >= 64
 
 
@@ -51,7 +52,7 @@ def test_any_batch_size_matches_torch(name, batch, artifacts, digits_task, digit
     x = digits_task.example_inputs(batch)
     out = session.run(x)
     assert len(out) == 1 and out[0].shape == (batch, 10) and out[0].dtype == np.float32
-    assert np.abs(out[0] - torch_predict(digits_model, digits_task)(x)).max() <= 1e-3
+    assert np.abs(out[0] - torch_predict(digits_model, digits_task)(x)[0]).max() <= 1e-3
 
 
 @pytest.mark.parametrize("name", CPU_TARGETS)
@@ -75,11 +76,22 @@ def test_fixed_batch_artifacts_record_their_sizes(artifacts):
 
 def test_openvino_precision_hint(artifacts, digits_task, digits_model):
     needs("openvino")
-    ref = torch_predict(digits_model, digits_task)(digits_task.example_inputs(32))
+    import openvino as ov
+
+    from modelpress.errors import RuntimeUnavailable
+
+    ref = torch_predict(digits_model, digits_task)(digits_task.example_inputs(32))[0]
     f32 = open_session(artifacts["openvino"], RuntimeConfig(backend="openvino", precision="fp32"))
-    bf16 = open_session(artifacts["openvino"], RuntimeConfig(backend="openvino", precision="bf16"))
     assert f32.precision.endswith("f32") or "float32" in f32.precision
     d32 = np.abs(f32.run(digits_task.example_inputs(32))[0] - ref).max()
+    assert d32 <= 1e-4  # fp32 really fp32
+    bf16_config = RuntimeConfig(backend="openvino", precision="bf16")
+    if "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        # the plugin would silently compute in f32: the hint is refused, with the reason, instead
+        with pytest.raises(RuntimeUnavailable, match="cannot compute in bf16 on this CPU.*Use precision fp32"):
+            open_session(artifacts["openvino"], bf16_config)
+        return
+    bf16 = open_session(artifacts["openvino"], bf16_config)
     d16 = np.abs(bf16.run(digits_task.example_inputs(32))[0] - ref).max()
     assert d32 <= 1e-4 < d16  # bf16 is really a lower precision, fp32 really fp32
 
@@ -99,8 +111,9 @@ def test_transformer_int8_agrees_with_fp32(name, tmp_path):
     options = {"int8": True} if name == "openvino" else {"int8": True, "batch_sizes": (16,)}
     art = exporter.export(model, task, tmp_path, exporter.Config(**options))
     assert art.manifest["precision"] == "int8"
-    p = parity(torch_predict(model, task), predict_fn(open_session(art, RuntimeConfig(backend=name, precision="int8"))),
-               task.eval_data)
+    session = open_session(art, RuntimeConfig(backend=name, precision="int8"))
+    p = compare(torch_predict(model, task), predict_fn(session), task.test_data, task.output_kinds,
+                task.output_names)["logits"]
     assert p["agreement"] >= 0.9 and p["cosine"] >= 0.99
 
 
@@ -109,8 +122,9 @@ def test_openvino_int8_on_digits_is_smaller_and_agrees(tmp_path, digits_task, di
     from modelpress.export import openvino
 
     art = openvino.export(digits_model, digits_task, tmp_path, openvino.Config(int8=True))
-    p = parity(torch_predict(digits_model, digits_task), predict_fn(open_session(art, RuntimeConfig(backend="openvino"))),
-               digits_task.eval_data)
+    session = open_session(art, RuntimeConfig(backend="openvino"))
+    p = compare(torch_predict(digits_model, digits_task), predict_fn(session), digits_task.test_data,
+                digits_task.output_kinds, digits_task.output_names)["logits"]
     assert p["agreement"] >= 0.99 and art.size_bytes < 0.4 * artifacts["openvino"].size_bytes
 
 
@@ -123,7 +137,7 @@ def test_openvino_torch_export_route(tmp_path, digits_task, digits_model):
     session = open_session(art, RuntimeConfig(backend="openvino"))
     assert session.input_names == ("x",)
     x = digits_task.example_inputs(5)
-    assert np.abs(session.run(x)[0] - torch_predict(digits_model, digits_task)(x)).max() <= 1e-3
+    assert np.abs(session.run(x)[0] - torch_predict(digits_model, digits_task)(x)[0]).max() <= 1e-3
 
 
 @given(st.integers(1, 300), st.lists(st.integers(1, 64), min_size=1, max_size=4, unique=True))
@@ -158,5 +172,6 @@ def test_every_runtime_runs_every_small_model(name, model_name, tmp_path):
     fields = {f.name for f in dataclasses.fields(exporter.Config)}
     art = exporter.export(model, task, tmp_path, exporter.Config(**({"batch_sizes": (16,)} if "batch_sizes" in fields else {})))
     session = open_session(art, RuntimeConfig(backend=name, threads=1))
-    p = parity(torch_predict(model, task), predict_fn(session), task.eval_data)
+    p = compare(torch_predict(model, task), predict_fn(session), task.test_data,
+                task.output_kinds, task.output_names)["logits"]
     assert p["max_abs_diff"] <= 1e-3 and p["agreement"] >= 0.99

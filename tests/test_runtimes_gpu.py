@@ -5,7 +5,7 @@ Every test skips, with the runtime's own reason, where no NVIDIA GPU and GPU bui
 import pytest
 
 from modelpress import registry
-from modelpress.evaluate import parity, predict_fn, torch_predict
+from modelpress.evaluate import compare, predict_fn, torch_predict
 from modelpress.runtime import RuntimeConfig, open_session
 
 pytestmark = pytest.mark.gpu
@@ -21,7 +21,8 @@ def test_gpu_parity(backend, fmt, precision, tmp_path, digits_task, digits_model
         pytest.skip(runtime.why_unavailable())
     art = registry.module("export format", fmt).export(digits_model, digits_task, tmp_path)
     session = open_session(art, RuntimeConfig(backend=backend, device="cuda", precision=precision))
-    p = parity(torch_predict(digits_model, digits_task), predict_fn(session), digits_task.eval_data)
+    p = compare(torch_predict(digits_model, digits_task), predict_fn(session), digits_task.test_data,
+                digits_task.output_kinds, digits_task.output_names)["logits"]
     assert p["agreement"] >= 0.99
     if precision == "fp32":
         assert p["max_abs_diff"] <= 1e-3

@@ -7,8 +7,9 @@ import pytest
 import torch
 import yaml
 
+from modelpress.constraints import Constraints, Quantities
 from modelpress.errors import ConfigError
-from modelpress.recipe import Constraints, parse_recipe
+from modelpress.recipe import parse_recipe
 from modelpress.search import pareto
 from modelpress.search.space import resolve
 
@@ -125,16 +126,38 @@ def test_sampled_candidate_is_a_recipe_modelpress_run_accepts(fake_techniques):
 
 def test_violations_say_by_how_much():
     c = Constraints(max_score_drop=0.01, max_size_bytes=1000)
-    values = {"score_drop": 0.03, "latency_ms_batch1": 1.0, "size_bytes": 900, "energy_j": None}
-    (v,) = pareto.violations(c, values)
-    assert v["constraint"] == "max_score_drop" and v["excess"] == pytest.approx(0.02)
-    assert "exceeds max_score_drop 0.01 by 0.02" in pareto.describe(v)
-    assert pareto.constraint_values(c, values) == [pytest.approx(2.0), 0.0, 0.0, 0.0]
+    values = Quantities(score_drop=0.03, latency_ms_batch1=1.0, size_bytes=900, energy_j=None)
+    (v,) = c.check(values)
+    assert v.constraint == "max_score_drop" and v.quantity == "score_drop" and v.excess == pytest.approx(0.02)
+    assert v.relative == pytest.approx(2.0)
+    assert "exceeds max_score_drop 0.01 by 0.02" in v.describe()
+    assert c.margins(values) == [pytest.approx(2.0), 0.0, 0.0, 0.0]
+    assert c.check(Quantities(score_drop=0.01, size_bytes=1000)) == []  # at the limit is within it
+    assert c.check(Quantities()) == []  # nothing measured: nothing missed
+
+
+def test_the_search_decides_on_validation_quantities():
+    import dataclasses
+
+    from modelpress.result import Result
+
+    names = {f.name for f in dataclasses.fields(Result)}
+    measured = Result(**{**dict.fromkeys(names), "facts": {}, "notes": [], "violations": [], "score_drop": 0.05,
+                         "val_score_drop": 0.002, "latency_ms": {"1": {"p50": 0.3}}, "latency_ratio": {"1": 0.9},
+                         "size_bytes": 900, "baseline_size_bytes": 1000,
+                         "energy_j_per_inference": None})
+    values = pareto.values_of({"result": measured.to_json()})
+    assert values == Quantities(score_drop=0.002, latency_ms_batch1=0.3, size_bytes=900)  # not the test drop
+    stopped = pareto.values_of({"subset": {"score_drop": 0.2, "size_bytes": 500}})  # scored on validation samples
+    assert stopped == Quantities(score_drop=0.2, size_bytes=500)
+    c = Constraints(max_score_drop=0.01)
+    assert pareto.feasible({"state": "complete", "values": values}, c)
+    assert not pareto.feasible({"state": "complete", "values": stopped}, c)
 
 
 def rec(number, lat, size, state="complete", drop=0.0):
     return {"number": number, "state": state, "objectives": {"latency": lat, "size": size},
-            "values": {"score_drop": drop, "latency_ms_batch1": lat, "size_bytes": size, "energy_j": None}}
+            "values": Quantities(score_drop=drop, latency_ms_batch1=lat, size_bytes=size)}
 
 
 def test_front_and_lexicographic_choice():
@@ -165,18 +188,14 @@ def test_skeleton_round_trip_is_exact(build):
     torch.manual_seed(0)
     models = {"lenet5": (LeNet5, (1, 28, 28)), "resnet": (TinyResNet, (1, 16, 16)),
               "depthwise": (DepthwiseCNN, (1, 16, 16)), "transformer": (TinyTransformer, (8, 8)),
-              "shrunk": (lambda: fakes.apply(LeNet5(), fakes.Config(rank_ratio=0.25), None), (1, 28, 28))}
+              "shrunk": (lambda: fakes.apply(LeNet5(), fakes.Config(rank_ratio=0.25), None).model, (1, 28, 28))}
     factory, shape = models[build]
     model = factory().eval()
-    from modelpress.compress import facts, record
-
-    record(model, note={"layers": ["a", "b"]}, ratio=0.5)
     data, tensors = skeleton(model)
     back = rebuild(yaml.safe_load(yaml.safe_dump(data)), tensors).eval()
     x = torch.randn(3, *shape)
     with torch.no_grad():
         assert torch.equal(back(x), model(x))
-    assert facts(back) == facts(model)
     assert [n for n, _ in back.named_modules()] == [n for n, _ in model.named_modules()]
 
 
@@ -188,7 +207,7 @@ def test_skeleton_refuses_hooks_and_foreign_classes():
     hooked.features[0].register_forward_hook(lambda m, i, o: o)
     assert skeleton(hooked) is None
     with_callable = LeNet5()
-    object.__setattr__(with_callable, "_modelpress_onnx_post_export", [lambda proto, task: proto])
+    object.__setattr__(with_callable, "_callbacks", [lambda proto, task: proto])  # not plain data
     assert skeleton(with_callable) is None
 
     class Local(torch.nn.Module):
@@ -200,26 +219,48 @@ def test_skeleton_refuses_hooks_and_foreign_classes():
 
 
 def test_prefix_cache_stores_on_disk_and_rebuilds(tmp_path):
+    from modelpress.compress import Storage
     from modelpress.search.cache import PrefixCache
     from modelpress.zoo import LeNet5
 
     torch.manual_seed(0)
-    model = fakes.apply(LeNet5().eval(), fakes.Config(rank_ratio=0.25), None)
+    applied = fakes.apply(LeNet5().eval(), fakes.Config(rank_ratio=0.25), None).then(
+        facts={"note": {"layers": ["a", "b"]}, "ratio": 0.5}, storage=Storage("codebook", {"entropy": "huffman"}))
     example = {"x": torch.randn(2, 1, 28, 28).numpy()}
-    assert PrefixCache(tmp_path).put("k1", model, example)
+    assert PrefixCache(tmp_path).put("k1", applied, example)
     fresh = PrefixCache(tmp_path)  # another process: nothing in memory
     back = fresh.get("k1")
     assert fresh.hits == {"memory": 0, "disk": 1}
     x = torch.from_numpy(example["x"])
     with torch.no_grad():
-        assert torch.equal(back(x), model(x))
+        assert torch.equal(back.model(x), applied.model(x))
+    assert back.facts == applied.facts and back.storage == applied.storage  # the step's data came back too
     (tmp_path / "k1" / "skeleton.json").write_text("{broken")
     assert PrefixCache(tmp_path).get("k1") is None  # damaged entries are recomputed, never trusted
-    hooked = copy.deepcopy(model)
-    hooked.features[0].register_forward_hook(lambda m, i, o: o)
+    hooked = copy.deepcopy(applied)
+    hooked.model.features[0].register_forward_hook(lambda m, i, o: o)
     cache = PrefixCache(tmp_path)
     assert not cache.put("k2", hooked, example) and not (tmp_path / "k2").exists()
     assert cache.get("k2") is not None  # still reused within the process
+    # train hooks and ONNX rewrites are objects, not data: such an entry stays in memory only
+    for name, objects in (("k3", {"train_hooks": (object(),)}), ("k4", {"onnx_rewrites": (lambda p, t: (p, {}),)})):
+        assert not cache.put(name, applied.then(**objects), example) and not (tmp_path / name).exists()
+        kept = cache.get(name)
+        assert kept is not None and (kept.train_hooks or kept.onnx_rewrites)
+
+
+def test_registry_overlay_is_undone_and_techniques_come_in_canonical_order():
+    from modelpress import registry
+
+    before = dict(registry.TECHNIQUES)
+    with pytest.raises(RuntimeError):
+        with registry.overlay("technique", {"shrink": fakes.MODULE}):  # what a search worker does with a job
+            assert registry.module("technique", "shrink") is fakes
+            raise RuntimeError("a failing trial")
+    assert registry.TECHNIQUES == before and "shrink" not in registry.TECHNIQUES
+    # structure first, recovery, then weight sharing and precision; unknown names after the built-in ones
+    assert registry.in_order(["quantize", "shrink", "cluster", "distill", "prune", "lowrank", "finetune"]) == [
+        "prune", "lowrank", "distill", "finetune", "cluster", "quantize", "shrink"]
 
 
 def test_early_stop_threshold():
@@ -240,12 +281,12 @@ def test_pipelines_sharing_a_prefix_compute_it_once(fake_techniques, tmp_path, m
     ctx = trial.context("digits")
     calls = []
     apply = fakes.apply
-    monkeypatch.setattr(fakes, "apply", lambda m, c, t: calls.append(c) or apply(m, c, t))
+    monkeypatch.setattr(fakes, "apply", lambda m, c, t, tools=None: calls.append(c) or apply(m, c, t, tools))
     steps = [{"shrink": {"rank_ratio": 0.25}}, {"noise": {"scale": 0.0}}]
     first = parse_recipe({"task": "digits", "steps": steps})
     second = parse_recipe({"task": "digits", "steps": [steps[0], {"noise": {"scale": 0.02}}]})
     cache = PrefixCache(tmp_path, allowed=(ctx["model_package"],))
-    model, reused = trial.compress_cached(ctx, first, cache)
+    applied, reused = trial.compress_cached(ctx, first, cache)
     assert reused == 0 and len(calls) == 1
     _, reused = trial.compress_cached(ctx, second, cache)
     assert reused == 1 and len(calls) == 1  # shrink(0.25) came from the cache
@@ -254,7 +295,8 @@ def test_pipelines_sharing_a_prefix_compute_it_once(fake_techniques, tmp_path, m
     assert reused == 2 and len(calls) == 1 and fresh.hits["disk"] == 1
     x = torch.from_numpy(ctx["task"].example_inputs(4)["x"])
     with torch.no_grad():
-        assert torch.equal(again(x), model(x))
+        assert torch.equal(again.model(x), applied.model(x))
+    assert again.facts == applied.facts and set(applied.facts) == {"ranks", "noise_scale"}
 
 
 def test_seeds_reproduce_the_defaults_and_an_edited_space_continues(fake_techniques):

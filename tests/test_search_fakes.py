@@ -16,7 +16,7 @@ from fnmatch import fnmatch
 import torch
 from torch import nn
 
-from modelpress.compress import record
+from modelpress.compress import Applied
 from modelpress.config import check
 
 MODULE = __name__
@@ -33,7 +33,10 @@ class Config:
         check(0 < self.rank_ratio <= 1, f"rank_ratio must be in (0, 1], got {self.rank_ratio}.")
 
 
-def apply(model: nn.Module, config: Config, task) -> nn.Module:
+def apply(model: nn.Module | Applied, config: Config, task, tools=None) -> Applied:
+    """A shrunk copy of the model (the input is not modified), with the ranks as facts."""
+    prev = Applied.of(model)
+    model = copy.deepcopy(prev.model)
     ranks = {}
     for name, module in list(model.named_modules()):
         if not isinstance(module, nn.Linear) or min(module.in_features, module.out_features) < 16:
@@ -53,8 +56,7 @@ def apply(model: nn.Module, config: Config, task) -> nn.Module:
         parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
         setattr(parent, name.rpartition(".")[2], nn.Sequential(first, second))
         ranks[name] = r
-    record(model, ranks=ranks)
-    return model
+    return prev.then(model, facts={"ranks": ranks})
 
 
 def register(monkeypatch=None) -> None:
@@ -75,8 +77,9 @@ def test_shrink_keeps_outputs_at_full_rank():
     torch.manual_seed(0)
     model = LeNet300100().eval()
     x = torch.randn(4, 1, 28, 28)
-    shrunk = apply(copy.deepcopy(model), Config(rank_ratio=1.0), None)
-    assert isinstance(shrunk.net[1], nn.Sequential)
-    assert torch.allclose(shrunk(x), model(x), atol=1e-4)
-    small = apply(copy.deepcopy(model), Config(rank_ratio=0.05), None)
+    shrunk = apply(model, Config(rank_ratio=1.0), None)
+    assert isinstance(shrunk.model.net[1], nn.Sequential) and isinstance(model.net[1], nn.Linear)  # input untouched
+    assert torch.allclose(shrunk.model(x), model(x), atol=1e-4)
+    assert shrunk.facts["ranks"]["net.1"] == 300  # full rank of the 784 -> 300 layer
+    small = apply(model, Config(rank_ratio=0.05), None).model
     assert sum(p.numel() for p in small.parameters()) < 0.2 * sum(p.numel() for p in model.parameters())

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from modelpress.errors import ConfigError, ModelpressError
-from modelpress.evaluate import evaluate, parity, torch_predict
+from modelpress.evaluate import compare, evaluate, torch_predict
 from modelpress.task import Batches, accuracy, load_task
 from modelpress.tasks import fashion_mnist
 
@@ -23,7 +23,8 @@ def test_batches_reject_mismatched_lengths():
 
 
 def test_digits_reaches_097(digits_task, digits_model):
-    assert evaluate(torch_predict(digits_model, digits_task), digits_task) >= 0.97
+    assert evaluate(torch_predict(digits_model, digits_task), digits_task, digits_task.test_data) >= 0.97
+    assert evaluate(torch_predict(digits_model, digits_task), digits_task, digits_task.val_data) >= 0.97
     assert digits_task.example_inputs(5)["x"].shape == (5, 1, 8, 8)
 
 
@@ -53,20 +54,36 @@ def test_accuracy_credits_tied_top_scores_evenly_whatever_the_label_order():
     data = Batches({"x": logits}, labels, batch_size=64)
     tied = (logits == logits.max(1, keepdims=True)).sum(1)
     assert (tied > 1).sum() > 40
-    score = accuracy(lambda b: b["x"], data)
+    score = accuracy(lambda b: [b["x"]], data)
     order = [3, 1, 0, 2]  # the same model with its classes numbered differently
     renamed = Batches({"x": logits[:, order]}, np.argsort(order)[labels], batch_size=64)
-    assert score == pytest.approx(accuracy(lambda b: b["x"], renamed), abs=1e-12)
+    assert score == pytest.approx(accuracy(lambda b: [b["x"]], renamed), abs=1e-12)
     argmax = float((logits.argmax(1) == labels).mean())
     renamed_argmax = float((logits[:, order].argmax(1) == np.argsort(order)[labels]).mean())
     assert argmax != renamed_argmax  # the rule this replaces depends on the numbering
     expected = np.mean([(logits[i, labels[i]] == logits[i].max()) / tied[i] for i in range(400)])
     assert score == pytest.approx(expected)
-    assert accuracy(lambda b: np.zeros((len(b["x"]), 4)), data) == pytest.approx(0.25)  # all tied: chance
-    nan = accuracy(lambda b: np.full((len(b["x"]), 4), np.nan), data)
+    assert accuracy(lambda b: [np.zeros((len(b["x"]), 4))], data) == pytest.approx(0.25)  # all tied: chance
+    nan = accuracy(lambda b: [np.full((len(b["x"]), 4), np.nan)], data)
     assert nan == 0.0
-    agreement = parity(lambda b: b["x"] + np.arange(4) * 1e-3, lambda b: b["x"], data.inputs_only())["agreement"]
+    agreement = compare(lambda b: [b["x"] + np.arange(4) * 1e-3], lambda b: [b["x"]], data.inputs_only(),
+                        ("logits",), ("logits",))["logits"]["agreement"]
     assert 0.5 < agreement < 1.0  # the candidate's ties count 1/k against the reference's strict order
+
+
+def test_output_kinds_name_one_kind_per_output():
+    from modelpress.task import Task
+
+    data = Batches({"x": np.zeros((4, 2), np.float32)}, np.zeros(4, np.int64))
+    common = dict(name="t", build_model=lambda: None, input_names=("x",), calib_data=data, val_data=data,
+                  test_data=data)
+    assert Task(output_names=("logits",), **common).output_kinds == ("logits",)  # the default
+    both = Task(output_names=("a", "b"), output_kinds=("embeddings",), **common)
+    assert both.output_kinds == ("embeddings", "embeddings")  # one kind given for every output
+    with pytest.raises(ConfigError, match="output_kinds must give one of logits, embeddings, values per output"):
+        Task(output_names=("a",), output_kinds=("probabilities",), **common)
+    with pytest.raises(ConfigError, match="2 outputs: a, b"):
+        Task(output_names=("a", "b"), output_kinds=("logits", "values", "values"), **common)
 
 
 def test_unknown_task_suggests():
@@ -80,7 +97,7 @@ def test_user_task_import_string(monkeypatch):
 
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "examples"))
     task = load_task("my_task:task")
-    assert task.name == "my-task" and task.eval_data.num_samples > 0
+    assert task.name == "my-task" and task.val_data.num_samples > 0 and task.test_data.num_samples > 0
     sys.modules.pop("my_task", None)
     with pytest.raises(ConfigError, match="Cannot load the task"):
         load_task("no_such_module_xyz:task")
@@ -114,5 +131,9 @@ def test_missing_fashion_mnist_says_how_to_install(tmp_path, monkeypatch):
                                          ("fashion-mnist:transformer", 0.88)])
 def test_fashion_mnist_reference_models(name, floor):
     task = load_task(name)
-    assert task.eval_data.num_samples == 10000
-    assert evaluate(torch_predict(task.build_model(), task), task) >= floor
+    # validation and test together hold at least the 10,000 held-out images, none of them empty
+    assert task.val_data.num_samples > 0 and task.test_data.num_samples > 0
+    assert task.val_data.num_samples + task.test_data.num_samples >= 10000
+    model = task.build_model()
+    assert evaluate(torch_predict(model, task), task, task.test_data) >= floor
+    assert evaluate(torch_predict(model, task), task, task.val_data) >= floor

@@ -4,7 +4,6 @@ import pytest
 import torch
 from torch import nn
 
-from modelpress.compress import add_train_hook
 from modelpress.train import TrainConfig, fit, frozen_parameters, supervised_loss
 from modelpress.config import parse
 from modelpress.errors import ConfigError, ModelpressError
@@ -139,8 +138,7 @@ class ZeroMask:
 
 def test_train_hooks_run_around_every_step():
     model, hook = mlp(), ZeroMask()
-    add_train_hook(model, hook)
-    fit(model, data(), TrainConfig(epochs=2, lr=1e-2))
+    fit(model, data(), TrainConfig(epochs=2, lr=1e-2), hooks=[hook])
     assert hook.before == 2 * 4 and torch.count_nonzero(model[0].weight[:8]) == 0
 
 

@@ -86,7 +86,9 @@ def convert(model: Any, task: Task, config: Config, rewrites: Sequence[Any] = ()
             ov_model, facts = from_onnx(model, task, rewrites)
             return ov_model, "onnx", facts
         except ModelpressError:
-            raise
+            if rewrites or config.source == "onnx":
+                raise  # a rewrite's own error (e.g. the opset it needs), or the route the recipe asked for
+            # source auto: the model does not export to ONNX; torch.export below may still convert it
         except Exception as e:
             if rewrites:
                 raise ModelpressError(
