@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import yaml
 from . import registry
 from .bench import BenchConfig
 from .config import check, coerce, parse, to_dict
-from .errors import ConfigError, ModelFileError, unknown
+from .errors import ConfigError, unknown
 from .runtime import RuntimeConfig
 from .search.space import SearchConfig
 
@@ -42,6 +43,13 @@ class Constraints:
     max_energy_j: float | None = None  # joules per inference
 
     def __post_init__(self) -> None:
+        for name in ("max_score_drop", "max_latency_ms", "max_size_bytes", "max_energy_j"):
+            value = getattr(self, name)
+            check(value is None or math.isfinite(value), f"{name} must be a finite number, got {value}: a NaN or "
+                  f"infinite limit can never be missed. Remove it to set no limit.")
+        drop = self.max_score_drop
+        check(drop is None or drop >= 0, f"max_score_drop must be >= 0 (the most score the model may lose), got {drop}: "
+              f"a negative limit asks the compressed model to beat the fp32 model, which compression cannot promise.")
         for name in ("max_latency_ms", "max_size_bytes", "max_energy_j"):
             value = getattr(self, name)
             check(value is None or value > 0, f"{name} must be positive, got {value}.")
@@ -118,14 +126,10 @@ def parse_recipe(data: Any) -> Recipe:
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    path = Path(path)
-    if not path.exists():
-        raise ModelFileError(f"Recipe file {path} does not exist.")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    return parse_recipe(data)
+    """A Recipe from a YAML file, read within the limits of ``safeyaml`` (size, nesting, aliases, UTF-8)."""
+    from .safeyaml import load_file
+
+    return parse_recipe(load_file(path))
 
 
 __all__ = ["Recipe", "Step", "ExportConfig", "Constraints", "parse_recipe", "load_recipe", "coerce"]
