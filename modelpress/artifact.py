@@ -162,6 +162,8 @@ def check_manifest(manifest: Any, where: Path) -> dict[str, Any]:
             raise bad(f"'{key}' must map each file name to its sha256")
         for name in table:
             inside(where.parent, name)
+            if name in UNLISTED:
+                raise bad(f"'{name}' is not a model file")
     if manifest["file"] not in manifest["files"]:
         raise bad("the model file is not listed in 'files' with its hash")
     if set(manifest["files"]) & set(manifest.get(SUPPORT, {})):

@@ -36,8 +36,9 @@ def _header(stream: IO[bytes], where: str) -> tuple[tuple[int, ...], bool, np.dt
     if dtype.hasobject:
         raise ModelFileError(f"{where} holds Python objects, which would need unpickling; refusing it. Save plain "
                              f"numeric arrays (np.save(path, x.astype(np.float32))).")
-    if any(d < 0 for d in shape):
-        raise ModelFileError(f"{where} declares a negative shape {shown(list(shape), 60)}; it is damaged.")
+    if any(d < 0 for d in shape) or dtype.itemsize == 0:
+        raise ModelFileError(f"{where} declares a negative shape {shown(list(shape), 60)} or empty elements "
+                             f"({dtype}); it is damaged.")
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes > MAX_ARRAY_BYTES:
         raise ModelFileError(f"{where} declares {nbytes:,} bytes of data (shape {shown(list(shape), 60)}); at most "
@@ -52,7 +53,7 @@ def read_npy(stream: IO[bytes], size: int, where: str) -> np.ndarray:
     if len(data) < nbytes:
         raise ModelFileError(f"{where} declares {nbytes:,} bytes of data but holds fewer; it is truncated or damaged.")
     try:
-        flat = np.frombuffer(data, dtype=dtype) if dtype.itemsize else np.zeros(math.prod(shape), dtype)
+        flat = np.frombuffer(data, dtype=dtype)
         return flat.reshape(shape, order="F" if fortran else "C").copy()
     except Exception as e:
         raise ModelFileError(f"{where} is not a readable .npy array ({shown(e, 150)}).") from None

@@ -281,8 +281,9 @@ def check_output_file(path: str | Path, force: bool, inputs: Iterable[str | Path
 
 @contextlib.contextmanager
 def scratch() -> Iterator[Path]:
-    """A private temporary folder for one command, made tempfile's default while it runs. It is removed at
-    the end; a killed command's folder is removed by the next command (its lock is free by then)."""
+    """A private temporary folder for one command, made tempfile's default (and ``$TMPDIR``, for native
+    libraries and child processes) while it runs. It is removed at the end; a killed command's folder is
+    removed by the next command (its lock is free by then)."""
     root = Path(tempfile.gettempdir())
     for old in root.glob(f"{SCRATCH}*"):
         try:
@@ -295,9 +296,14 @@ def scratch() -> Iterator[Path]:
     folder = new.with_name(SCRATCH + new.name.rsplit("-", 1)[-1])
     new.rename(folder)
     previous, tempfile.tempdir = tempfile.tempdir, str(folder)
+    previous_env, os.environ["TMPDIR"] = os.environ.get("TMPDIR"), str(folder)
     try:
         yield folder
     finally:
         tempfile.tempdir = previous
+        if previous_env is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = previous_env
         shutil.rmtree(folder, ignore_errors=True)
         lock.release()

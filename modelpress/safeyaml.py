@@ -81,8 +81,9 @@ def loads(text: str | bytes, where: str) -> Any:
                               f"Save it as UTF-8.") from None
     if len(text) > MAX_BYTES:
         raise ConfigError(f"{where} is longer than {MAX_BYTES // 1024} KiB; a recipe is a few lines of settings.")
-    loader = _BoundedLoader(text)
+    loader = None
     try:
+        loader = _BoundedLoader(text)  # its reader already refuses control characters
         node = loader.get_single_node()
         if node is None:
             return None
@@ -97,7 +98,8 @@ def loads(text: str | bytes, where: str) -> Any:
     except (ValueError, TypeError, OverflowError, RecursionError) as e:  # e.g. an integer of 5,000 digits
         raise ConfigError(f"{where} holds a value YAML cannot read ({shown(e, 200)}).") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def load_file(path: str | Path) -> Any:

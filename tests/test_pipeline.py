@@ -36,7 +36,8 @@ def test_baseline_result(baseline_run):
 
 def test_output_folder_contents(baseline_run):
     out, result = baseline_run
-    assert sorted(p.name for p in out.iterdir()) == ["artifact", "recipe.yaml", "report.md", "result.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".modelpress-output", "artifact", "recipe.yaml", "report.md",
+                                                     "result.json"]
     assert json.loads((out / "result.json").read_text())["score"] == result["score"]
     assert load_recipe(out / "recipe.yaml").task == "digits"  # the run can be rebuilt from its own recipe
     assert "| score |" in (out / "report.md").read_text()
