@@ -36,8 +36,11 @@ UNLISTED = ("manifest.json", ".modelpress-output")
 try:
     MANIFEST = json.loads((HERE / "manifest.json").read_text())
     SETTINGS, SPEC, FILES = MANIFEST["runtime"], MANIFEST["inputs"], MANIFEST["files"]
+    SUPPORT = MANIFEST.get("support_files", {})
     NAMES = list(SPEC)
     PATH = str(HERE / MANIFEST["file"])
+    if not all(isinstance(t, dict) for t in (SETTINGS, SPEC, FILES, SUPPORT)):
+        raise TypeError("runtime, inputs, files and support_files must be mappings")
 except (OSError, ValueError, KeyError, TypeError) as e:
     sys.exit(f"error: manifest.json is missing or damaged ({e}); package the model again")
 {fixed}{loader}
@@ -52,7 +55,7 @@ def sha256(path):
 
 def verify():
     """Every listed file is a plain file inside this folder with its recorded hash; no other file is here."""
-    listed = {**FILES, **MANIFEST.get("support_files", {})}
+    listed = {**FILES, **SUPPORT}
     if MANIFEST["file"] not in FILES:
         sys.exit("error: manifest.json does not list the model file with its hash; package the model again")
     for name, digest in listed.items():

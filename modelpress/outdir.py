@@ -286,6 +286,8 @@ def scratch() -> Iterator[Path]:
     removed by the next command (its lock is free by then)."""
     root = Path(tempfile.gettempdir())
     for old in root.glob(f"{SCRATCH}*"):
+        if old.is_symlink() or not old.is_dir():
+            continue  # not a folder a modelpress command made
         try:
             with Lock(old / ".lock", "", remove=False):
                 shutil.rmtree(old, ignore_errors=True)

@@ -145,3 +145,27 @@ def test_a_killed_writer_leaves_no_stuck_lock(tmp_path):
     proc.wait()
     assert main(["run", str(recipe), "-o", str(out)]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "r.yaml"]  # no staging folder, no lock file
+
+
+def test_zip_bundles_replace_only_modelpress_zips(exported, tmp_path, capsys):
+    mine = tmp_path / "mine.zip"
+    import zipfile
+
+    with zipfile.ZipFile(mine, "w") as z:
+        z.writestr("photos.txt", "the user's archive")
+    before = mine.read_bytes()
+    assert main(["package", str(exported), "-o", str(mine), "--force"]) == 2
+    assert "is a zip file modelpress did not write" in capsys.readouterr().err and mine.read_bytes() == before
+    ours = tmp_path / "b.zip"
+    assert main(["package", str(exported), "-o", str(ours)]) == 0
+    assert outdir.MARKER in zipfile.ZipFile(ours).namelist()
+    assert main(["package", str(exported), "-o", str(ours), "--force"]) == 0
+    assert main(["package", str(exported), "-o", str(tmp_path / "b.zip" / "x.zip")]) == 2  # a file in the path
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.zip", "mine.zip"]
+
+
+def test_auto_never_writes_into_the_folder_holding_its_recipe(tmp_path, capsys):
+    (tmp_path / "r.yaml").write_text("task: digits\nsearch: {trials: 1}\n")
+    assert main(["auto", str(tmp_path / "r.yaml"), "-o", str(tmp_path), "--force"]) == 2
+    assert "holds this command's input" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml"]
