@@ -220,7 +220,7 @@ OS_HINTS = {errno.ENOSPC: "The disk is full: free some space or choose an output
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .outdir import scratch
+    from .locks import scratch
 
     args = build_parser().parse_args(argv)
     before = fingerprints(input_files(args))

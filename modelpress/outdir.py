@@ -13,80 +13,22 @@ Invariants:
   previous output that a killed ``--force`` run had moved aside (``.OUT.old-*``) is put back.
 - ``--force`` replaces only an output that holds :data:`MARKER` (written by :func:`publish`, listing every
   file it published) and nothing else, and never one that holds the command's inputs.
-- Every temporary file of a CLI command lives in one :func:`scratch` folder, removed at the end of the
-  command or, if the command was killed, by the next one.
+- Every temporary file of a CLI command lives in one :func:`locks.scratch` folder, removed at the end of
+  the command or, if the command was killed, by the next one.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import shutil
-import tempfile
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 from .errors import ModelpressError, shown
+from .locks import Lock
 
 MARKER = ".modelpress-output"  # in every folder (and bundle zip) modelpress publishes: its own file list
-SCRATCH = "modelpress-scratch-"
-
-
-class Lock:
-    """An exclusive ``flock`` on ``path``; ``busy`` (formatted with ``pid``) is the error when another process
-    holds it. ``remove``: unlink the lock file on release (safe: acquiring checks the file is still the one
-    locked)."""
-
-    def __init__(self, path: Path, busy: str, remove: bool = True):
-        self.path, self.busy, self.remove = Path(path), busy, remove
-        self._fd: int | None = None
-
-    def acquire(self) -> Lock:
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                other = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-                os.close(fd)
-                raise ModelpressError(self.busy.format(pid=other)) from None
-            try:
-                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)  # its last holder removed the file while we waited: lock the current one
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._fd = fd
-        return self
-
-    def release(self) -> None:
-        if self._fd is None:
-            return
-        if self.remove:
-            with contextlib.suppress(OSError):
-                self.path.unlink()
-        os.close(self._fd)  # closing drops the lock
-        self._fd = None
-
-    def __enter__(self) -> Lock:
-        return self.acquire()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
-
-
-class FolderLock(Lock):
-    """The lock of a ``modelpress auto`` study folder (``.lock`` inside it): one driver per study."""
-
-    def __init__(self, folder: Path):
-        super().__init__(Path(folder) / ".lock", f"Another 'modelpress auto' (pid {{pid}}) is running on "
-                         f"{shown(folder)}; wait for it, or use another output folder.", remove=False)
 
 
 _HELD: dict[Path, Lock] = {}  # stage folder -> the lock on its output, until publish or discard
@@ -277,35 +219,3 @@ def check_output_file(path: str | Path, force: bool, inputs: Iterable[str | Path
         raise ModelpressError(f"The output {shown(path)} already exists. Choose another name or pass --force "
                               f"to replace it.")
     return target
-
-
-@contextlib.contextmanager
-def scratch() -> Iterator[Path]:
-    """A private temporary folder for one command, made tempfile's default (and ``$TMPDIR``, for native
-    libraries and child processes) while it runs. It is removed at the end; a killed command's folder is
-    removed by the next command (its lock is free by then)."""
-    root = Path(tempfile.gettempdir())
-    for old in root.glob(f"{SCRATCH}*"):
-        if old.is_symlink() or not old.is_dir():
-            continue  # not a folder a modelpress command made
-        try:
-            with Lock(old / ".lock", "", remove=False):
-                shutil.rmtree(old, ignore_errors=True)
-        except (ModelpressError, OSError):
-            continue  # in use by a live command, or not ours to touch
-    new = Path(tempfile.mkdtemp(prefix=".modelpress-new-", dir=root))
-    lock = Lock(new / ".lock", "", remove=False).acquire()  # locked before it is visible to the sweep above
-    folder = new.with_name(SCRATCH + new.name.rsplit("-", 1)[-1])
-    new.rename(folder)
-    previous, tempfile.tempdir = tempfile.tempdir, str(folder)
-    previous_env, os.environ["TMPDIR"] = os.environ.get("TMPDIR"), str(folder)
-    try:
-        yield folder
-    finally:
-        tempfile.tempdir = previous
-        if previous_env is None:
-            os.environ.pop("TMPDIR", None)
-        else:
-            os.environ["TMPDIR"] = previous_env
-        shutil.rmtree(folder, ignore_errors=True)
-        lock.release()

@@ -154,8 +154,8 @@ def load_task(name: str) -> Task:
             raise ConfigError(f"{err} A task of your own is an import string 'my_module:my_task'.")
         target = name
     module_name, _, attr = target.partition(":")
-    hint = (f"A user task is 'module:function' where the module is importable (on PYTHONPATH or in the current "
-            f"folder) and the function takes no arguments and returns a modelpress Task.")
+    hint = ("A user task is 'module:function' where the module is importable (on PYTHONPATH or in the current "
+            "folder) and the function takes no arguments and returns a modelpress Task.")
     if not attr.isidentifier() or not all(part.isidentifier() for part in module_name.split(".")):
         raise ConfigError(f"The task '{shown(name)}' is not an import string 'module:function'. {hint}")
     if module_name.split(".")[0] in sys.stdlib_module_names:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelpressError
-from ..outdir import FolderLock
+from ..locks import FolderLock
 from . import pareto
 
 MARKER = ".modelpress-auto"

@@ -14,6 +14,7 @@ import torch
 
 from modelpress import outdir
 from modelpress.cli import main
+from modelpress.locks import Lock
 
 from .hostile import ROOT, clean_error, modelpress, snapshot
 
@@ -101,7 +102,7 @@ def test_predict_output_never_replaces_an_input_or_the_bundle(bundle, tmp_path, 
 
 def test_one_writer_per_output(tmp_path, capsys):
     out = tmp_path / "art"
-    with outdir.Lock(tmp_path / ".art.lock", "busy"):  # another process would hold this while writing
+    with Lock(tmp_path / ".art.lock", "busy"):  # another process would hold this while writing
         assert main(["export", "digits", str(out)]) == 2
     assert "Another modelpress command (pid" in capsys.readouterr().err and not out.exists()
     assert main(["export", "digits", str(out)]) == 0  # the lock is free again

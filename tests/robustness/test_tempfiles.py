@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from modelpress import outdir
+from modelpress.locks import SCRATCH, scratch
 
 from .hostile import ROOT, modelpress
 
@@ -34,7 +34,7 @@ def test_a_killed_run_leaves_no_temporary_files_behind(tmp_path):
     baseline = next(tmp_path.glob(".out.partial-*/.baseline-*"))  # inside the staging folder, not in TMPDIR
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert baseline.exists() and [p.name for p in tmp.iterdir()][0].startswith(outdir.SCRATCH)
+    assert baseline.exists() and [p.name for p in tmp.iterdir()][0].startswith(SCRATCH)
     assert modelpress("tasks", env={"TMPDIR": str(tmp)}).returncode == 0  # any next command sweeps the scratch
     assert list(tmp.iterdir()) == []
     assert modelpress("run", str(recipe), "-o", str(out), env={"TMPDIR": str(tmp)}).returncode == 0
@@ -45,10 +45,10 @@ def test_scratch_folders_of_live_commands_are_left_alone(tmp_path, monkeypatch):
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    with outdir.scratch() as mine:
+    with scratch() as mine:
         assert tempfile.gettempdir() == str(mine) and Path(tempfile.mkdtemp()).parent == mine
         monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-        with outdir.scratch() as other:  # a second command sweeping while the first runs
+        with scratch() as other:  # a second command sweeping while the first runs
             assert mine.exists() and other.exists()
         assert mine.exists() and not other.exists()
     assert list(tmp_path.iterdir()) == []
