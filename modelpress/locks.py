@@ -25,9 +25,9 @@ SCRATCH = "modelpress-scratch-"
 
 
 class Lock:
-    """An exclusive ``flock`` on ``path``; ``busy`` (formatted with ``pid``) is the error when another process
-    holds it. ``remove``: unlink the lock file on release (safe: acquiring checks the file is still the one
-    locked)."""
+    """An exclusive ``flock`` on ``path``; ``busy`` is the error when another process holds it, with ``{pid}``
+    replaced by that process's pid (plain replacement: user paths in it may hold braces). ``remove``: unlink
+    the lock file on release (safe: acquiring checks the file is still the one locked)."""
 
     def __init__(self, path: Path, busy: str, remove: bool = True):
         self.path, self.busy, self.remove = Path(path), busy, remove
@@ -41,7 +41,7 @@ class Lock:
             except BlockingIOError:
                 other = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
                 os.close(fd)
-                raise ModelpressError(self.busy.format(pid=other)) from None
+                raise ModelpressError(self.busy.replace("{pid}", shown(other, 12))) from None
             try:
                 same = os.path.samestat(os.fstat(fd), os.stat(self.path))
             except FileNotFoundError:
@@ -74,8 +74,8 @@ class FolderLock(Lock):
     """The lock of a ``modelpress auto`` study folder (``.lock`` inside it): one driver per study."""
 
     def __init__(self, folder: Path):
-        super().__init__(Path(folder) / ".lock", f"Another 'modelpress auto' (pid {{pid}}) is running on "
-                         f"{shown(folder)}; wait for it, or use another output folder.", remove=False)
+        super().__init__(Path(folder) / ".lock", "Another 'modelpress auto' (pid {pid}) is running on "
+                         + shown(folder) + "; wait for it, or use another output folder.", remove=False)
 
 
 @contextlib.contextmanager

@@ -39,13 +39,12 @@ def normal(out: str | Path) -> Path:
     out = Path(os.path.abspath(out))
     if out.name in ("", ".", ".."):
         raise ModelpressError(f"{shown(out)} cannot be an output: choose a new folder to write into.")
-    return out.parent.resolve() / out.name
+    return Path(os.path.realpath(out.parent)) / out.name
 
 
 def _lock_for(out: Path) -> Lock:
-    return Lock(out.with_name(f".{out.name}.lock"),
-                f"Another modelpress command (pid {{pid}}) is writing {shown(out)} right now. Wait for it to "
-                f"finish, or choose another output.")
+    return Lock(out.with_name(f".{out.name}.lock"), "Another modelpress command (pid {pid}) is writing "
+                + shown(out) + " right now. Wait for it to finish, or choose another output.")
 
 
 def _recover(out: Path) -> None:

@@ -101,10 +101,11 @@ def test_predict_output_never_replaces_an_input_or_the_bundle(bundle, tmp_path, 
 
 
 def test_one_writer_per_output(tmp_path, capsys):
-    out = tmp_path / "art"
-    with Lock(tmp_path / ".art.lock", "busy"):  # another process would hold this while writing
+    out = tmp_path / "art{0}"  # braces: the message is no format string
+    with Lock(tmp_path / ".art{0}.lock", "busy"):  # another process would hold this while writing
         assert main(["export", "digits", str(out)]) == 2
-    assert "Another modelpress command (pid" in capsys.readouterr().err and not out.exists()
+    assert f"Another modelpress command (pid {os.getpid()}) is writing {out}" in capsys.readouterr().err
+    assert not out.exists()
     assert main(["export", "digits", str(out)]) == 0  # the lock is free again
 
 
