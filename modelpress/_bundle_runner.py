@@ -15,28 +15,73 @@ def runner_source(backend: str) -> str:
 
 
 RUNNER = '''#!/usr/bin/env python3
-"""Run this bundle's model: python predict.py INPUT.npy|INPUT.npz [-o OUTPUT.npy|OUTPUT.npz]
+"""Run this bundle's model: python predict.py INPUT.npy|INPUT.npz [-o OUTPUT.npy|OUTPUT.npz] [--force]
+[--allow-nonfinite]
 
 Needs numpy and {requirement} only. Inputs: see preprocessing.json (a .npy for a single-input model,
-else a .npz with one array per input name).
+else a .npz with one array per input name). Before the model loads, every file of this folder is checked
+against its sha256 in manifest.json, and a file the manifest does not list is refused.
 """
+import argparse
+import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-MANIFEST = json.loads((HERE / "manifest.json").read_text())
-SETTINGS = MANIFEST["runtime"]
-SPEC = MANIFEST["inputs"]
-NAMES = list(SPEC)
-PATH = str(HERE / MANIFEST["file"])
+UNLISTED = ("manifest.json", ".modelpress-output")
+try:
+    MANIFEST = json.loads((HERE / "manifest.json").read_text())
+    SETTINGS, SPEC, FILES = MANIFEST["runtime"], MANIFEST["inputs"], MANIFEST["files"]
+    SUPPORT = MANIFEST.get("support_files", {})
+    NAMES = list(SPEC)
+    PATH = str(HERE / MANIFEST["file"])
+    if not all(isinstance(t, dict) for t in (SETTINGS, SPEC, FILES, SUPPORT)):
+        raise TypeError("runtime, inputs, files and support_files must be mappings")
+except (OSError, ValueError, KeyError, TypeError) as e:
+    sys.exit(f"error: manifest.json is missing or damaged ({e}); package the model again")
 {fixed}{loader}
 
-def read_inputs(path):
-    data = np.load(path, allow_pickle=False)
-    arrays = {NAMES[0]: data} if isinstance(data, np.ndarray) else {k: data[k] for k in data.files}
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify():
+    """Every listed file is a plain file inside this folder with its recorded hash; no other file is here."""
+    listed = {**FILES, **SUPPORT}
+    if MANIFEST["file"] not in FILES:
+        sys.exit("error: manifest.json does not list the model file with its hash; package the model again")
+    for name, digest in listed.items():
+        path = HERE / str(name)
+        if (not isinstance(name, str) or ".." in Path(name).parts or path.is_symlink()
+                or HERE not in path.resolve().parents):
+            sys.exit(f"error: manifest.json names {name!r}, which is not a file inside this bundle; refusing it")
+        if not path.is_file():
+            sys.exit(f"error: {name} is missing from this bundle; package the model again")
+        if sha256(path) != digest:
+            sys.exit(f"error: {name} does not match its sha256 in manifest.json (modified or damaged); "
+                     f"package the model again")
+    for root, dirs, files in os.walk(HERE):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        for name in files + [d for d in dirs if Path(root, d).is_symlink()]:
+            rel = Path(root, name).relative_to(HERE).as_posix()
+            if rel not in listed and rel not in UNLISTED:
+                sys.exit(f"error: {rel} is not part of this bundle (manifest.json does not list it); remove it")
+
+
+def read_inputs(path, allow_nonfinite):
+    try:
+        data = np.load(path, allow_pickle=False)
+        arrays = {NAMES[0]: data} if isinstance(data, np.ndarray) else {k: data[k] for k in data.files}
+    except Exception as e:  # unreadable, pickled objects, or a header promising more than the file holds
+        sys.exit(f"error: {path} is not a readable .npy/.npz file of numbers ({e})")
     if sorted(arrays) != sorted(NAMES):
         sys.exit(f"error: the model expects inputs {NAMES}, got {sorted(arrays)}")
     for name, want in SPEC.items():
@@ -45,22 +90,40 @@ def read_inputs(path):
             sys.exit(f"error: input '{name}' has shape {list(got.shape)}, the model expects {shape}")
         if str(got.dtype) != want["dtype"]:
             sys.exit(f"error: input '{name}' has dtype {got.dtype}, the model expects {want['dtype']}")
+        if got.ndim and len(got) == 0:
+            sys.exit(f"error: input '{name}' holds 0 samples; give at least one")
+        if got.dtype.kind in "fc" and not allow_nonfinite and not np.isfinite(got).all():
+            sys.exit(f"error: input '{name}' holds NaN or Inf; fix it, or pass --allow-nonfinite")
     return [np.ascontiguousarray(arrays[n]) for n in NAMES]
 
 
 def main(argv):
-    if not argv or argv[0] in ("-h", "--help"):
-        sys.exit(__doc__)
-    outputs = load()(read_inputs(argv[0]))
-    names = MANIFEST.get("outputs") or [f"output_{i}" for i in range(len(outputs))]
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("input")
+    parser.add_argument("-o", "--output")
+    parser.add_argument("--force", action="store_true", help="replace an existing output file")
+    parser.add_argument("--allow-nonfinite", action="store_true", help="accept NaN or Inf in inputs and outputs")
+    args = parser.parse_args(argv)
+    if args.output:
+        target = Path(args.output).resolve()
+        if target == Path(args.input).resolve() or HERE in target.parents:
+            sys.exit("error: the output would replace the input or a file of this bundle; choose another name")
+        if target.exists() and not args.force:
+            sys.exit(f"error: {args.output} exists; choose another name or pass --force")
+    verify()
+    outputs = load()(read_inputs(args.input, args.allow_nonfinite))
+    names = MANIFEST.get("outputs") or []
+    names = names if len(names) == len(outputs) else [f"output_{i}" for i in range(len(outputs))]
     for name, out in zip(names, outputs):
+        if out.dtype.kind in "fc" and not args.allow_nonfinite and not np.isfinite(out).all():
+            sys.exit(f"error: the model produced NaN or Inf in output '{name}'; nothing was written. "
+                     f"Check the inputs (preprocessing.json), or pass --allow-nonfinite")
         print(f"{name}: shape {list(out.shape)} {out.dtype}")
-    if "-o" in argv:
-        target = argv[argv.index("-o") + 1]
-        if target.endswith(".npz"):
-            np.savez(target, **dict(zip(names, outputs)))
+    if args.output:
+        if args.output.endswith(".npz"):
+            np.savez(args.output, **dict(zip(names, outputs)))
         else:
-            np.save(target, outputs[0])
+            np.save(args.output, outputs[0], allow_pickle=False)
 
 
 if __name__ == "__main__":

@@ -26,9 +26,9 @@ class BenchConfig:
     rounds: int = 15
     runs_per_round: int = 10
     # A comparison whose per-round ratios spread wider than this (interquartile range / median) gets
-    # another ``rounds`` rounds, up to ``max_rounds`` in all (0: 3 x rounds).
+    # another ``rounds`` rounds, up to ``max_rounds`` in all (None: 3 x rounds).
     max_spread: float = 0.1
-    max_rounds: int = 0
+    max_rounds: int | None = None
 
     def __post_init__(self) -> None:
         check(len(self.batch_sizes) > 0 and all(b >= 1 for b in self.batch_sizes),
@@ -36,8 +36,8 @@ class BenchConfig:
         check(self.warmup >= 0, f"warmup must be >= 0, got {self.warmup}.")
         check(self.rounds >= 1 and self.runs_per_round >= 1, "rounds and runs_per_round must be at least 1.")
         check(self.max_spread > 0, f"max_spread must be positive, got {self.max_spread}.")
-        check(self.max_rounds == 0 or self.max_rounds >= self.rounds,
-              f"max_rounds must be 0 (3 x rounds) or at least rounds ({self.rounds}), got {self.max_rounds}.")
+        check(self.max_rounds is None or self.max_rounds >= self.rounds,
+              f"max_rounds must be at least rounds ({self.rounds}), got {self.max_rounds}.")
 
 
 def percentiles(times_ms: list[float]) -> dict[str, float]:
@@ -82,7 +82,7 @@ def compare(candidate: RunFn, baseline: RunFn, example: Callable[[int], dict[str
     per-round ratios spread wider than ``config.max_spread`` of their median, more rounds are timed (up
     to ``max_rounds``); ``rounds`` says how many were."""
     out = {}
-    limit = config.max_rounds or 3 * config.rounds
+    limit = config.max_rounds or 3 * config.rounds  # None: three times the rounds asked for
     for bs in config.batch_sizes:
         if progress:
             progress(f"timing batch {bs}")

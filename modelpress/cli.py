@@ -1,16 +1,15 @@
-"""The ``modelpress`` command line: run, bench, export, tasks, doctor."""
+"""The ``modelpress`` command line: run, export, tasks, doctor, and the commands of :data:`COMMANDS`."""
 from __future__ import annotations
 
 import argparse
 import errno
 import importlib
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelpressError
-from .terminal import console, show_messages
+from .errors import ModelpressError, shown
+from .terminal import console, model_args, model_for, plain, show_messages
 
 
 def result_table(result: Any) -> Any:
@@ -18,56 +17,49 @@ def result_table(result: Any) -> Any:
 
     from .report.markdown import rows
 
-    table = Table(title=f"modelpress result: {result.task}", show_header=False)
+    table = Table(title=plain(f"modelpress result: {shown(result.task)}"), show_header=False)
     table.add_column(style="bold")
     table.add_column()
     for label, value in rows(result):
-        table.add_row(label, value)
+        table.add_row(plain(str(label)), plain(shown(value, 300)))
     return table
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .outdir import check_target
     from .pipeline import run
     from .recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
     out = Path(args.output or Path("runs") / Path(args.recipe).stem)
+    check_target(out, args.force, inputs=[args.recipe])  # before any work; checked again under the lock
     con = console()
     show_messages(con)
     result = run(recipe, out, force=args.force)
     con.print(result_table(result))
     for note in result.notes:
-        con.print(f"[yellow]note:[/yellow] {note}")
-    con.print(f"wrote {out}/ (recipe.yaml, result.json, report.md, artifact/)")
+        line = plain(f"note: {note}")
+        line.stylize("yellow", 0, 5)
+        con.print(line)
+    con.print(plain(f"wrote {out}/ (recipe.yaml, result.json, report.md, artifact/)"))
     return 0
 
 
-def _model_for(args: argparse.Namespace):
-    from .task import load_task
-
-    task = load_task(args.task)
-    model = task.build_model()
-    if args.model:
-        from .load import load_into
-
-        model = load_into(model, args.model, trust_pickle=args.trust_pickle)
-    return task, model
-
-
 def cmd_export(args: argparse.Namespace) -> int:
-    import shutil
-
     from . import registry
     from .config import parse
     from .evaluate import compare, predict_fn, torch_predict
+    from .outdir import check_target, discard, prepare_output, publish
+    from .pipeline import check_finite
     from .report.markdown import comparison
-    from .pipeline import check_finite, prepare_output, publish
     from .runtime import RuntimeConfig, open_session
 
-    task, model = _model_for(args)
-    check_finite(model)
     out = Path(args.output)
-    stage = prepare_output(out, args.force)
+    inputs = [args.model] if args.model else []
+    check_target(out, args.force, inputs)  # before any work; checked again under the lock
+    task, model = model_for(args)
+    check_finite(model)
+    stage = prepare_output(out, args.force, inputs)
     exporter = registry.module("export format", args.format)
     try:
         art = exporter.export(model, task, stage, parse(exporter.Config, {}, "export"))
@@ -81,67 +73,12 @@ def cmd_export(args: argparse.Namespace) -> int:
                           task.output_names)
         publish(stage, out)
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        discard(stage)
     con = console()
-    con.print(f"exported {task.name} as {args.format}: {out / file} ({size_bytes} bytes)")
+    con.print(plain(f"exported {shown(task.name)} as {args.format}: {out / file} ({size_bytes} bytes)"))
     if par:
         samples = next(iter(par.values()))["samples"]
-        con.print(f"parity on {backend} over {samples} test samples: {comparison(par)}")
-    return 0
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    from rich.table import Table
-
-    from . import artifact as artifact_mod
-    from . import bench, registry
-    from .config import parse
-    from .runtime import RuntimeConfig, open_session, setting_label
-
-    batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
-    config = bench.BenchConfig(batch_sizes=batch_sizes, rounds=args.rounds)
-    runtime = RuntimeConfig(backend=args.runtime, threads=args.threads, streams=args.streams)
-    con = console()
-    with tempfile.TemporaryDirectory() as tmp:
-        def artifact_for(target: str, folder: Path):
-            if Path(target).is_dir():
-                return artifact_mod.load(target)
-            args.task = target
-            task, model = _model_for(args)
-            exporter = registry.module("export format", args.format)
-            return exporter.export(model, task, folder, parse(exporter.Config, {}, "export"))
-
-        first = artifact_for(args.target, Path(tmp) / "a")
-        spec = first.manifest["inputs"]
-
-        def example(bs: int):
-            import numpy as np
-
-            rng = np.random.default_rng(0)
-            return {n: rng.random([bs, *v["shape"][1:]]).astype(v["dtype"]) for n, v in spec.items()}
-
-        session, peak_bytes = bench.peak_memory(lambda: open_session(first, runtime),
-                                                lambda sess: sess.run(example(max(batch_sizes))))
-
-        table = Table(title=f"latency on {args.runtime} ({setting_label(args.threads, args.streams)})")
-        for col in ("batch", "p50 ms", "p90 ms", "p99 ms", "throughput/s"):
-            table.add_column(col, justify="right")
-        if args.compare:
-            other = open_session(artifact_for(args.compare, Path(tmp) / "b"), runtime)
-            table.add_column("ratio to --compare", justify="right")
-            with con.status("timing interleaved"):
-                res = bench.compare(session.run, other.run, example, config)
-            for bs, r in res.items():
-                c = r["candidate"]
-                table.add_row(str(bs), f"{c['p50']:.3f}", f"{c['p90']:.3f}", f"{c['p99']:.3f}",
-                              f"{bs * 1e3 / c['p50']:.0f}", f"{r['paired_ratio']:.3f}")
-        else:
-            with con.status("timing"):
-                res = bench.single(session.run, example, config)
-            for bs, c in res.items():
-                table.add_row(str(bs), f"{c['p50']:.3f}", f"{c['p90']:.3f}", f"{c['p99']:.3f}", f"{bs * 1e3 / c['p50']:.0f}")
-        con.print(table)
-        con.print(f"artifact size: {first.size_bytes} bytes; session peak memory: {peak_bytes / 1e6:.1f} MB")
+        con.print(plain(f"parity on {backend} over {samples} test samples: {comparison(par)}"))
     return 0
 
 
@@ -186,11 +123,13 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 # Further commands, each in its own module with ``register(subparsers)`` that adds its parser and sets
 # ``fn`` (args -> exit code). Imports inside those modules' command functions stay lazy.
 COMMANDS: dict[str, str] = {
+    "bench": "modelpress.bench_cli",
     "analyze": "modelpress.analyze.cli",
     "auto": "modelpress.search.cli",
     "package": "modelpress.package",
-    "predict": "modelpress.package",
+    "predict": "modelpress.predict",
 }
+
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -200,14 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a recipe and write an output folder")
     r.add_argument("recipe")
     r.add_argument("-o", "--output", help="output folder (default runs/<recipe name>)")
-    r.add_argument("--force", action="store_true", help="replace an existing output folder")
+    r.add_argument("--force", action="store_true", help="replace an output folder modelpress made earlier")
     r.set_defaults(fn=cmd_run)
-
-    def model_args(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--model", help="weights to load into the task's model (.safetensors, .pt state dict)")
-        q.add_argument("--trust-pickle", action="store_true",
-                       help="allow unpickling a whole model file (runs code from the file: only for trusted files)")
-        q.add_argument("--format", default="onnx", help="export format (default onnx)")
 
     e = sub.add_parser("export", help="export a task's model to a deployable artifact")
     e.add_argument("task")
@@ -215,18 +148,6 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--force", action="store_true")
     model_args(e)
     e.set_defaults(fn=cmd_export)
-
-    b = sub.add_parser("bench", help="latency of a task's model or an artifact folder on a runtime")
-    b.add_argument("target", help="a task name or an artifact folder")
-    b.add_argument("--compare", help="a second task or artifact, timed interleaved with the first")
-    b.add_argument("--runtime", default="onnxruntime")
-    b.add_argument("--threads", type=int, default=2)
-    b.add_argument("--streams", type=int, default=1,
-                   help="split each batch across this many sessions run at once (ONNX Runtime; threads / streams each)")
-    b.add_argument("--batch-sizes", default="1,32")
-    b.add_argument("--rounds", type=int, default=15)
-    model_args(b)
-    b.set_defaults(fn=cmd_bench)
 
     sub.add_parser("tasks", help="list the built-in tasks").set_defaults(fn=cmd_tasks)
     sub.add_parser("doctor", help="installed runtimes, CPU features, GPUs").set_defaults(fn=cmd_doctor)
@@ -238,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
 def input_files(args: argparse.Namespace) -> list[Path]:
     """The files the user handed this command (recipe, weights, artifact folders): never to be changed."""
     files: list[Path] = []
-    for attr in ("recipe", "model", "target", "compare"):
+    for attr in ("recipe", "model", "target", "compare", "run_folder", "bundle", "input"):
         value = getattr(args, attr, None)
         path = Path(value) if isinstance(value, str) else None
         if path is not None and path.is_file():
@@ -264,15 +185,18 @@ OS_HINTS = {errno.ENOSPC: "The disk is full: free some space or choose an output
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .locks import scratch
+
     args = build_parser().parse_args(argv)
     before = fingerprints(input_files(args))
     try:
-        return args.fn(args)
+        with scratch():  # every temporary file of the command, removed at its end (or by the next command)
+            return args.fn(args)
     except ModelpressError as e:
         print(f"modelpress: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
-        where = f" ({e.filename})" if e.filename else ""
+        where = f" ({shown(e.filename)})" if e.filename else ""
         print(f"modelpress: error: {e.strerror or e}{where}. {OS_HINTS.get(e.errno, '')} "
               f"Nothing partial was kept; finished outputs and your inputs are untouched.", file=sys.stderr)
         return 2

@@ -73,9 +73,11 @@ class Constraints:
     def __post_init__(self) -> None:
         for name in LIMITS:
             value = getattr(self, name)
-            check(value is None or math.isfinite(value), f"{name} must be a finite number, got {value}.")
-        check(self.max_score_drop is None or self.max_score_drop >= 0,
-              f"max_score_drop must be >= 0 (the largest loss of score you accept), got {self.max_score_drop}.")
+            check(value is None or math.isfinite(value), f"{name} must be a finite number, got {value}: a NaN or "
+                  f"infinite limit can never be missed. Remove it to set no limit.")
+        drop = self.max_score_drop
+        check(drop is None or drop >= 0, f"max_score_drop must be >= 0 (the most score the model may lose), got {drop}: "
+              f"a negative limit asks the compressed model to beat the fp32 model, which compression cannot promise.")
         for name in ("max_latency_ms", "max_size_bytes", "max_energy_j"):
             value = getattr(self, name)
             check(value is None or value > 0, f"{name} must be positive, got {value}.")

@@ -29,6 +29,18 @@ def closest(name: str, choices: Iterable[str]) -> str:
 
 def unknown(what: str, name: str, choices: Iterable[str]) -> ConfigError:
     choices = sorted(str(c) for c in choices)
+    name = shown(name, 80)
     return ConfigError(
         f"Unknown {what} '{name}'.{closest(name, choices)} Valid {what}s: {', '.join(choices)}."
     )
+
+
+def shown(value: object, limit: int = 120) -> str:
+    """A user-given value for a message: one line of printable characters, cut to ``limit``.
+
+    >>> shown("a\\nb" + "x" * 200, 10)
+    'a\\\\nbxxxxx…'
+    """
+    text = str(value)
+    head = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
+    return head[:limit - 1] + "…" if len(text) > limit or len(head) > limit else head

@@ -1,15 +1,13 @@
 """``run(recipe, out)``: compress, export, load on the runtime, evaluate, benchmark, write one folder.
 
 The output folder is built under a temporary name next to ``out`` and renamed when complete, so an
-interrupted run never leaves a half-written result.
+interrupted run never leaves a half-written result (``outdir``: staging, locking, publishing).
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
 import json
-import os
-import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +22,7 @@ from .errors import ModelpressError
 from .evaluate import compare as compare_outputs
 from .evaluate import evaluate, predict_fn, torch_predict
 from .isolate import probe
+from .outdir import discard, prepare_output, publish, recover
 from .progress import log
 from .recipe import Recipe
 from .result import FASTER, SCHEMA, SLOWER, Result, verdict
@@ -39,63 +38,6 @@ def check_finite(model: Any) -> None:
     for name, tensor in list(model.state_dict().items()):
         if torch.is_floating_point(tensor) and not torch.isfinite(tensor).all():
             raise ModelpressError(f"The model's weight '{name}' contains NaN or Inf values; fix or retrain the model.")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def recover(out: Path) -> None:
-    """Clean up after a run that was killed: remove staging folders of dead processes, and put back a
-    previous output that a killed ``--force`` run had moved aside but not yet replaced."""
-    out = Path(out)
-    if not out.parent.exists():
-        return
-    for pattern in (f".{out.name}.partial-*", f".{out.name}.old-*"):
-        for path in sorted(out.parent.glob(pattern)):
-            pid = path.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and _pid_alive(int(pid)) and int(pid) != os.getpid():
-                continue  # another live run owns it
-            if ".old-" in path.name and not out.exists():
-                path.rename(out)
-            else:
-                shutil.rmtree(path, ignore_errors=True)
-
-
-def prepare_output(out: Path, force: bool) -> Path:
-    """A fresh staging folder beside ``out`` (named after this process), after :func:`recover`;
-    refuses an existing ``out`` unless ``force``."""
-    out = Path(out)
-    recover(out)
-    if out.exists() and not force:
-        raise ModelpressError(f"The output folder {out} already exists. Choose another folder or pass --force to replace it.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir()
-    return stage
-
-
-def publish(stage: Path, out: Path) -> None:
-    """Replace ``out`` by the finished ``stage`` folder. An existing ``out`` is moved aside first and
-    removed only after the swap; :func:`recover` puts it back if the process dies in between."""
-    for path in stage.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-        stage.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        stage.rename(out)
 
 
 def export_model(model: Any, task: Task, recipe: Recipe, folder: Path, fp32: bool = False) -> Artifact:
@@ -171,7 +113,7 @@ def measure(applied: Applied, baseline: Any, task: Task, recipe: Recipe, folder:
     """Export ``applied`` into ``folder`` and measure it against the exported fp32 ``baseline`` on the runtime."""
     log.info("exporting")
     art = export_model(applied, task, recipe, folder / "artifact")
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".baseline-") as tmp:  # inside the staging folder
         base_art = export_model(baseline, task, recipe, Path(tmp), fp32=True)
         log.info(f"loading on {recipe.runtime.backend}")
         example = task.example_inputs
@@ -270,5 +212,5 @@ def run(recipe: Recipe, out: str | Path, force: bool = False) -> Result:
         atomic_write_text(stage / "report.md", render(result))
         publish(stage, out)
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        discard(stage)  # a failed run's staging folder; releases the output's lock
     return result

@@ -16,7 +16,7 @@ from . import registry
 from .bench import BenchConfig
 from .config import coerce, parse, to_dict
 from .constraints import Constraints
-from .errors import ConfigError, ModelFileError, unknown
+from .errors import ConfigError, unknown
 from .runtime import RuntimeConfig
 from .searchconfig import SearchConfig
 
@@ -94,14 +94,10 @@ def parse_recipe(data: Any) -> Recipe:
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    path = Path(path)
-    if not path.exists():
-        raise ModelFileError(f"Recipe file {path} does not exist.")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    return parse_recipe(data)
+    """A Recipe from a YAML file, read within the limits of ``safeyaml`` (size, nesting, aliases, UTF-8)."""
+    from .safeyaml import load_file
+
+    return parse_recipe(load_file(path))
 
 
 __all__ = ["Recipe", "Step", "ExportConfig", "Constraints", "parse_recipe", "load_recipe", "coerce"]

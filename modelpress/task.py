@@ -167,25 +167,72 @@ def split_slices(n: int, calib_samples: int) -> tuple[slice, slice, slice]:
 
 
 def load_task(name: str) -> Task:
-    """A built-in task by name (``modelpress tasks`` lists them) or a user task ``module:function``."""
+    """A built-in task by name (``modelpress tasks`` lists them) or a user task ``module:function``.
+
+    A user task imports ``module`` (from ``PYTHONPATH`` or the current folder) and calls ``function()``,
+    which runs that code: a recipe is as trusted as the code it names. The target must be a Python
+    function defined in that module (not a class, not a built-in, not from Python's standard library)
+    taking no arguments, and must return a Task; anything else is a ConfigError.
+    """
+    import inspect
+    import os
+    import sys
+
+    from .errors import shown
     from .registry import TASKS
 
-    target = TASKS.get(name)
+    target = TASKS.get(name) if isinstance(name, str) else None
     if target is None:
-        if ":" not in name or name.startswith("fashion-mnist"):
+        if not isinstance(name, str) or ":" not in name or name.startswith("fashion-mnist"):
             from .errors import unknown
-            err = unknown("task", name, TASKS)
+            err = unknown("task", str(name), TASKS)
             raise ConfigError(f"{err} A task of your own is an import string 'my_module:my_task'.")
         target = name
     module_name, _, attr = target.partition(":")
+    hint = ("A user task is 'module:function' where the module is importable (on PYTHONPATH or in the current "
+            "folder) and the function takes no arguments and returns a modelpress Task.")
+    if not attr.isidentifier() or not all(part.isidentifier() for part in module_name.split(".")):
+        raise ConfigError(f"The task '{shown(name)}' is not an import string 'module:function'. {hint}")
+    if module_name.split(".")[0] in sys.stdlib_module_names:
+        raise ConfigError(f"The task '{shown(name)}' names Python's standard library module '{module_name}', "
+                          f"which holds no task. {hint}")
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())  # after every installed package, so the current folder shadows none
     try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(
-            f"Cannot load the task '{name}': {e}. A user task is 'module:function' where the module is "
-            f"importable (on PYTHONPATH or in the current folder) and the function returns a modelpress Task."
-        ) from None
-    task = factory()
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(f"Cannot load the task '{shown(name)}': {shown(e, 200)}. {hint}") from None
+    except Exception as e:  # the user's module failed while importing: say where
+        raise ConfigError(f"Importing '{module_name}' for the task '{shown(name)}' failed: {_where(e)}") from None
+    factory = getattr(module, attr, None)
+    if factory is None:
+        raise ConfigError(f"Cannot load the task '{shown(name)}': module '{module_name}' has no '{attr}'. {hint}")
+    if not inspect.isfunction(factory) or factory.__module__ != module.__name__:
+        what = "a class" if inspect.isclass(factory) else f"a {type(factory).__name__}" \
+            if not inspect.isfunction(factory) else f"a function defined in '{factory.__module__}'"
+        raise ConfigError(f"The task '{shown(name)}' is {what}, not a function defined in '{module_name}'; "
+                          f"modelpress calls only such a function. {hint}")
+    try:
+        inspect.signature(factory).bind()
+    except TypeError:
+        raise ConfigError(f"The task function '{shown(name)}' needs arguments; it must take none. {hint}") from None
+    try:
+        task = factory()
+    except ModelpressError:
+        raise
+    except Exception as e:
+        raise ConfigError(f"The task function '{shown(name)}' failed: {_where(e)}") from None
     if not isinstance(task, Task):
-        raise ConfigError(f"The task factory '{name}' returned {type(task).__name__}, not a modelpress Task.")
+        raise ConfigError(f"The task function '{shown(name)}' returned {type(task).__name__}, not a modelpress Task.")
     return task
+
+
+def _where(error: BaseException) -> str:
+    """'TypeError: message (file.py, line 12)': an exception in user code, with the line that raised it."""
+    import traceback
+
+    from .errors import shown
+
+    frames = traceback.extract_tb(error.__traceback__)
+    at = f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
+    return f"{type(error).__name__}: {shown(error, 300)}{at}. Fix the task's code, then run again."

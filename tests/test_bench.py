@@ -60,7 +60,7 @@ def test_compare_times_more_rounds_while_the_spread_is_wide(monkeypatch):
     q1, q3 = wide["paired_iqr"]
     assert q1 <= wide["paired_ratio"] <= q3 and q3 - q1 > 0.5
     assert timed(max_spread=10.0)["rounds"] == 4  # a spread within max_spread: the configured rounds suffice
-    assert timed()["rounds"] == 12  # max_rounds 0: three times rounds
+    assert timed()["rounds"] == 12  # max_rounds None: three times rounds
 
 
 def test_percentiles_order():

@@ -44,7 +44,8 @@ def test_baseline_result(baseline_run):
 
 def test_output_folder_contents(baseline_run):
     out, result = baseline_run
-    assert sorted(p.name for p in out.iterdir()) == ["artifact", "recipe.yaml", "report.md", "result.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".modelpress-output", "artifact", "recipe.yaml", "report.md",
+                                                     "result.json"]
     written = json.loads((out / "result.json").read_text())
     assert written["schema"] == 2 and written["score"] == result.score
     assert Result.from_json(written) == result  # result.json holds the whole Result

@@ -50,16 +50,18 @@ def load_target(target: str) -> tuple[Any, str]:
 def pareto_table(summary: dict[str, Any]) -> Any:
     from rich.table import Table
 
+    from ..terminal import plain
+    from ..errors import shown
     from .summary import headers, table_rows
 
     batch = str(summary["latency_batch_size"])
     rows = summary["pareto"] or summary["closest"]
     title = "Pareto front (★ chosen)" if summary["pareto"] else "Nothing meets the constraints: closest candidates"
-    table = Table(title=f"{title}: {summary['task']}")
+    table = Table(title=plain(f"{title}: {shown(summary['task'])}"))
     for h in headers(batch):
         table.add_column(h, justify="left" if h == "candidate" else "right")
     for cells in table_rows(rows, batch):
-        table.add_row(*cells)
+        table.add_row(*(plain(str(c)) for c in cells))
     return table
 
 
@@ -68,11 +70,14 @@ def cmd_auto(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
-    from ..terminal import show_messages
+    from ..outdir import check_inputs
+    from ..terminal import plain, show_messages
     from .loop import auto
 
     recipe, name = load_target(args.target)
     out = Path(args.output or Path("runs") / f"auto-{name}")
+    if Path(args.target).exists():
+        check_inputs(out, [args.target])  # the study folder never holds the recipe it runs
     con = Console(width=None if sys.stdout.isatty() else 160)  # logs and pipes get the whole table
     show_messages(con)
     con.print("[dim]·[/dim] constraints: " + ", ".join(
@@ -87,13 +92,13 @@ def cmd_auto(args: argparse.Namespace) -> int:
         else:
             what = f"failed: {r['error']}"
         cached = " (cached)" if r["cached"] else ""
-        con.print(f"[dim]·[/dim] trial {r['trial']} [{r['finished']}/{r['of']}]{cached} {r['candidate']}: {what}")
+        con.print(plain(f"· trial {r['trial']} [{r['finished']}/{r['of']}]{cached} {r['candidate']}: {what}"))
 
     try:
         summary = auto(recipe, out, trials=args.trials, workers=args.workers, timeout_s=args.timeout,
                        ray_address=args.ray, force=args.force, on_trial=on_trial)
     except KeyboardInterrupt:
-        con.print(f"interrupted: finished trials are kept in {out}; run the same command to continue.")
+        con.print(plain(f"interrupted: finished trials are kept in {out}; run the same command to continue."))
         return 130
     con.print(pareto_table(summary))
     if summary["chosen"]:
@@ -103,6 +108,6 @@ def cmd_auto(args: argparse.Namespace) -> int:
             con.print(f"[yellow]no candidate meets {k}:[/yellow] the best reached {v['best']:.4g}, short of "
                       f"{v['limit']:.4g} by {v['short_by']:.4g} (trial {v['trial']})")
     for note in summary["notes"]:
-        con.print(f"[yellow]note:[/yellow] {note}")
-    con.print(f"report: {out / 'report.html'} (also report.md, result.json; best/recipe.yaml reproduces the choice)")
+        con.print(plain(f"note: {note}"))
+    con.print(plain(f"report: {out / 'report.html'} (also report.md, result.json; best/recipe.yaml reproduces the choice)"))
     return 0

@@ -277,7 +277,7 @@ class Search:
     def _write_best(self, record: dict[str, Any], recipe_yaml: str) -> None:
         """``best/``: the chosen candidate's recipe.yaml (``modelpress run`` reproduces it), result.json and
         artifact, replaced as a whole when a better candidate appears."""
-        from ..pipeline import publish
+        from ..outdir import publish
 
         stage = Path(tempfile.mkdtemp(prefix=".best.", dir=self.out))
         try:

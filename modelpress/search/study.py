@@ -7,45 +7,19 @@ marked failed as 'interrupted' on the next start and queued again with the same 
 """
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import shutil
 import warnings
 from pathlib import Path
 from typing import Any
 
 from ..errors import ModelpressError
+from ..locks import FolderLock
 from . import pareto
 
 MARKER = ".modelpress-auto"
 STUDY_NAME = "modelpress-auto"
 OWN_FILES = ("study.db", "cache", "trials", "best", "report.html", "report.md", "result.json", "search.json", ".lock")
-
-
-class FolderLock:
-    """An exclusive lock on the output folder: one driver per study at a time."""
-
-    def __init__(self, folder: Path):
-        self.path = Path(folder) / ".lock"
-        self._fd: int | None = None
-
-    def __enter__(self) -> FolderLock:
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = os.read(self._fd, 32).decode(errors="replace").strip() or "another process"
-            os.close(self._fd)
-            raise ModelpressError(f"Another 'modelpress auto' (pid {other}) is running on {self.path.parent}; "
-                                  f"wait for it, or use another output folder.") from None
-        os.ftruncate(self._fd, 0)
-        os.write(self._fd, str(os.getpid()).encode())
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing releases the lock (a killed process releases it too)
 
 
 def prepare_folder(out: Path, force: bool) -> None:

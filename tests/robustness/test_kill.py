@@ -28,7 +28,8 @@ def assert_complete_or_absent(out: Path) -> bool:
     leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.partial-")]
     if not out.exists():
         return False
-    assert sorted(p.name for p in out.iterdir()) == ["artifact", "recipe.yaml", "report.md", "result.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".modelpress-output", "artifact", "recipe.yaml", "report.md",
+                                                     "result.json"]
     assert json.loads((out / "result.json").read_text())["error"] is None
     artifact.load(out / "artifact")  # every file matches its hash
     assert not leftovers or all(not (out.parent / name / "result.json").exists() for name in leftovers)
