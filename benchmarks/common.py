@@ -67,26 +67,50 @@ def onnx_session(model: Any, task: Any, folder: Path, runtime: RuntimeConfig = R
     return open_session(art, runtime), art.size_bytes
 
 
-def latency(candidate: Any, baseline: Any, task: Any, config: BenchConfig) -> tuple[dict[str, float], dict[str, str]]:
+RECHECK_TOLERANCE = 0.15  # a reported ratio and its separate re-timing may differ by this share at most
+
+
+class Ratios(dict):
+    """Batch size -> latency ratio, as reported; ``recheck`` holds a second, separate interleaved timing of the
+    same two sessions at the smallest and largest batch size (the check an outside harness would make)."""
+
+    recheck: dict[str, float]
+
+    def agrees(self) -> bool:
+        return all(abs(self.recheck[b] / self[b] - 1) <= RECHECK_TOLERANCE for b in self.recheck)
+
+
+def latency(candidate: Any, baseline: Any, task: Any, config: BenchConfig) -> tuple[Ratios, dict[str, str]]:
     """Per batch size: the median per-round ratio candidate/baseline (timed interleaved), and its verdict
-    (faster / slower / no measurable difference, from the interquartile range of the per-round ratios)."""
+    (faster / slower / no measurable difference, from the interquartile range of the per-round ratios).
+    The smallest and largest batch sizes are then timed again, separately (``Ratios.recheck``)."""
+    from dataclasses import replace
+
     from modelpress.result import verdict
 
     res = compare(candidate.run, baseline.run, task.example_inputs, config)
-    return ({str(bs): round(r["paired_ratio"], 4) for bs, r in res.items()},
-            {str(bs): verdict(*r["paired_iqr"]) for bs, r in res.items()})
+    ratios = Ratios({str(bs): round(r["paired_ratio"], 4) for bs, r in res.items()})
+    ends = sorted({min(config.batch_sizes), max(config.batch_sizes)})
+    again = compare(candidate.run, baseline.run, task.example_inputs, replace(config, batch_sizes=tuple(ends)))
+    ratios.recheck = {str(bs): round(r["paired_ratio"], 4) for bs, r in again.items()}
+    return ratios, {str(bs): verdict(*r["paired_iqr"]) for bs, r in res.items()}
 
 
-def latency_ratios(candidate: Any, baseline: Any, task: Any, config: BenchConfig) -> dict[str, float]:
-    """Median per-round ratio candidate/baseline at each batch size, timed interleaved."""
+def latency_ratios(candidate: Any, baseline: Any, task: Any, config: BenchConfig) -> Ratios:
+    """Median per-round ratio candidate/baseline at each batch size, timed interleaved (and re-timed)."""
     return latency(candidate, baseline, task, config)[0]
 
 
 def row(model: str, candidate: str, score: float, fp32_score: float, size_bytes: int, fp32_size_bytes: int,
         latency_ratio: dict[str, float] | None, /, **extra: Any) -> dict[str, Any]:
-    """One benchmark row; the fixed fields are positional-only, so any name may be an extra column."""
-    return {"model": model, "candidate": candidate, "score": round(score, 4), "score_drop": round(fp32_score - score, 4),
-            "size_ratio": round(size_bytes / fp32_size_bytes, 4), "latency_ratio": latency_ratio, **extra}
+    """One benchmark row; the fixed fields are positional-only, so any name may be an extra column. Ratios from
+    :func:`latency` bring their separate re-timing (``latency_recheck``) and whether it agrees within
+    ``RECHECK_TOLERANCE`` (``recheck_ok``)."""
+    out = {"model": model, "candidate": candidate, "score": round(score, 4), "score_drop": round(fp32_score - score, 4),
+           "size_ratio": round(size_bytes / fp32_size_bytes, 4), "latency_ratio": latency_ratio, **extra}
+    if isinstance(latency_ratio, Ratios):
+        out.update(latency_recheck=latency_ratio.recheck, recheck_ok=latency_ratio.agrees())
+    return out
 
 
 def score_session(session: Any, task: Any) -> float:
@@ -116,6 +140,13 @@ def emit(rows: list[dict[str, Any]], args: argparse.Namespace, title: str, extra
                       *[f"{lat[b]:.3f}" if b in lat else "-" for b in batch_sizes],
                       *[_fmt(r.get(c)) for c in extra_columns])
     Console(width=200).print(table)
+    checked = [r for r in rows if "recheck_ok" in r]
+    if checked:
+        off = [r for r in checked if not r["recheck_ok"]]
+        print(f"re-timing: {len(checked) - len(off)} of {len(checked)} rows' ratios at the smallest and largest batch "
+              f"agree within ±{RECHECK_TOLERANCE:.0%} with a separate interleaved timing of the same sessions"
+              + "".join(f"\n  differs: {r['model']} / {r['candidate']}: reported {r['latency_ratio']}, "
+                        f"re-timed {r['latency_recheck']}" for r in off))
     if getattr(args, "markdown", None):
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(markdown(rows, batch_sizes, extra_columns))
