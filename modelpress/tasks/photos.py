@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, ModelFileError
-from ._reference import package_file
+from ._reference import package_file, require
 
 # Source photos: name -> (package, files). Only real photographs (no synthetic test patterns).
 SKIMAGE = "skimage"
@@ -72,6 +72,7 @@ INSTALL = {SKIMAGE: "pip install 'modelpress[reference]' (scikit-image)", SKLEAR
 
 def read_image(path: str | Path) -> np.ndarray:
     """An image file as ``uint8 [H, W, 3]`` RGB (grayscale replicated, alpha dropped)."""
+    require("PIL", "Reading photos", "pip install 'modelpress[reference]' (Pillow)")
     from PIL import Image, UnidentifiedImageError
 
     try:
