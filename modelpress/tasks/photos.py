@@ -151,9 +151,17 @@ def views(split: str, size: int) -> tuple[np.ndarray, np.ndarray]:
 def to_input(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """``uint8 [N, H, W, 3]`` (or float in [0, 1]) -> float32 ``[N, 3, H, W]``: ``(pixel / 255 - mean) / std``
     per channel (with pixels in [0, 255]; a float input is taken as already divided by 255)."""
-    x = images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images.astype(np.float32)
-    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    mean64, std64 = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+    if images.dtype != np.uint8:
+        x = (images.astype(np.float64) - mean64) / std64
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
+    # uint8: one table of the 256 normalised values per channel, gathered (several times faster than arithmetic)
+    table = ((np.arange(256)[None, :] / 255.0 - mean64[:, None]) / std64[:, None]).astype(np.float32)  # [3, 256]
+    pixels = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+    out = np.empty(pixels.shape, np.float32)
+    for c in range(3):
+        np.take(table[c], pixels[:, c], out=out[:, c])
+    return out
 
 
 def augment(count: int, size: int, seed: int, split: str = "calibration", mixup: float = 0.2,
