@@ -10,8 +10,9 @@ APT_PACKAGES := dataset-fashion-mnist chromium
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
 
-$(VENV)/.installed: $(VENV)/bin/python pyproject.toml requirements-dev.txt constraints-dev.txt
+$(VENV)/.installed: $(VENV)/bin/python pyproject.toml requirements-dev.txt requirements-nodeps.txt constraints-dev.txt
 	$(PIP) install -q -r requirements-dev.txt -c constraints-dev.txt
+	$(PIP) install -q --no-deps -r requirements-nodeps.txt -c constraints-dev.txt  # their own pins cannot resolve here
 	-$(VENV)/bin/opt_in_out --opt_out >/dev/null 2>&1  # OpenVINO's telemetry: off in development and CI
 	touch $@
 

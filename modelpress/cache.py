@@ -68,3 +68,37 @@ def check_file(path: Path, hint: str) -> Path:
     if not path.exists():
         raise ModelFileError(f"{path} does not exist. {hint}")
     return path
+
+
+def file_digest(path: Path) -> str:
+    """The first 16 hex digits of the SHA-256 of a file's bytes (a weights file's identity in cache keys)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def cached_array(name: str, key: dict[str, Any], compute: Callable[[], np.ndarray]) -> np.ndarray:
+    """``compute()`` once per ``key`` (JSON-serialisable: weights and data fingerprints, versions), kept as
+    ``.npy`` under the cache folder: the fp32 model's outputs that the metric of a real model compares with.
+    The file is read without unpickling; an unreadable one is recomputed, never trusted."""
+    digest = hashlib.sha256(json.dumps({"name": name, **key}, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_dir() / "outputs" / f"{name}-{digest}.npy"
+    if path.exists():
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            log.warning(f"the cached outputs {path} are unreadable ({e}); recomputing them.")
+    out = np.ascontiguousarray(compute())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
+    np.save(tmp, out, allow_pickle=False)
+    os.replace(tmp, path)
+    return out
+
+
+def folder_digest(folder: Path) -> str:
+    """The identity of a model folder in cache keys: the digests of its configuration and weights files."""
+    files = sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix in (".json", ".safetensors", ".bin"))
+    return hashlib.sha256(json.dumps([(p.name, file_digest(p)) for p in files]).encode()).hexdigest()[:16]

