@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelpressError, shown
-from .terminal import console, model_args, model_for, plain, show_messages
+from .terminal import console, model_args, model_for, plain, quiet_foreign_output, show_messages
 
 
 def result_table(result: Any) -> Any:
@@ -190,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     before = fingerprints(input_files(args))
     try:
-        with scratch():  # every temporary file of the command, removed at its end (or by the next command)
+        # every temporary file of the command, removed at its end (or by the next command); other libraries'
+        # stderr noise goes to a log file, modelpress's own messages to the terminal
+        with scratch(), quiet_foreign_output():
             return args.fn(args)
     except ModelpressError as e:
         print(f"modelpress: error: {e}", file=sys.stderr)

@@ -18,6 +18,7 @@ from .artifact import Artifact, atomic_write_text
 from .bench import compare, peak_memory, throughput_per_s
 from .energy import EnergyMeter
 from .compress import Applied
+from .constraints import MIN_FIDELITY
 from .errors import ModelpressError
 from .evaluate import compare as compare_outputs
 from .evaluate import evaluate, predict_fn, torch_predict
@@ -171,6 +172,12 @@ def notes(result: Result, techniques: Sequence[str] = ()) -> list[str]:
         if verdicts[bs] == SLOWER:
             out.append(f"At batch {bs} the artifact is slower than the fp32 baseline ({r:.2f}x its latency, "
                        f"interquartile range {q1:.2f}-{q3:.2f}).")
+    worst = result.quantities().fidelity
+    if worst is not None and worst < MIN_FIDELITY:
+        out.append(f"Fidelity collapsed: the artifact's worst output agrees with the fp32 model on only {worst:.3f} "
+                   f"(top-1 agreement for class scores, cosine otherwise; per output in 'fidelity'). It does not "
+                   f"compute what the model computes: keep sensitive layers in float (quantize mode mixed, or "
+                   f"exclude), or recover accuracy (distill) before trusting its speed or size.")
     out += [v for k, v in result.facts.items() if k.endswith("_note") and v]
     for name in dict.fromkeys(techniques):
         explain = getattr(registry.module("technique", name), "explain", None)

@@ -15,12 +15,13 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 log = logging.getLogger("modelpress")
 log.addHandler(logging.NullHandler())  # a library logs; the application decides where it goes
-_BARS = {"on": False}
+_BARS: dict[str, Any] = {"on": False, "stream": None}
 
 
-def enable_bars(on: bool = True) -> None:
-    """Show progress bars on an interactive stderr (the command line turns them on)."""
-    _BARS["on"] = on
+def enable_bars(stream: Any = "stderr") -> None:
+    """Show progress bars on ``stream`` when it is a terminal ("stderr": the process's standard error; None
+    turns them off). The command line turns them on."""
+    _BARS["on"], _BARS["stream"] = stream is not None, None if stream == "stderr" else stream
 
 
 def progress_bar(*columns: Any, **kwargs: Any) -> Any:
@@ -29,7 +30,7 @@ def progress_bar(*columns: Any, **kwargs: Any) -> Any:
     from rich.console import Console
     from rich.progress import Progress
 
-    console = Console(stderr=True)
+    console = Console(file=_BARS["stream"]) if _BARS["stream"] is not None else Console(stderr=True)
     kwargs.setdefault("transient", True)
     return Progress(*columns, console=console, disable=not (_BARS["on"] and console.is_terminal), **kwargs)
 

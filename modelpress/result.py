@@ -28,6 +28,13 @@ def verdict(q1: float, q3: float) -> str:
     return FASTER if q3 < 1.0 else SLOWER if q1 > 1.0 else SAME
 
 
+def worst_fidelity(comparison: dict[str, dict[str, Any]] | None) -> float | None:
+    """The lowest per-output fidelity measure: top-1 agreement for class scores, cosine for other outputs."""
+    values = [c.get("agreement", c.get("cosine")) for c in (comparison or {}).values()]
+    values = [v for v in values if v is not None]
+    return min(values) if values else None
+
+
 @dataclass(frozen=True)
 class Result:
     task: str
@@ -77,7 +84,7 @@ class Result:
         """What the constraints limit; the score drop on ``split`` ('val' for decisions, 'test' for reports)."""
         return Quantities(score_drop=self.val_score_drop if split == "val" else self.score_drop,
                           latency_ms_batch1=(self.latency_ms.get("1") or {}).get("p50"), size_bytes=self.size_bytes,
-                          energy_j=self.energy_j_per_inference)
+                          energy_j=self.energy_j_per_inference, fidelity=worst_fidelity(self.fidelity))
 
     def to_json(self) -> dict[str, Any]:
         """result.json: every field, the derived ones, and the facts at the top level."""

@@ -3,6 +3,11 @@ user strings, the renderer of the library's messages, and the arguments that loa
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 
@@ -21,10 +26,10 @@ def plain(text: str) -> Any:
 
 def show_messages(con: Any) -> None:
     """Print the library's messages (the ``modelpress`` logger) on ``con`` as '· message' lines, as plain
-    text (a task name or path is never read as markup), and show progress bars on a terminal."""
+    text (a task name or path is never read as markup)."""
     import logging
 
-    from .progress import enable_bars, log
+    from .progress import log
 
     class ConsoleLines(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
@@ -40,7 +45,7 @@ def show_messages(con: Any) -> None:
         log.removeHandler(handler)  # one renderer: the latest console
     log.addHandler(ConsoleLines())
     log.setLevel(logging.INFO)
-    enable_bars()
+    log.propagate = False  # another library's logging.basicConfig must not print them a second time
 
 
 def model_for(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -61,3 +66,52 @@ def model_args(q: argparse.ArgumentParser) -> None:
     q.add_argument("--trust-pickle", action="store_true",
                    help="allow unpickling a whole model file (runs code from the file: only for trusted files)")
     q.add_argument("--format", default="onnx", help="export format (default onnx)")
+
+
+def foreign_log() -> Path:
+    """Where a command's foreign output goes: ``<cache>/logs/last-command.log`` (the latest command's)."""
+    from .cache import cache_dir
+
+    return cache_dir() / "logs" / "last-command.log"
+
+
+@contextlib.contextmanager
+def quiet_foreign_output(path: Path | None = None) -> Iterator[Path | None]:
+    """Route what other libraries write to standard error (their warnings, C++ logs, progress bars) to a log
+    file, so the terminal shows modelpress's own messages only. modelpress's messages and progress bars keep
+    the terminal (stdout, and the original stderr for bars); errors print after the block, on the restored
+    stderr. ``MODELPRESS_VERBOSE=1`` turns the routing off. Yields the log file (None when not routed)."""
+    from .progress import enable_bars
+
+    target = None
+    if os.environ.get("MODELPRESS_VERBOSE") != "1":
+        path = path or foreign_log()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            target = open(path, "wb")
+        except OSError:  # an unwritable cache: stay as we are rather than fail the command
+            target = None
+    if target is None:
+        enable_bars()
+        try:
+            yield None
+        finally:
+            enable_bars(None)
+        return
+    for name, value in (("TRANSFORMERS_VERBOSITY", "error"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+                        ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")):
+        os.environ.setdefault(name, value)  # libraries imported later read these
+    sys.stderr.flush()
+    saved = os.dup(2)
+    terminal = os.fdopen(os.dup(saved), "w", buffering=1)
+    os.dup2(target.fileno(), 2)
+    enable_bars(terminal)
+    try:
+        yield path
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        target.close()
+        enable_bars(None)
+        terminal.close()

@@ -131,9 +131,17 @@ def test_violations_say_by_how_much():
     assert v.constraint == "max_score_drop" and v.quantity == "score_drop" and v.excess == pytest.approx(0.02)
     assert v.relative == pytest.approx(2.0)
     assert "exceeds max_score_drop 0.01 by 0.02" in v.describe()
-    assert c.margins(values) == [pytest.approx(2.0), 0.0, 0.0, 0.0]
+    assert c.margins(values) == [pytest.approx(2.0), 0.0, 0.0, 0.0, 0.0]
     assert c.check(Quantities(score_drop=0.01, size_bytes=1000)) == []  # at the limit is within it
     assert c.check(Quantities()) == []  # nothing measured: nothing missed
+
+
+def test_a_collapsed_artifact_misses_the_default_fidelity_floor():
+    (v,) = Constraints().check(Quantities(fidelity=0.61))  # e.g. embeddings at cosine 0.61 to fp32
+    assert v.constraint == "min_fidelity" and v.limit == 0.8 and v.excess == pytest.approx(0.19)
+    assert "fidelity 0.61 is below min_fidelity 0.8 by 0.19" in v.describe()
+    assert Constraints().check(Quantities(fidelity=0.95)) == []
+    assert Constraints(min_fidelity=None).check(Quantities(fidelity=0.1)) == []  # the floor turned off
 
 
 def test_the_search_decides_on_validation_quantities():
@@ -144,10 +152,10 @@ def test_the_search_decides_on_validation_quantities():
     names = {f.name for f in dataclasses.fields(Result)}
     measured = Result(**{**dict.fromkeys(names), "facts": {}, "notes": [], "violations": [], "score_drop": 0.05,
                          "val_score_drop": 0.002, "latency_ms": {"1": {"p50": 0.3}}, "latency_ratio": {"1": 0.9},
-                         "size_bytes": 900, "baseline_size_bytes": 1000,
-                         "energy_j_per_inference": None})
+                         "size_bytes": 900, "baseline_size_bytes": 1000, "energy_j_per_inference": None,
+                         "fidelity": {"logits": {"agreement": 0.97, "cosine": 0.99}}})
     values = pareto.values_of({"result": measured.to_json()})
-    assert values == Quantities(score_drop=0.002, latency_ms_batch1=0.3, size_bytes=900)  # not the test drop
+    assert values == Quantities(score_drop=0.002, latency_ms_batch1=0.3, size_bytes=900, fidelity=0.97)  # val drop
     stopped = pareto.values_of({"subset": {"score_drop": 0.2, "size_bytes": 500}})  # scored on validation samples
     assert stopped == Quantities(score_drop=0.2, size_bytes=500)
     c = Constraints(max_score_drop=0.01)

@@ -84,9 +84,10 @@ def missed_by(records: list[dict[str, Any]], constraints: Any) -> dict[str, dict
                     if r["state"] in ("complete", "pruned") and getattr(r["values"], quantity) is not None]
         if limit is None or not measured:
             continue
-        best, number = min(measured)
-        if best > limit:
-            out[name] = {"limit": limit, "best": best, "trial": number, "short_by": best - limit}
+        floor = name.startswith("min_")  # a floor's best is the highest value, a ceiling's the lowest
+        best, number = max(measured) if floor else min(measured)
+        if (best < limit) if floor else (best > limit):
+            out[name] = {"limit": limit, "best": best, "trial": number, "short_by": abs(best - limit)}
     return out
 
 
