@@ -70,3 +70,38 @@ def test_int8_quantization_computes_padded_layers_as_they_pad(mode, tmp_path):
     x = task.example_inputs(32)["x"]
     int8 = open_session(art).run({"x": x})[0]
     assert relative_error(int8, outputs(model, x)) < 0.05
+
+
+class SizeChecked(torch.nn.Module):
+    """Runs only while its shape attribute is a torch.Size (which a skeleton stores as a plain tuple)."""
+
+    def __init__(self):
+        super().__init__()
+        self.shape = torch.Size([10])
+
+    def forward(self, x):
+        if type(self.shape) is not torch.Size:
+            raise TypeError("shape is not a torch.Size")
+        return x
+
+
+def test_search_cache_keeps_namedtuple_attributes(tmp_path):
+    """The search's prefix cache stores a model as a skeleton and checks it by running the rebuilt copy. A
+    namedtuple attribute came back as a plain tuple, so that check crashed with "'tuple' object has no
+    attribute 'drop_connect_rate'" (a search over prune on EfficientNet-Lite2). It now keeps its class, and a
+    copy that does not run is kept in memory only, never a crash."""
+    from modelpress.compress import Applied
+    from modelpress.search.cache import PrefixCache
+
+    model = calibrated_model()
+    example = small_task(SHAPE).example_inputs(2)
+    assert PrefixCache(tmp_path).put("k", Applied.of(model), example)
+    back = PrefixCache(tmp_path).get("k").model
+    assert type(back._global_params) is type(model._global_params)
+    assert back._blocks[2]._block_args == model._blocks[2]._block_args
+    assert np.array_equal(outputs(back, example["x"]), outputs(model, example["x"]))
+
+    odd = torch.nn.Sequential(model, SizeChecked())
+    cache = PrefixCache(tmp_path, allowed=("tests.",))
+    assert not cache.put("odd", Applied.of(odd), example) and not (tmp_path / "odd").exists()
+    assert cache.get("odd") is not None  # still reused within the process
