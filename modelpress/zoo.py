@@ -5,6 +5,7 @@ Every model takes float32 inputs and returns logits; all are exportable with ``t
 from __future__ import annotations
 
 import math
+from collections import namedtuple
 
 import torch
 from torch import nn
@@ -163,3 +164,92 @@ class TinyTransformer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks(self.embed(x) + self.pos)
         return self.head(self.norm(x).mean(dim=1))
+
+
+# ---- EfficientNet-like test model: the structures the reference EfficientNet-Lite2 has ----------------
+
+BlockArgs = namedtuple("BlockArgs", "expand_ratio kernel_size stride se_ratio input_filters output_filters id_skip")
+GlobalParams = namedtuple("GlobalParams", "drop_connect_rate image_size num_classes")
+
+
+class SamePadConv2d(nn.Conv2d):
+    """An ``nn.Conv2d`` subclass that pads in its own forward (TensorFlow's "SAME" for a fixed input size,
+    asymmetric when the total padding is odd), as EfficientNet-PyTorch's ``Conv2dStaticSamePadding``:
+    its ``padding`` attribute is 0, so a technique that calls ``_conv_forward`` or rebuilds the layer from
+    its attributes computes something else."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, image_size: int = 16, **kwargs):
+        super().__init__(cin, cout, kernel, stride, **kwargs)
+        out = math.ceil(image_size / stride)
+        pad = max((out - 1) * stride + (kernel - 1) + 1 - image_size, 0)
+        self.static_padding = nn.ZeroPad2d((pad // 2, pad - pad // 2) * 2) if pad else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.static_padding(x)
+        return nn.functional.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class MBConv(nn.Module):
+    """Inverted residual: 1x1 expansion, depthwise k x k, squeeze-excite (1x1 convolutions on the pooled
+    features, a sigmoid gate), 1x1 projection, a residual add when the shape is kept. Its configuration
+    is a namedtuple attribute (``_block_args``); one activation module is called several times."""
+
+    def __init__(self, args: BlockArgs, image_size: int):
+        super().__init__()
+        self._block_args = args
+        hidden = args.input_filters * args.expand_ratio
+        if args.expand_ratio != 1:
+            self._expand_conv = SamePadConv2d(args.input_filters, hidden, 1, image_size=image_size, bias=False)
+            self._bn0 = nn.BatchNorm2d(hidden)
+        self._depthwise_conv = SamePadConv2d(hidden, hidden, args.kernel_size, args.stride, image_size,
+                                             groups=hidden, bias=False)
+        self._bn1 = nn.BatchNorm2d(hidden)
+        squeezed = max(1, int(args.input_filters * args.se_ratio))
+        self._se_reduce = SamePadConv2d(hidden, squeezed, 1, image_size=1)
+        self._se_expand = SamePadConv2d(squeezed, hidden, 1, image_size=1)
+        self._project_conv = SamePadConv2d(hidden, args.output_filters, 1, image_size=math.ceil(image_size / args.stride),
+                                           bias=False)
+        self._bn2 = nn.BatchNorm2d(args.output_filters)
+        self._swish = nn.ReLU6()
+
+    def forward(self, inputs: torch.Tensor, drop_connect_rate: float | None = None) -> torch.Tensor:
+        x = inputs
+        if self._block_args.expand_ratio != 1:
+            x = self._swish(self._bn0(self._expand_conv(inputs)))
+        x = self._swish(self._bn1(self._depthwise_conv(x)))
+        squeezed = self._se_expand(self._swish(self._se_reduce(nn.functional.adaptive_avg_pool2d(x, 1))))
+        x = self._bn2(self._project_conv(torch.sigmoid(squeezed) * x))
+        a = self._block_args
+        if a.id_skip and a.stride == 1 and a.input_filters == a.output_filters:
+            x = x + inputs
+        return x
+
+
+class TinyEfficientNet(nn.Module):
+    """A small EfficientNet-Lite-like classifier (input ``[N, 3, 16, 16]``): a stride-2 "SAME" stem, three
+    MBConv blocks (stride 1, stride 2 with asymmetric padding, a 5x5 residual one), a 1x1 head, pooling and a
+    Linear layer; settings are namedtuples (``_global_params``, each block's ``_block_args``)."""
+
+    def __init__(self, width: int = 16, num_classes: int = 10, image_size: int = 16):
+        super().__init__()
+        self._global_params = GlobalParams(0.2, image_size, num_classes)
+        self._conv_stem = SamePadConv2d(3, width, 3, 2, image_size, bias=False)
+        self._bn0 = nn.BatchNorm2d(width)
+        size = math.ceil(image_size / 2)
+        blocks = (BlockArgs(1, 3, 1, 0.25, width, width // 2, True), BlockArgs(4, 3, 2, 0.25, width // 2, width, True),
+                  BlockArgs(4, 5, 1, 0.25, width, width, True))
+        self._blocks = nn.ModuleList()
+        for args in blocks:
+            self._blocks.append(MBConv(args, size))
+            size = math.ceil(size / args.stride)
+        self._conv_head = SamePadConv2d(width, 2 * width, 1, image_size=size, bias=False)
+        self._bn1 = nn.BatchNorm2d(2 * width)
+        self._fc = nn.Linear(2 * width, num_classes)
+        self._swish = nn.ReLU6()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._swish(self._bn0(self._conv_stem(x)))
+        for i, block in enumerate(self._blocks):
+            x = block(x, drop_connect_rate=self._global_params.drop_connect_rate * i / len(self._blocks))
+        x = self._swish(self._bn1(self._conv_head(x)))
+        return self._fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))

@@ -1,6 +1,7 @@
 """Structured pruning: the dependency graph keeps coupled layers consistent, the model shrinks by about
 the requested share, runs, exports to ONNX, and can be rebuilt from its record."""
 import copy
+import re
 
 import numpy as np
 import pytest
@@ -236,15 +237,17 @@ def test_ratio_that_empties_a_layer_names_it():
         prune.apply(model, prune.Config(ratio=0.9), task)
 
 
-def test_layer_the_graph_cannot_cut_is_named_with_the_fix():
+def test_layer_the_graph_cannot_cut_is_left_whole_and_named():
     model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=2), nn.ReLU(),
                           nn.Flatten(), nn.Linear(8 * 4 * 4, 10)).eval()
     task = prune.example_task((1, 8, 8))
-    with pytest.raises(ConfigError, match=r"'2' \(Conv2d\).*groups=2.*exclude: \['2'\]"):
-        prune.apply(model, prune.Config(ratio=0.5), task)
-    pruned = prune.apply(model, prune.Config(ratio=0.5, exclude=("2",)), task).model
-    assert pruned[2].out_channels == 8 and pruned[0].out_channels == 8  # coupled to the excluded conv
+    applied = prune.apply(model, prune.Config(ratio=0.5), task)
+    pruned = applied.model
+    assert pruned[2].out_channels == 8 and pruned[0].out_channels == 8  # coupled to the grouped conv: whole
+    assert re.search(r"left whole.*'2' \(Conv2d\).*groups=2.*exclude: \['2'\]", applied.facts["prune_skipped"]["0"])
     assert run(pruned, task).shape == (4, 10)
+    excluded = prune.apply(model, prune.Config(ratio=0.5, exclude=("2",)), task)
+    assert excluded.model[0].out_channels == 8 and "prune_skipped" not in excluded.facts
 
 
 def test_include_matching_nothing_lists_the_layers():
@@ -253,7 +256,7 @@ def test_include_matching_nothing_lists_the_layers():
         prune.apply(model, prune.Config(include=("nope*",)), task)
 
 
-def test_a_cut_the_graph_got_wrong_is_caught_and_named():
+def test_a_cut_the_graph_got_wrong_is_left_whole_and_named():
     class AddsInput(nn.Module):  # the input joins a residual add, which the traced graph cannot see
         def __init__(self):
             super().__init__()
@@ -264,6 +267,7 @@ def test_a_cut_the_graph_got_wrong_is_caught_and_named():
             return self.head(self.conv(x) + x)
 
     model, task = AddsInput().eval(), prune.example_task((4, 8, 8))
-    with pytest.raises(ModelpressError, match=r"broke the model.*'conv'.*exclude"):
-        prune.apply(model, prune.Config(ratio=0.5), task)
+    applied = prune.apply(model, prune.Config(ratio=0.5), task)
+    assert applied.model.conv.out_channels == 4 and run(applied.model, task).shape == (4, 10)
+    assert re.search(r"left whole.*'conv'.*breaks the model.*exclude", applied.facts["prune_skipped"]["conv"])
     assert run(prune.apply(model, prune.Config(ratio=0.5, exclude=("conv",)), task).model, task).shape == (4, 10)

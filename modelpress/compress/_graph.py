@@ -10,7 +10,8 @@ linear inputs) and the q/k/v/o projections of attention. This module turns its g
 - ``include`` / ``exclude`` patterns (a layer is matched by its own name or any ancestor's);
 - attention heads: a group holding the projections of a module with ``num_heads`` is pruned in whole
   heads (unit = ``head_dim`` channels), and the module's ``num_heads`` is updated;
-- a layer the mechanics cannot cut is a clear error naming it, its type and how to exclude it.
+- a group holding a layer the mechanics cannot cut is left whole, with the reason (``skipped``: group root ->
+  the layer, its type and why).
 
 Coordinates: every group has *root* coordinates (the channels of its first layer's output); each
 member lists its own indices and, for each, the root channel it belongs to (a flattened conv channel
@@ -101,6 +102,7 @@ class Graph:
             model.train(was_training)
         self._dummy = tuple(getattr(tp.ops, n) for n in dir(tp.ops) if n.startswith("_") and n.endswith("Op"))
         self.groups: list[Group] = []
+        self.skipped: dict[str, str] = {}  # group root -> why its channels are left whole
         candidates = [g for g in (self._convert(r) for r in raw) if g is not None]
         self.eligible: list[str] = sorted({m.name for g in candidates for m in g.members if isinstance(m.obj, WEIGHT_TYPES)})
         check_include(include, self.eligible)
@@ -111,7 +113,10 @@ class Graph:
             if include and not any(matches(m.name, include) for m in group.members
                                    if m.axis == "out" and isinstance(m.obj, WEIGHT_TYPES)):
                 continue
-            self._check_supported(group)
+            reason = self._unsupported(group)
+            if reason:
+                self.skipped[group.root] = reason
+                continue
             self._detect_heads(group)
             self.groups.append(group)
 
@@ -148,15 +153,14 @@ class Graph:
             return "out"
         return "in"
 
-    def _check_supported(self, group: Group) -> None:
+    def _unsupported(self, group: Group) -> str | None:
+        """Why the group must be left whole (a member the mechanics cannot cut), or None."""
         for m in group.members:
             reason = _surgery.why_unsupported(m.obj, m.axis)
             if reason:
-                kind = type(m.obj).__name__
-                raise ConfigError(
-                    f"Structured pruning cannot cut layer '{m.name}' ({kind}): {reason}. Its channels are coupled "
-                    f"with {group.describe()}. Leave it out with exclude: ['{m.name}'] (the coupled layers then "
-                    f"keep their channels too), or use method 'magnitude'.")
+                return (f"left whole: its channels are coupled with layer '{m.name}' ({type(m.obj).__name__}), which "
+                        f"structured pruning cannot cut ({reason}); exclude: ['{m.name}'] says so in the recipe")
+        return None
 
     def _detect_heads(self, group: Group) -> None:
         """Mark a group of attention projections: a member's parent module has an int ``num_heads``."""

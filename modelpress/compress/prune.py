@@ -35,6 +35,7 @@ from torch import nn
 from . import Applied, Storage, Tools
 from ..config import check
 from ..errors import ConfigError, ModelpressError
+from ._prune.channel import RECORD_VERSION, schedule
 
 SEARCH_SPACE: dict[str, list] = {
     "method": ["channel", "magnitude", "nm"],
@@ -43,7 +44,6 @@ SEARCH_SPACE: dict[str, list] = {
     "round_to": [1, 8, 16],
 }
 
-RECORD_VERSION = 1
 NOTE_SPARSE = ("{what}: the zeros shrink the stored file (sparse codec), but dense CPU kernels still compute "
                "every weight, so expect no speedup on CPU runtimes; see latency_ratio for the measured latency.")
 NOTE_NM = (" N:M (2:4) sparsity runs faster only where a kernel consumes the pattern: NVIDIA GPUs with "
@@ -83,11 +83,6 @@ def example_inputs(task: Any, batch_size: int = 1) -> tuple[torch.Tensor, ...]:
     return tuple(torch.from_numpy(inputs[n]) for n in task.input_names)
 
 
-def schedule(ratio: float, step: int, steps: int) -> float:
-    """Cumulative share removed after round ``step`` of ``steps`` (cubic: most in the early rounds)."""
-    return ratio * (1 - (1 - step / steps) ** 3)
-
-
 def apply(model: nn.Module | Applied, config: Config, task: Any, tools: Tools = Tools()) -> Applied:
     """Prune a copy of the model; the input model is not modified."""
     from ._prune import counts
@@ -97,7 +92,10 @@ def apply(model: nn.Module | Applied, config: Config, task: Any, tools: Tools = 
     example = example_inputs(task)
     params_before, macs_before = counts.params(model), counts.macs(model, example)
     if config.method == "channel":
-        model, facts, pruning = _channel(model, config, task, example, prev.train_hooks)
+        from ._prune.channel import prune_channels
+
+        model, facts, pruning = prune_channels(model, config, task, example,
+                                               lambda m, step: _fine_tune(m, config, task, step, prev.train_hooks))
         params_after = counts.params(model)
         sparsity = 1 - params_after / params_before
         hooks = prev.train_hooks
@@ -117,96 +115,6 @@ def _fine_tune(model: nn.Module, config: Config, task: Any, round_: int, hooks: 
 
     fit(model, task.train_data, TrainConfig(epochs=config.epochs, lr=config.lr),
         description=f"prune: fine-tuning round {round_}", hooks=hooks)
-
-
-def _channel(model: nn.Module, config: Config, task: Any, example: tuple[torch.Tensor, ...], hooks: tuple[Any, ...]
-             ) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
-    """The pruned model, its facts and the pruning record (replayable cuts)."""
-    from . import _importance, _surgery
-    from ._graph import Graph
-    from ._prune import counts, policy
-
-    composed: dict[tuple[str, Any], dict[str, Any]] = {}
-    sets: dict[str, dict[str, Any]] = {}
-    heads_before = {n: m.num_heads for n, m in model.named_modules() if isinstance(getattr(m, "num_heads", None), int)}
-    for step in range(1, config.steps + 1):
-        done, goal = schedule(config.ratio, step - 1, config.steps), schedule(config.ratio, step, config.steps)
-        local = 1 - (1 - goal) / (1 - done)  # share of what is left that this round removes
-        graph = Graph(model, example, config.include, config.exclude)
-        if config.importance == "taylor":
-            _importance.accumulate_gradients(model, task)
-        scores = _importance.scores(graph, config.importance)
-        model.zero_grad(set_to_none=True)
-
-        def cuts_for(ratio: float) -> list[dict[str, Any]]:
-            return graph.cuts(policy.plan(graph, scores, ratio, config.scope, config.round_to))
-
-        if config.target == "channels":
-            cuts = cuts_for(local)
-        else:
-            cost = counts.params if config.target == "params" else (lambda m: counts.macs(m, example))
-            now = cost(model)
-
-            def removed_share(ratio: float) -> float:
-                trial = _surgery.apply_cuts(copy.deepcopy(model), cuts_for(ratio))
-                return 1 - cost(trial) / now
-
-            cuts = cuts_for(policy.solve(removed_share, local))
-        model = _cut_checked(model, graph, cuts, example)
-        _compose(composed, sets, cuts)
-        _fine_tune(model, config, task, step, hooks)
-    pruning = {"version": RECORD_VERSION, "method": "channel",
-               "cuts": list(composed.values()) + [{"layer": k, "set": v} for k, v in sets.items()]}
-    summary = {c["layer"]: [c["size"], len(c["kept"])] for c in composed.values() if c["axis"] == "out"}
-    summary.update({f"{k} heads": [heads_before[k], v["num_heads"]] for k, v in sets.items()})
-    return model, {"pruned_channels": summary, "prune_method": "channel"}, pruning
-
-
-def _cut_checked(model: nn.Module, graph: Any, cuts: list[dict[str, Any]], example: tuple[torch.Tensor, ...]) -> nn.Module:
-    """A copy of ``model`` with ``cuts`` applied, checked to run with the same output shape (else an error
-    naming the group the dependency graph got wrong)."""
-    from . import _surgery
-
-    with torch.no_grad():
-        expected = model(*example).shape
-    trial = _surgery.apply_cuts(copy.deepcopy(model), cuts)
-    try:
-        with torch.no_grad():
-            ok = trial(*example).shape == expected
-    except Exception:
-        ok = False
-    if not ok:
-        culprit = next((g for i, g in enumerate(graph.groups)  # cut one unit of each group alone
-                        if not _runs(model, graph.cuts({i: list(range(g.unit))}), example, expected)), None)
-        where = f" (the group of {culprit.describe()}, layers {', '.join(m.name for m in culprit.members)})" if culprit else ""
-        raise ModelpressError(
-            f"Structured pruning broke the model{where}: an operation coupling these channels is not understood by "
-            f"the dependency graph. Leave those layers out with exclude, or use method 'magnitude'.")
-    return trial
-
-
-def _runs(model: nn.Module, cuts: list[dict[str, Any]], example: tuple[torch.Tensor, ...], expected: Any) -> bool:
-    from . import _surgery
-
-    try:
-        with torch.no_grad():
-            return _surgery.apply_cuts(copy.deepcopy(model), cuts)(*example).shape == expected
-    except Exception:
-        return False
-
-
-def _compose(composed: dict, sets: dict, cuts: list[dict[str, Any]]) -> None:
-    """Fold a round's cuts (in current coordinates) into the record (in the original model's)."""
-    for c in cuts:
-        if "set" in c:
-            sets.setdefault(c["layer"], {}).update(c["set"])
-            continue
-        key = (c["layer"], c["axis"])
-        if key in composed:
-            prev = composed[key]["kept"]
-            composed[key]["kept"] = [prev[i] for i in c["kept"]]
-        else:
-            composed[key] = {"layer": c["layer"], "axis": c["axis"], "size": c["size"], "kept": list(c["kept"])}
 
 
 def _merged_storage(current: Storage | None, pruning: dict[str, Any]) -> Storage:

@@ -3,8 +3,8 @@
 A compression step may change a model's structure (fewer channels, a layer split in two), so a state
 dict alone cannot rebuild it. The skeleton records, per module, its class (importable by name from
 ``torch.nn``, ``modelpress`` or the task model's own package), its plain attributes (numbers, text,
-tuples, lists and dicts of those) and the shapes and dtypes of its parameters and buffers. Rebuilding
-creates each module without running its ``__init__``, restores those attributes and loads the tensors.
+tuples, namedtuples, lists and dicts of those) and the shapes and dtypes of its parameters and buffers.
+Rebuilding creates each module without running its ``__init__``, restores those attributes and loads the tensors.
 
 A model that holds anything else (forward hooks, parametrizations, other objects) is not storable:
 :func:`skeleton` returns None and the caller keeps it
@@ -25,50 +25,76 @@ class NotStorable(Exception):
     """The model holds something that is not plain data."""
 
 
-def encode(value: Any) -> Any:
-    """Tagged JSON: {"v": scalar} {"t": tuple} {"l": list} {"d": dict} {"dtype": name}."""
+def encode(value: Any, allowed: tuple[str, ...] = SAFE_PREFIXES) -> Any:
+    """Tagged JSON: {"v": scalar} {"t": tuple} {"nt": [class, fields]} {"l": list} {"d": dict} {"dtype": name}.
+
+    Only values that come back as they were: a namedtuple keeps its class (EfficientNet's ``_global_params``
+    and ``_block_args`` are read by attribute), so it must be importable from ``allowed``; a subclass of a
+    scalar or of tuple that is not a namedtuple (an enum member, say) is not storable."""
     import torch
 
-    if value is None or isinstance(value, (bool, int, float, str)):
+    if value is None or type(value) in (bool, int, str) or isinstance(value, float):  # numpy floats are floats
         return {"v": value}
-    if isinstance(value, tuple):  # torch.Size is a tuple
-        return {"t": [encode(v) for v in value]}
-    if isinstance(value, list):
-        return {"l": [encode(v) for v in value]}
+    if isinstance(value, tuple) and hasattr(type(value), "_fields"):
+        path = f"{type(value).__module__}:{type(value).__qualname__}"
+        if resolve_namedtuple(path, allowed) is not type(value):
+            raise NotStorable(f"namedtuple {path} does not resolve to itself")
+        return {"nt": [path, [encode(v, allowed) for v in value]]}
+    if type(value) in (tuple, torch.Size):  # torch.Size comes back as a plain tuple, which it compares equal to
+        return {"t": [encode(v, allowed) for v in value]}
+    if type(value) is list:
+        return {"l": [encode(v, allowed) for v in value]}
     if isinstance(value, dict) and all(isinstance(k, str) for k in value):
-        return {"d": {k: encode(v) for k, v in value.items()}}
+        return {"d": {k: encode(v, allowed) for k, v in value.items()}}
     if isinstance(value, torch.dtype):
         return {"dtype": str(value).removeprefix("torch.")}
     raise NotStorable(f"{type(value).__name__} value")
 
 
-def decode(data: dict[str, Any]) -> Any:
+def decode(data: dict[str, Any], allowed: tuple[str, ...] = SAFE_PREFIXES) -> Any:
     import torch
 
     (tag, value), = data.items()
     if tag == "v":
         return value
     if tag == "t":
-        return tuple(decode(v) for v in value)
+        return tuple(decode(v, allowed) for v in value)
+    if tag == "nt":
+        cls = resolve_namedtuple(value[0], allowed)
+        return tuple.__new__(cls, [decode(v, allowed) for v in value[1]])  # runs no code of the class
     if tag == "l":
-        return [decode(v) for v in value]
+        return [decode(v, allowed) for v in value]
     if tag == "d":
-        return {k: decode(v) for k, v in value.items()}
+        return {k: decode(v, allowed) for k, v in value.items()}
     if tag == "dtype":
         return getattr(torch, value)
     raise ValueError(f"unknown tag {tag}")
 
 
-def resolve_class(path: str, allowed: tuple[str, ...]) -> type:
-    """The nn.Module subclass named ``module:qualname``, only from allowed packages."""
-    from torch import nn
-
+def _importable(path: str, allowed: tuple[str, ...]) -> Any:
+    """The object named ``module:qualname``, only from allowed packages."""
     module_name, _, qualname = path.partition(":")
     if not (module_name + ".").startswith(allowed) or "<" in qualname:
         raise NotStorable(f"class {path} is outside the allowed packages")
     obj: Any = importlib.import_module(module_name)
     for part in qualname.split("."):
         obj = getattr(obj, part, None)
+    return obj
+
+
+def resolve_namedtuple(path: str, allowed: tuple[str, ...]) -> type:
+    """The namedtuple class named ``module:qualname``, only from allowed packages."""
+    obj = _importable(path, allowed)
+    if not (isinstance(obj, type) and issubclass(obj, tuple) and hasattr(obj, "_fields")):
+        raise NotStorable(f"{path} is not an importable namedtuple class")
+    return obj
+
+
+def resolve_class(path: str, allowed: tuple[str, ...]) -> type:
+    """The nn.Module subclass named ``module:qualname``, only from allowed packages."""
+    from torch import nn
+
+    obj = _importable(path, allowed)
     if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
         raise NotStorable(f"{path} is not an importable nn.Module class")
     return obj
@@ -89,7 +115,7 @@ def skeleton(model: Any, allowed: tuple[str, ...] = SAFE_PREFIXES) -> tuple[dict
             raise NotStorable(f"class {path} does not resolve to itself")
         if any(getattr(m, h, None) for h in _HOOK_DICTS) or getattr(m, "_forward_hooks_with_kwargs", None):
             raise NotStorable(f"module '{prefix}' has hooks")
-        attrs = {k: encode(v) for k, v in m.__dict__.items() if k not in base_keys}
+        attrs = {k: encode(v, allowed) for k, v in m.__dict__.items() if k not in base_keys}
         params: list[Any] = []
         buffers: list[Any] = []
         for kind, table, out in (("p", m._parameters, params), ("b", m._buffers, buffers)):
@@ -125,7 +151,7 @@ def rebuild(data: dict[str, Any], tensors: dict[str, Any], allowed: tuple[str, .
         m = cls.__new__(cls)
         nn.Module.__init__(m)
         for k, v in d["attrs"].items():
-            m.__dict__[k] = decode(v)
+            m.__dict__[k] = decode(v, allowed)
         for kind, specs, table in (("p", d["params"], m._parameters), ("b", d["buffers"], m._buffers)):
             for name, spec in specs:
                 if spec is None:

@@ -164,10 +164,16 @@ class QuantLayer(nn.Module):
             x = fake_quant_act(x, *self.qparams)
         elif self.act == "dynamic":
             x = fake_quant_act_dynamic(x)
-        w = self.weight()
-        if isinstance(self.layer, nn.Linear):
-            return nn.functional.linear(x, w, self.layer.bias)
-        return self.layer._conv_forward(x, w, self.layer.bias)
+        return call_with_weight(self.layer, self.weight(), x)
+
+
+def call_with_weight(layer: nn.Module, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` computed by the layer's own forward with ``weight`` in place of its weight: a subclass
+    that pads in its forward (TensorFlow "SAME" convolutions), reads its groups, stride or other attributes,
+    computes exactly as it does in float, so the quantized and the float layer see the same input."""
+    from torch.func import functional_call
+
+    return functional_call(layer, {"weight": weight}, (x,), strict=False)
 
 
 def wrap(model: nn.Module, layers: Mapping[str, nn.Module], specs: Mapping[str, WeightSpec],
