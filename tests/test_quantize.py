@@ -337,3 +337,25 @@ def test_layers_back_in_float_keep_their_original_bias():
         torch.testing.assert_close(q.get_submodule(name).bias, model.get_submodule(name).bias, rtol=0, atol=1e-6)
         assert name not in f.get("bias_correction", {})
     assert set(f.get("bias_correction", {})) <= {n for n, b in f["layer_bits"].items() if b == 8}
+
+
+def test_bias_correction_is_confirmed_on_validation_inputs():
+    """The shift is estimated on calibration inputs; a channel is corrected only where the shift also
+    shrinks the mean error on validation inputs (decisions on validation, issue #21)."""
+    from modelpress.compress._quant.layers import batches_of, calibrate, correct_bias, select, weight_specs, wrap
+
+    def shifts_with(check_sign: float | None) -> torch.Tensor:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(16, 8)).eval()
+        x = (torch.rand(256, 16) + 0.5).numpy()  # positive inputs: rounding's error has a clear mean
+        layers = select(model, (), (), True)
+        wrapped = wrap(model, layers, weight_specs(layers, cfg(per_channel=False)), "static")
+        calib = [{"x": x}]
+        calibrate(model, wrapped, [{"x": np.concatenate([x, -x])}], ("x",), "minmax", 99.99)  # ranges cover both
+        check = None if check_sign is None else [{"x": check_sign * x[::-1].copy()}]
+        return correct_bias(model, wrapped, calib, ("x",), check=check)["0"]
+
+    alone, agreeing, contradicting = shifts_with(None), shifts_with(1.0), shifts_with(-1.0)
+    assert int((alone != 0).sum()) >= 4  # the calibration estimate alone corrects most channels
+    assert torch.equal(agreeing, alone)  # validation with the same error: the same shifts
+    assert int((contradicting != 0).sum()) == 0  # validation's error has the other sign: nothing is shifted

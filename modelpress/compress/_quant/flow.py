@@ -52,7 +52,7 @@ def run(prev: Applied, config: Any, task: Any) -> Applied:
                                config.calibration, config.percentile)
             if config.bias_correction and config.mode != "qat":
                 shifts = correct_bias(model, wrapped, batches_of(task.calib_data, config.calib_samples),
-                                      task.input_names)
+                                      task.input_names, check=batches_of(task.val_data, config.calib_samples))
         if config.mode == "qat":
             _train(model, config, task, prev.train_hooks)
         if config.score_limit is not None:
