@@ -273,7 +273,8 @@ def test_later_training_keeps_weights_on_their_grid(digits_task, digits_model):
 
 
 def test_bias_correction_removes_the_mean_error_rounding_adds():
-    from modelpress.compress._quant.layers import batches_of, calibrate, correct_bias, select, weight_specs, wrap
+    from modelpress.compress._quant.bias import correct_bias
+    from modelpress.compress._quant.layers import batches_of, calibrate, select, weight_specs, wrap
     from modelpress.train import forward, to_tensors
 
     torch.manual_seed(0)
@@ -342,7 +343,8 @@ def test_layers_back_in_float_keep_their_original_bias():
 def test_bias_correction_is_confirmed_on_validation_inputs():
     """The shift is estimated on calibration inputs; a channel is corrected only where the shift also
     shrinks the mean error on validation inputs (decisions on validation, issue #21)."""
-    from modelpress.compress._quant.layers import batches_of, calibrate, correct_bias, select, weight_specs, wrap
+    from modelpress.compress._quant.bias import correct_bias
+    from modelpress.compress._quant.layers import calibrate, select, weight_specs, wrap
 
     def shifts_with(check_sign: float | None) -> torch.Tensor:
         torch.manual_seed(0)

@@ -9,8 +9,9 @@ import torch
 from ...errors import ConfigError, ModelpressError
 from .. import Applied, Storage
 from .hook import OnnxLowering, Plan
-from .layers import (KeepOnGrid, batches_of, calibrate, check_weights, correct_bias, empty_calibration_error,
-                     fold_batchnorm, kind, select, shift_biases, unwrap, weight_specs, wrap)
+from .bias import correct_bias, shift_biases
+from .layers import (KeepOnGrid, batches_of, calibrate, check_weights, empty_calibration_error, fold_batchnorm, kind,
+                     select, unwrap, weight_specs, wrap)
 from .mixed import fallback, sensitivity
 
 DYNAMIC_CONV = ("dynamic int8 convolution (ConvInteger) is several times slower than fp32 Conv in ONNX Runtime; "
