@@ -396,3 +396,18 @@ def test_a_slower_channel_pruned_result_gets_a_note_suggesting_round_to():
     assert "round_to 1, chosen by measurement" in notes[0] and "round_to: 16" in notes[0]
     assert prune.explain(result("no measurable difference", {"prune_method": "channel"})) == []
     assert prune.explain(result("slower", {"prune_method": "magnitude"})) == []
+
+
+def test_the_pipeline_notes_carry_the_slower_pruning_note():
+    import dataclasses
+
+    from modelpress.pipeline import notes
+    from modelpress.result import Result
+
+    names = {f.name for f in dataclasses.fields(Result)}
+    result = Result(**{**dict.fromkeys(names), "facts": {"prune_method": "channel"}, "notes": [], "violations": [],
+                       "latency_ratio": {"1": 1.7}, "latency_ratio_iqr": {"1": [1.6, 1.8]},
+                       "latency_verdict": {"1": "slower"}, "latency_ms": {"1": {"p50": 3.0}},
+                       "size_bytes": 70, "baseline_size_bytes": 100, "runtime": "onnxruntime"})
+    said = notes(result, ["prune"])
+    assert any("Channel pruning made the model slower" in n and "round_to: 16" in n for n in said)
