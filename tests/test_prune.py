@@ -394,6 +394,10 @@ def test_a_slower_channel_pruned_result_gets_a_note_suggesting_round_to():
     notes = prune.explain(result("slower", {"prune_method": "channel", "prune_round_to": chosen}))
     assert len(notes) == 1 and "batch 1: 1.60x" in notes[0] and "batch 8" not in notes[0]
     assert "round_to 1, chosen by measurement" in notes[0] and "round_to: 16" in notes[0]
+    given16 = result("slower", {"prune_method": "channel"})
+    given16.recipe = [{"prune": {"method": "channel", "round_to": 16}}]
+    assert "round_to 16" in prune.explain(given16)[0] and "smaller ratio" in prune.explain(given16)[0]
+    assert "Try round_to: 16" not in prune.explain(given16)[0]
     assert prune.explain(result("no measurable difference", {"prune_method": "channel"})) == []
     assert prune.explain(result("slower", {"prune_method": "magnitude"})) == []
 

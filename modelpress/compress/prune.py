@@ -184,11 +184,16 @@ def explain(result: Any) -> list[str]:
     if facts.get("prune_method") != "channel" or not slower:
         return []
     chosen = facts.get("prune_round_to") or {}
-    how = (f"round_to {chosen['value']}, chosen by {chosen['chosen_by']}" if chosen
-           else "round_to as given in the recipe")
+    given = [s["prune"].get("round_to") for s in (getattr(result, "recipe", None) or [])
+             if isinstance(s, dict) and isinstance(s.get("prune"), dict)]
+    value = chosen.get("value", given[-1] if given else None)
+    how = f"round_to {value}" + (f", chosen by {chosen['chosen_by']}" if chosen else "")
+    advice = ("Try round_to: 16, or a smaller ratio." if not isinstance(value, int) or value < 16 else
+              "round_to is already a multiple of 16: try a smaller ratio, exclude the layers that slowed, "
+              "or measure again on an idle machine.")
     return [f"Channel pruning made the model slower, not faster ({', '.join(f'batch {b}: {r:.2f}x fp32' for b, r in slower.items())}; "
             f"{how}): the pruned layers have fewer MACs, but channel counts off the runtime's vector blocks "
-            f"(multiples of 8 or 16) fall back to slower kernels. Try round_to: 16, or a smaller ratio."]
+            f"(multiples of 8 or 16) fall back to slower kernels. {advice}"]
 
 
 def rebuild(model: nn.Module, pruning: dict[str, Any] | list[dict[str, Any]]) -> nn.Module:
