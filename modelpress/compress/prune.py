@@ -5,16 +5,23 @@ magnitude pruning and N:M semi-structured sparsity that make the stored file sma
 >>> from modelpress.zoo import TinyResNet
 >>> from modelpress.compress import prune
 >>> task = prune.example_task((1, 16, 16))
->>> small = prune.apply(TinyResNet(), prune.Config(method="channel", ratio=0.5), task)
+>>> small = prune.apply(TinyResNet(), prune.Config(method="channel", ratio=0.5, round_to=1), task)
 >>> small.model.stem[0].out_channels
 8
+>>> prune.apply(TinyResNet(), prune.Config(ratio=0.5), task).facts["prune_round_to"]["chosen_by"]
+'default'
 
 Methods (``Config.method``):
 
 - ``channel``: remove whole channels, filters, neurons and attention heads, coupled across layers by
   the dependency graph (``_graph``); the exported model has fewer parameters and MACs. The cuts are
   recorded as data (layer, axis, kept indices) in the artifact's manifest; :func:`rebuild` replays
-  them on the original model.
+  them on the original model. ``round_to`` keeps a multiple of that many channels per group: channel
+  counts off the runtime's vector blocks can make the pruned model slower than fp32 (EfficientNet-Lite2,
+  30% on ONNX Runtime: 1.7x with 1, 0.55-0.6x with 8/16/32). ``"auto"`` (the default) times the pruned
+  model at multiples 1, 8, 16 and 32 on the recipe's runtime (``Tools.time_ratio``) and keeps the
+  smallest within 5% of the fastest; untimed (no ``time_ratio``, e.g. ``apply`` outside a pipeline) it is
+  16. ``facts["prune_round_to"]`` says which and how (``_prune/roundto.py``).
 - ``magnitude``: zero the weights with the smallest |w| (per layer or one global threshold), in
   ``steps`` rounds with ``epochs`` of fine-tuning after each. Stored with the ``sparse`` codec.
 - ``nm``: keep the ``n`` largest of every ``m`` consecutive weights along the input channels (2:4).
@@ -41,7 +48,7 @@ SEARCH_SPACE: dict[str, list] = {
     "method": ["channel", "magnitude", "nm"],
     "ratio": [0.5, 0.3, 0.7],
     "importance": ["l2", "taylor", "bn_scale", "l1"],
-    "round_to": [1, 8, 16],
+    "round_to": ["auto", 1, 8, 16],
 }
 
 NOTE_SPARSE = ("{what}: the zeros shrink the stored file (sparse codec), but dense CPU kernels still compute "
@@ -57,7 +64,7 @@ class Config:
     target: Literal["channels", "params", "macs"] = "channels"  # channel: what `ratio` is a share of
     importance: Literal["l2", "l1", "bn_scale", "taylor"] = "l2"  # channel: which units go first
     scope: Literal["layer", "global"] = "layer"  # same ratio everywhere, or one ranking over all layers
-    round_to: int = 1       # channel: keep a multiple of this many channels per layer (8 or 16 for fast kernels)
+    round_to: int | str = "auto"  # channel: keep a multiple of this many channels per group; "auto": timed (see below)
     n: int = 2              # nm: keep n of every m weights
     m: int = 4
     steps: int = 1          # prune in this many rounds (cubic schedule), fine-tuning after each
@@ -69,7 +76,9 @@ class Config:
     def __post_init__(self) -> None:
         check(0 <= self.ratio < 1, f"ratio must be in [0, 1), got {self.ratio}: it is the share of channels "
                                    f"(or weights) removed, e.g. 0.5 for half.")
-        check(self.round_to >= 1, f"round_to must be >= 1 (1 = no rounding; 8 or 16 for fast kernels), got {self.round_to}.")
+        check(self.round_to == "auto" or (type(self.round_to) is int and self.round_to >= 1),
+              f"round_to must be 'auto' (the multiple that runs fastest on the recipe's runtime, timed) or a whole "
+              f"number >= 1 (1 = no rounding; 8 or 16 for vectorized kernels), got {self.round_to!r}.")
         check(1 <= self.n < self.m, f"nm sparsity needs 1 <= n < m, got n={self.n}, m={self.m}.")
         check(self.steps >= 1, f"steps must be >= 1, got {self.steps}.")
         check(self.epochs >= 0, f"epochs must be >= 0, got {self.epochs}.")
@@ -91,11 +100,20 @@ def apply(model: nn.Module | Applied, config: Config, task: Any, tools: Tools = 
     model = copy.deepcopy(prev.model).eval()
     example = example_inputs(task)
     params_before, macs_before = counts.params(model), counts.macs(model, example)
+    if config.epochs > 0 and getattr(task, "train_data", None) is None:
+        raise ConfigError(f"prune epochs: {config.epochs} fine-tunes after pruning, but the task "
+                          f"'{getattr(task, 'name', task)}' has no train_data (the reference image tasks have no "
+                          f"labels: they are scored against the fp32 model's outputs). Set epochs: 0, or recover "
+                          f"with a later distill step (data: calib).")
     if config.method == "channel":
+        from ._prune import roundto
         from ._prune.channel import prune_channels
 
+        config, chosen = roundto.resolve(model, config, task, example, tools.time_ratio)
         model, facts, pruning = prune_channels(model, config, task, example,
                                                lambda m, step: _fine_tune(m, config, task, step, prev.train_hooks))
+        if chosen is not None:
+            facts["prune_round_to"] = chosen
         params_after = counts.params(model)
         sparsity = 1 - params_after / params_before
         hooks = prev.train_hooks
@@ -156,6 +174,26 @@ def _unstructured(model: nn.Module, config: Config, task: Any, hooks: tuple[Any,
         facts = {"prune_method": "magnitude", "prune_note": NOTE_SPARSE.format(what="Unstructured sparsity")}
     weights = [model.get_parameter(name).detach() for name in hook.masks]
     return facts, hooks, float(sum(int((w == 0).sum()) for w in weights) / max(1, sum(w.numel() for w in weights)))
+
+
+def explain(result: Any) -> list[str]:
+    """Why a channel-pruned result is slower than its fp32 baseline (a latency ratio whose interquartile
+    range lies above 1.0): fewer MACs in shapes the runtime's kernels run slowly. Empty otherwise."""
+    facts = result.facts
+    slower = {b: r for b, r in result.latency_ratio.items() if result.latency_verdict.get(b) == "slower"}
+    if facts.get("prune_method") != "channel" or not slower:
+        return []
+    chosen = facts.get("prune_round_to") or {}
+    given = [s["prune"].get("round_to") for s in (getattr(result, "recipe", None) or [])
+             if isinstance(s, dict) and isinstance(s.get("prune"), dict)]
+    value = chosen.get("value", given[-1] if given else None)
+    how = f"round_to {value}" + (f", chosen by {chosen['chosen_by']}" if chosen else "")
+    advice = ("Try round_to: 16, or a smaller ratio." if not isinstance(value, int) or value < 16 else
+              "round_to is already a multiple of 16: try a smaller ratio, exclude the layers that slowed, "
+              "or measure again on an idle machine.")
+    return [f"Channel pruning made the model slower, not faster ({', '.join(f'batch {b}: {r:.2f}x fp32' for b, r in slower.items())}; "
+            f"{how}): the pruned layers have fewer MACs, but channel counts off the runtime's vector blocks "
+            f"(multiples of 8 or 16) fall back to slower kernels. {advice}"]
 
 
 def rebuild(model: nn.Module, pruning: dict[str, Any] | list[dict[str, Any]]) -> nn.Module:

@@ -28,9 +28,8 @@ def schedule(ratio: float, step: int, steps: int) -> float:
 def prune_channels(model: nn.Module, config: Any, task: Any, example: tuple[torch.Tensor, ...],
                    fine_tune: Callable[[nn.Module, int], None]) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
     """The pruned model, its facts and the pruning record (replayable cuts)."""
-    from .. import _importance, _surgery
+    from .. import _importance
     from .._graph import Graph
-    from . import counts, policy
 
     composed: dict[tuple[str, Any], dict[str, Any]] = {}
     sets: dict[str, dict[str, Any]] = {}
@@ -46,20 +45,7 @@ def prune_channels(model: nn.Module, config: Any, task: Any, example: tuple[torc
         scores = _importance.scores(graph, config.importance)
         model.zero_grad(set_to_none=True)
 
-        def plan_for(ratio: float) -> dict[int, list[int]]:
-            return policy.plan(graph, scores, ratio, config.scope, config.round_to)
-
-        if config.target == "channels":
-            removed = plan_for(local)
-        else:
-            cost = counts.params if config.target == "params" else (lambda m: counts.macs(m, example))
-            now = cost(model)
-
-            def removed_share(ratio: float) -> float:
-                trial = _surgery.apply_cuts(copy.deepcopy(model), graph.cuts(plan_for(ratio)))
-                return 1 - cost(trial) / now
-
-            removed = plan_for(policy.solve(removed_share, local))
+        removed = plan_round(model, graph, scores, config, local, config.round_to, example)
         model, cuts, broken = cut_checked(model, graph, removed, example)
         skipped.update(broken)
         compose(composed, sets, cuts)
@@ -72,6 +58,28 @@ def prune_channels(model: nn.Module, config: Any, task: Any, example: tuple[torc
     if skipped:
         facts["prune_skipped"] = skipped
     return model, facts, pruning
+
+
+def plan_round(model: nn.Module, graph: Any, scores: list[torch.Tensor], config: Any, ratio: float, round_to: int,
+               example: tuple[torch.Tensor, ...]) -> dict[int, list[int]]:
+    """Root channel indices to remove from each group so that the round removes ``ratio`` of what
+    ``config.target`` counts (channels; or parameters / MACs, by bisection on the channel ratio)."""
+    from .. import _surgery
+    from . import counts, policy
+
+    def plan_for(r: float) -> dict[int, list[int]]:
+        return policy.plan(graph, scores, r, config.scope, round_to)
+
+    if config.target == "channels":
+        return plan_for(ratio)
+    cost = counts.params if config.target == "params" else (lambda m: counts.macs(m, example))
+    now = cost(model)
+
+    def removed_share(r: float) -> float:
+        trial = _surgery.apply_cuts(copy.deepcopy(model), graph.cuts(plan_for(r)))
+        return 1 - cost(trial) / now
+
+    return plan_for(policy.solve(removed_share, ratio))
 
 
 def cut_checked(model: nn.Module, graph: Any, removed: dict[int, list[int]], example: tuple[torch.Tensor, ...]

@@ -1,0 +1,63 @@
+"""Channel pruning of the reference CNNs through the pipeline, by ``round_to``: is the pruned model faster
+than fp32 on ONNX Runtime?
+
+    python benchmarks/prune_real.py [--json rows.json] [--quick] [--tasks efficientnet-lite2,mobilenet-v2]
+                                    [--round-to 1,16,auto] [--ratio 0.3] [--threads 2]
+
+Each candidate is one ``pipeline.run`` of the recipe ``prune: {method: channel, ratio, round_to}`` (no
+fine-tuning: the reference tasks have no labels; their score is top-1 agreement with the fp32 model),
+exported to ONNX and timed interleaved against the fp32 ONNX model at batch 1 and 8 on ONNX Runtime.
+Columns: ``score`` (top-1 agreement with fp32 on the test photos), latency ratios (candidate / fp32, with
+the pipeline's verdict), ``macs_ratio``, and for ``auto`` the multiple chosen, the batch-1 timings of the
+candidates and the seconds the choice took (``facts["prune_round_to"]``).
+"""
+from __future__ import annotations
+
+import time
+
+from common import emit, ort_args, parser, row, tempdir
+
+from modelpress.pipeline import run
+from modelpress.recipe import parse_recipe
+
+
+def recipe(task: str, ratio: float, round_to, args) -> object:
+    rounds, runs = (4, 3) if args.quick else (12, 6)
+    return parse_recipe({
+        "task": task, "steps": [{"prune": {"method": "channel", "ratio": ratio, "round_to": round_to}}],
+        "export": {"format": "onnx"},
+        "runtime": {"backend": "onnxruntime", "device": "cpu", "threads": args.threads, "streams": args.streams,
+                    "spinning": args.spinning},
+        "bench": {"batch_sizes": [1, 8], "warmup": 3, "rounds": rounds, "runs_per_round": runs},
+    })
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0])
+    ort_args(p)
+    p.add_argument("--tasks", default="efficientnet-lite2,mobilenet-v2")
+    p.add_argument("--round-to", default="1,16,auto", help="comma-separated round_to values")
+    p.add_argument("--ratio", type=float, default=0.3)
+    args = p.parse_args()
+    rows = []
+    for task in args.tasks.split(","):
+        for value in args.round_to.split(","):
+            round_to = value if value == "auto" else int(value)
+            start = time.perf_counter()
+            with tempdir() as tmp:
+                result = run(recipe(task, args.ratio, round_to, args), f"{tmp}/out")
+            chosen = result.facts.get("prune_round_to") or {}
+            rows.append(row(task, f"prune {args.ratio:g} round_to {value}", result.score, result.baseline_score,
+                            result.size_bytes, result.baseline_size_bytes, result.latency_ratio,
+                            verdict=result.latency_verdict,
+                            macs_ratio=round(result.facts["macs_after"] / result.facts["macs_before"], 4),
+                            chosen=chosen.get("value"), chosen_by=chosen.get("chosen_by"),
+                            auto_timings=chosen.get("timings"), auto_seconds=chosen.get("seconds"),
+                            run_seconds=round(time.perf_counter() - start, 1), notes=result.notes))
+            print(rows[-1], flush=True)
+    emit(rows, args, f"Channel pruning {args.ratio:g} by round_to, ONNX Runtime {args.threads} threads",
+         extra_columns=("macs_ratio", "chosen", "auto_seconds"))
+
+
+if __name__ == "__main__":
+    main()
