@@ -45,6 +45,7 @@ def specs(args: Any) -> list[dict[str, Any]]:
             ort = {"threads": args.threads, "streams": args.streams, "spinning": args.spinning}
             spec["ort"] = {"backend": "onnxruntime", **ort}
             spec["runtime"].update(ort if spec["runtime"]["backend"] == "onnxruntime" else {"threads": args.threads})
+            spec["timing"] = "quick" if args.quick else "full"
             spec["bench"] = {"batch_sizes": [1, big_batch(model)], "warmup": bench.warmup, "rounds": bench.rounds,
                              "runs_per_round": bench.runs_per_round}
             out.append(spec)
@@ -53,7 +54,7 @@ def specs(args: Any) -> list[dict[str, Any]]:
 
 def run_isolated(spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     """Run one cell in a child process (its own process group, killed whole on timeout)."""
-    base = {k: spec[k] for k in ("model", "cell", "technique")}
+    base = {k: spec[k] for k in ("model", "cell", "technique", "timing")}
     base.update(export=spec["export"]["format"], runtime=spec["runtime"]["backend"])
     with tempfile.TemporaryDirectory(prefix="modelpress-real-cell-") as tmp:
         spec_path, row_path, log_path = Path(tmp, "spec.json"), Path(tmp, "row.json"), Path(tmp, "log.txt")
@@ -119,14 +120,17 @@ def markdown(rows: list[dict[str, Any]], title: str) -> str:
                   f"{r.get('wall_s', 0):.0f}", outcome(r)]
         lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells_) + " |")
     counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "refused", "crash", "timeout")}
-    lines += ["", ", ".join(f"{n} {s}" for s, n in counts.items()) + f" of {len(rows)} cells."]
+    per_model = {m: sum(r.get("wall_s", 0) for r in rows if r["model"] == m) for m in dict.fromkeys(r["model"] for r in rows)}
+    lines += ["", ", ".join(f"{n} {s}" for s, n in counts.items()) + f" of {len(rows)} cells. Wall time of the cells: "
+              + ", ".join(f"{m} {t / 60:.0f} min" for m, t in per_model.items()) + "."]
     return "\n".join(lines) + "\n"
 
 
-def title(args: Any) -> str:
+def title(args: Any, rows: list[dict[str, Any]]) -> str:
+    quick = any(r.get("timing") == "quick" for r in rows)
     return (f"Real models: latency × = candidate / fp32 ONNX Runtime ({ort_title(args)}), median of paired "
             f"interleaved rounds (interquartile range); size × = candidate file / fp32 ONNX file; fidelity on the "
-            f"test split against the fp32 torch model{' (--quick timing)' if args.quick else ''} — {machine()}")
+            f"test split against the fp32 torch model{' (--quick timing)' if quick else ''} — {machine()}")
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -136,8 +140,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--cells", default="", help="comma-separated substrings of cell names to run, e.g. "
                    "'fp32,quantize static' (default: every cell)")
     p.add_argument("--cell-timeout", type=float, default=900, help="seconds a cell may take (default 900)")
+    p.add_argument("--render", type=Path, nargs="+", metavar="JSON",
+                   help="run nothing: print (and --markdown) the table of rows saved by earlier --json runs, in order")
     args = p.parse_args(argv)
-    todo, rows = specs(args), []
+    todo = [] if args.render else specs(args)
+    rows = [r for path in args.render or () for r in json.loads(path.read_text())]
     started = time.perf_counter()
     for i, spec in enumerate(todo, 1):
         print(f"[{i}/{len(todo)}] {spec['model']} / {spec['cell']} ...", flush=True)
@@ -149,13 +156,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         if args.json:  # written after each cell, so a long matrix that is stopped keeps what it measured
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(rows, indent=2, default=str))
-    table = markdown(rows, title(args))
-    print("\n" + table + f"\nmatrix wall time: {time.perf_counter() - started:.0f} s")
+    table = markdown(rows, title(args, rows))
+    print("\n" + table + (f"\nmatrix wall time: {time.perf_counter() - started:.0f} s" if todo else ""))
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(table)
         print(f"wrote {args.markdown}")
-    if args.json:
+    if args.json and todo:
         print(f"wrote {args.json}")
     return rows
 

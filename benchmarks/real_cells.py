@@ -99,7 +99,7 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
     import modelpress
     from modelpress.recipe import parse_recipe
 
-    row: dict[str, Any] = {k: spec[k] for k in ("model", "cell", "technique")}
+    row: dict[str, Any] = {k: spec.get(k) for k in ("model", "cell", "technique", "timing")}
     row.update(export=spec["export"]["format"], runtime=spec["runtime"]["backend"])
     start = time.perf_counter()
     try:
@@ -127,6 +127,9 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")  # the stage, in the log
     spec_path, row_path = map(Path, argv)
     row = run_cell(json.loads(spec_path.read_text()))
     row_path.write_text(json.dumps(row, indent=2, default=str))

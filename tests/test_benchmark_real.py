@@ -46,7 +46,9 @@ def test_one_cell_end_to_end(tmp_path):
     assert row["size_ratio"] == 1.0 and row["latency_vs"] == "fp32 onnxruntime" and row["wall_s"] > 0
     md = (tmp_path / "r.md").read_text()
     assert "| digits | fp32 / onnxruntime | ok | top-1 1.000, top-5 1.000 |" in md
-    assert "1 ok, 0 refused, 0 crash, 0 timeout of 1 cells." in md
+    assert "1 ok, 0 refused, 0 crash, 0 timeout of 1 cells. Wall time of the cells: digits " in md
+    real.main(["--render", str(tmp_path / "r.json"), "--markdown", str(tmp_path / "again.md")])
+    assert (tmp_path / "again.md").read_text() == md
 
 
 def test_refusal_is_named():
