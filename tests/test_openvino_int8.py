@@ -155,28 +155,45 @@ def test_a_collapse_fails_naming_cause_and_fix(transformer, tmp_path, monkeypatc
     fake = destroying()
     fake.model = model
     monkeypatch.setattr(ovx, "quantize", fake)
-    with pytest.raises(ModelpressError, match=r"model_type transformer\) collapsed the outputs: its output 'logits' "
-                                              r"has top-1 agreement 0\.\d+ .* validation samples \(below 0\.8\)"
-                                              r".*Likely cause: .*Fix: export option int8: weights") as e:
+    # auto: transformer, then default; both collapse: the error says what it measured, the cause and the fix
+    with pytest.raises(ModelpressError, match=r"model_type \w+\) collapsed the outputs: its output 'logits' "
+                                              r"has top-1 agreement 0\.\d+ .* validation samples \(below 0\.8\) "
+                                              r"\(model_type \w+ did no better\)"
+                                              r"\. Likely cause: .*Fix: export option int8: weights") as e:
         ovx.export(model, task, tmp_path / "a", ovx.Config(int8=True))
-    assert fake.calls == ["transformer"] and not (tmp_path / "a" / "model.xml").exists()
-    assert "model_type: transformer" not in str(e.value)  # already transformer: not offered as the fix
-    # an explicit default type is not retried; the message offers the transformer type
-    with pytest.raises(ModelpressError, match=r"model_type default\).*Fix: export option int8: weights.*"
-                                              r"model_type: transformer"):
+    assert fake.calls == ["transformer", "default"] and not (tmp_path / "a" / "model.xml").exists()
+    assert "model_type: transformer" not in str(e.value)  # already tried: not offered as the fix
+    # an explicit model type is not retried; the message offers the transformer type
+    fake.calls.clear()
+    with pytest.raises(ModelpressError, match=r"model_type default\) collapsed the outputs: [^()]*\(below 0\.8\)\. "
+                                              r".*Fix: export option int8: weights.*model_type: transformer"):
         ovx.export(model, task, tmp_path / "b", ovx.Config(int8=True, model_type="default"))
-    assert fake.calls == ["transformer", "default"]
+    assert fake.calls == ["default"]
     # on_collapse: keep writes the IR, with the message as a note (the run's notes show it)
     art = ovx.export(model, task, tmp_path / "c", ovx.Config(int8=True, on_collapse="keep"))
     assert "int8: weights" in art.manifest["facts"]["openvino_int8_note"]
     assert art.manifest["facts"]["openvino_int8"]["fidelity_check"]["worst"] < 0.8
 
 
-def test_auto_retries_a_collapsed_default_type_as_transformer(digits_task, digits_model, tmp_path, monkeypatch):
+def test_auto_retries_a_collapsed_model_type_with_the_other(digits_task, digits_model, transformer, tmp_path,
+                                                             monkeypatch):
+    task, model = transformer
+    fake = destroying(models_for=("transformer",))
+    fake.model = model
+    monkeypatch.setattr(ovx, "quantize", fake)
+    fact = ovx.export(model, task, tmp_path / "t", ovx.Config(int8=True)).manifest["facts"]["openvino_int8"]
+    assert fake.calls == ["transformer", "default"] and fact["model_type"] == "default"
+    assert "retried as default after transformer collapsed" in fact["why"] and fact["smooth_quant"] is False
+    # smooth_quant: true asks for the transformer type: no retry with the default type
+    fake.calls.clear()
+    with pytest.raises(ModelpressError, match="collapsed"):
+        ovx.export(model, task, tmp_path / "sq", ovx.Config(int8=True, smooth_quant=True))
+    assert fake.calls == ["transformer"]
+
     fake = destroying(models_for=("default",))
     fake.model = digits_model
     monkeypatch.setattr(ovx, "quantize", fake)
-    art = ovx.export(digits_model, digits_task, tmp_path, ovx.Config(int8=True))
+    art = ovx.export(digits_model, digits_task, tmp_path / "cnn", ovx.Config(int8=True))
     fact = art.manifest["facts"]["openvino_int8"]
     assert fake.calls == ["default", "transformer"]
     assert fact["model_type"] == "transformer" and "retried as transformer" in fact["why"]

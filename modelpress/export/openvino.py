@@ -18,7 +18,7 @@ u8 with zero points); activations stay float, no calibration.
 Before the IR is written, the int8 IR and the fp32 IR run on the first ``fidelity_batches`` validation
 batches (``task.val_data``); when the worst output's fidelity (top-1 agreement for class scores, cosine
 otherwise: ``result.worst_fidelity``) is below ``constraints.MIN_FIDELITY`` the outputs collapsed. With
-``model_type: auto`` that picked ``default``, NNCF is run again with ``transformer``; a collapse that
+``model_type: auto``, NNCF is run again with the other model type and the better IR kept; a collapse that
 remains fails with the cause and the fix (``on_collapse: keep`` writes the IR anyway with the message as
 the fact ``openvino_int8_note``). What was chosen and why is the manifest fact ``openvino_int8``.
 """
@@ -300,7 +300,8 @@ def check_fidelity(fp32: Any, int8: Any, task: Task, batches: int) -> dict[str, 
     return min(rows, key=lambda row: row["worst"])
 
 
-def collapse_message(mode: str, model_type: str | None, fidelity: dict[str, Any], floor: float) -> str:
+def collapse_message(mode: str, model_type: str | None, fidelity: dict[str, Any], floor: float,
+                     tried: Sequence[str] = ()) -> str:
     seen = (f"its output '{fidelity['output']}' has {fidelity['measure']} {fidelity['worst']:.3f} to the fp32 IR on "
             f"{fidelity['samples']} validation samples (below {floor})")
     if mode == "weights":
@@ -309,7 +310,7 @@ def collapse_message(mode: str, model_type: str | None, fidelity: dict[str, Any]
                 f"compress_to_fp16: true for a smaller file.")
     fixes = ["export option int8: weights (weight-only int8: activations stay float; no speed-up from int8 "
              "kernels, a quarter of the weights' size)"]
-    if model_type == "default":
+    if "transformer" not in (model_type, *tried):
         fixes.append("model_type: transformer if the model has attention")
     fixes.append("preset: mixed (asymmetric activations)")
     cause = ("NNCF's default model type quantizes every activation, including attention's products, Softmax "
@@ -317,12 +318,17 @@ def collapse_message(mode: str, model_type: str | None, fidelity: dict[str, Any]
              if model_type == "default" else
              "activation quantization: the layers NNCF's transformer type still quantizes have activations "
              "(outliers) per-tensor int8 does not represent")
-    return (f"OpenVINO int8 (NNCF quantize, model_type {model_type}) collapsed the outputs: {seen}. "
+    also = f" (model_type {', '.join(t for t in tried if t != model_type)} did no better)" \
+        if any(t != model_type for t in tried) else ""
+    return (f"OpenVINO int8 (NNCF quantize, model_type {model_type}) collapsed the outputs: {seen}{also}. "
             f"Likely cause: {cause}. Fix: {'; or '.join(fixes)}. (on_collapse: keep writes this IR anyway.)")
 
 
 def to_int8(model: Any, ov_model: Any, task: Task, config: Config) -> tuple[Any, dict[str, Any]]:
-    """The int8 IR and the fact ``openvino_int8``: mode, model type and why, the validation check, a retry."""
+    """The int8 IR and the fact ``openvino_int8``: mode, model type and why, the validation check, a retry.
+
+    With ``model_type: auto`` (and no ``smooth_quant: true``, which asks for the transformer type) a collapsed
+    IR is quantized again with the other model type, and the better of the two is kept."""
     from ..constraints import MIN_FIDELITY
 
     fp32 = ov_model.clone() if config.fidelity_batches else None
@@ -342,20 +348,23 @@ def to_int8(model: Any, ov_model: Any, task: Task, config: Config) -> tuple[Any,
     if fp32 is None:
         return int8, {"openvino_int8": fact}
     fidelity = check_fidelity(fp32, int8, task, config.fidelity_batches)
+    tried = [model_type] if model_type else []
     if fidelity["worst"] < MIN_FIDELITY and mode == "quantize" and config.model_type == "auto" \
-            and model_type == "default":
-        retry = quantize(fp32.clone(), task, config, "transformer")
+            and not config.smooth_quant:
+        other = "transformer" if model_type == "default" else "default"
+        retry = quantize(fp32.clone(), task, config, other)
         again = check_fidelity(fp32, retry, task, config.fidelity_batches)
-        fact["retried"] = (f"model_type default collapsed ({fidelity['measure']} {fidelity['worst']:.3f} on "
-                           f"validation); transformer gave {again['worst']:.3f}")
+        tried.append(other)
+        fact["retried"] = (f"model_type {model_type} collapsed ({fidelity['measure']} {fidelity['worst']:.3f} on "
+                           f"validation); {other} gave {again['worst']:.3f}")
         if again["worst"] > fidelity["worst"]:
-            int8, fidelity, model_type = retry, again, "transformer"
-            fact.update(model_type="transformer", smooth_quant=config.smooth_quant is not False,
-                        why=f"{why}; retried as transformer after default collapsed")
+            int8, fidelity, first, model_type = retry, again, model_type, other
+            fact.update(model_type=other, smooth_quant=other == "transformer" and config.smooth_quant is not False,
+                        why=f"{why}; retried as {other} after {first} collapsed")
     fact["fidelity_check"] = fidelity
     facts: dict[str, Any] = {"openvino_int8": fact}
     if fidelity["worst"] < MIN_FIDELITY:
-        message = collapse_message(mode, model_type, fidelity, MIN_FIDELITY)
+        message = collapse_message(mode, model_type, fidelity, MIN_FIDELITY, tried)
         if config.on_collapse == "fail":
             raise ModelpressError(message)
         facts["openvino_int8_note"] = message
