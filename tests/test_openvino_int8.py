@@ -114,7 +114,7 @@ def test_weight_only_int8_stores_int8_weights_and_keeps_fidelity(transformer, tm
     import openvino as ov
 
     task, model = transformer
-    fp32 = ovx.export(model, task, tmp_path / "fp32", ovx.Config())
+    ovx.export(model, task, tmp_path / "fp32", ovx.Config())
     art = ovx.export(model, task, tmp_path / "w8", ovx.Config(int8="weights"))
     assert art.manifest["precision"] == "int8-weights"
     fact = art.manifest["facts"]["openvino_int8"]

@@ -49,9 +49,6 @@ LOWERS_ONNX_REWRITES = True  # techniques' ONNX rewrites are applied before conv
 ALTERNATIVES = "export format 'onnx' (runtime 'onnxruntime') or 'torch'"
 
 
-MODEL_TYPES = ("auto", "transformer", "default")
-
-
 @dataclass(frozen=True)
 class Config:
     source: Literal["auto", "onnx", "torch_export"] = "auto"  # auto: ONNX first, torch.export if that fails
@@ -74,11 +71,11 @@ class Config:
               "smooth_quant applies to NNCF's transformer model type only; with model_type: default remove it, "
               "or set model_type: transformer (or auto).")
         if self.int8 == "weights":
-            set_ = [f"{k}: {v}" for k, v, unset in (("model_type", self.model_type, "auto"),
+            ignored = [f"{k}: {v}" for k, v, unset in (("model_type", self.model_type, "auto"),
                                                      ("preset", self.preset, "performance"),
                                                      ("smooth_quant", self.smooth_quant, None)) if v != unset]
-            check(not set_, f"int8: weights compresses the weights only (no activation quantization, no "
-                            f"calibration): {', '.join(set_)} would do nothing. Remove it, or use int8: true.")
+            check(not ignored, f"int8: weights compresses the weights only (no activation quantization, no "
+                               f"calibration): {', '.join(ignored)} would do nothing. Remove it, or use int8: true.")
 
 
 def from_onnx(model: Any, task: Task, rewrites: Sequence[Any] = ()) -> tuple[Any, dict[str, Any]]:
@@ -394,5 +391,6 @@ def export(model: Any, task: Task, folder: Path, config: Config = Config(), *, r
         ov.save_model(ov_model, str(Path(tmp) / FILE), compress_to_fp16=config.compress_to_fp16)
         for name in (WEIGHTS, FILE):  # the xml last: a complete xml implies complete weights
             shutil.move(str(Path(tmp) / name), str(folder / name))
+    precision = "int8-weights" if config.int8 == "weights" else "int8" if config.int8 or rewrites else "fp32"
     return artifact.write_for_task(folder, FILE, FORMAT, task, extra_files=(WEIGHTS,), source=route,
-                                   precision="int8-weights" if config.int8 == "weights" else "int8" if config.int8 or rewrites else "fp32", **manifest)
+                                   precision=precision, **manifest)
