@@ -5,9 +5,22 @@ where ONNX export or its conversion fails, from ``torch.export`` output instead 
 dynamic batch axis are set on the converted model). Weights are stored in fp32 unless
 ``compress_to_fp16``; the compute precision is the runtime's choice (its precision hint).
 
-``int8`` runs NNCF post-training quantization calibrated on ``task.calib_data``. SmoothQuant is off
-by default (``smooth_quant: true`` turns it on); ``parity`` in the result shows what it does to the
-agreement with fp32.
+``int8: true`` runs NNCF post-training quantization (weights and activations) calibrated on
+``task.calib_data``, with NNCF's model type chosen by ``model_type``: ``auto`` (the default) picks
+``transformer`` when the model has attention (a torch ``nn.MultiheadAttention``, a module with
+``num_heads``/``num_attention_heads``, or in the converted IR a ScaledDotProductAttention op or a Softmax
+over a MatMul of two activations) and ``default`` otherwise. NNCF's transformer type keeps the attention's
+activation products and Softmax in float and applies SmoothQuant (``smooth_quant: false`` turns that
+off); its default type quantizes them too, which all-MiniLM-L6-v2 does not survive (mean cosine 0.61 to
+fp32). ``int8: weights`` compresses the weights only (``nncf.compress_weights``, INT8_ASYM: per-channel
+u8 with zero points); activations stay float, no calibration.
+
+Before the IR is written, the int8 IR and the fp32 IR run on the first ``fidelity_batches`` validation
+batches (``task.val_data``); when the worst output's fidelity (top-1 agreement for class scores, cosine
+otherwise: ``result.worst_fidelity``) is below ``constraints.MIN_FIDELITY`` the outputs collapsed. With
+``model_type: auto``, NNCF is run again with the other model type and the better IR kept; a collapse that
+remains fails with the cause and the fix (``on_collapse: keep`` writes the IR anyway with the message as
+the fact ``openvino_int8_note``). What was chosen and why is the manifest fact ``openvino_int8``.
 """
 from __future__ import annotations
 
@@ -19,6 +32,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+import numpy as np
 
 from .. import artifact
 from ..config import check
@@ -37,14 +52,30 @@ ALTERNATIVES = "export format 'onnx' (runtime 'onnxruntime') or 'torch'"
 @dataclass(frozen=True)
 class Config:
     source: Literal["auto", "onnx", "torch_export"] = "auto"  # auto: ONNX first, torch.export if that fails
-    int8: bool = False  # NNCF post-training int8, calibrated on task.calib_data
+    # true: NNCF post-training int8 (weights and activations), calibrated on task.calib_data;
+    # weights: weight-only int8 (nncf.compress_weights INT8_ASYM), activations stay float
+    int8: Literal[False, True, "weights"] = False
+    model_type: Literal["auto", "transformer", "default"] = "auto"  # NNCF's model type; auto: transformer if attention
     preset: Literal["performance", "mixed"] = "performance"  # mixed: asymmetric activations
-    smooth_quant: bool = False  # NNCF's transformer mode with SmoothQuant (see the module docstring)
+    smooth_quant: bool | None = None  # transformer type only: None = NNCF's default (on); true forces transformer
     calib_samples: int = 300
+    fidelity_batches: int = 2  # validation batches the int8 IR is checked on against the fp32 IR; 0: no check
+    on_collapse: Literal["fail", "keep"] = "fail"  # keep: write a collapsed int8 IR anyway, with a note
     compress_to_fp16: bool = False  # store weights in fp16 (half the size; compute precision unchanged)
 
     def __post_init__(self) -> None:
         check(self.calib_samples >= 1, f"calib_samples must be at least 1, got {self.calib_samples}.")
+        check(self.fidelity_batches >= 0, f"fidelity_batches must be at least 0 (0: no check), got "
+                                          f"{self.fidelity_batches}.")
+        check(not (self.smooth_quant is not None and self.model_type == "default"),
+              "smooth_quant applies to NNCF's transformer model type only; with model_type: default remove it, "
+              "or set model_type: transformer (or auto).")
+        if self.int8 == "weights":
+            ignored = [f"{k}: {v}" for k, v, unset in (("model_type", self.model_type, "auto"),
+                                                     ("preset", self.preset, "performance"),
+                                                     ("smooth_quant", self.smooth_quant, None)) if v != unset]
+            check(not ignored, f"int8: weights compresses the weights only (no activation quantization, no "
+                               f"calibration): {', '.join(ignored)} would do nothing. Remove it, or use int8: true.")
 
 
 def from_onnx(model: Any, task: Task, rewrites: Sequence[Any] = ()) -> tuple[Any, dict[str, Any]]:
@@ -104,29 +135,105 @@ def convert(model: Any, task: Task, config: Config, rewrites: Sequence[Any] = ()
     return from_torch_export(model, task), "torch_export", {}
 
 
-def quantize(ov_model: Any, task: Task, config: Config) -> Any:
-    import logging
+def attention_in_model(model: Any) -> str | None:
+    """Why the torch model has attention (its first attention module), or None."""
+    import torch
 
+    for name, module in model.named_modules() if isinstance(model, torch.nn.Module) else ():
+        if isinstance(module, torch.nn.MultiheadAttention):
+            return f"torch module '{name}' is an nn.MultiheadAttention"
+        for attr in ("num_heads", "num_attention_heads"):
+            value = getattr(module, attr, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return f"torch module '{name}' ({type(module).__name__}) has {attr}={value}"
+    return None
+
+
+PASS_THROUGH = {"Add", "Multiply", "Divide", "Subtract", "Convert", "Reshape", "Transpose", "Select", "Squeeze",
+                "Unsqueeze", "Maximum", "Minimum"}
+
+
+def _from_constant(node: Any, depth: int = 0) -> bool:
+    """Whether ``node`` is a constant (through Converts, Reshapes, Transposes: a decompressed weight)."""
+    kind = node.get_type_name()
+    if kind == "Constant":
+        return True
+    if kind in ("Convert", "Reshape", "Transpose", "Subtract", "Multiply") and depth < 6:
+        return all(_from_constant(v.get_node(), depth + 1) for v in node.input_values())
+    return False
+
+
+def _activation_matmul(node: Any, depth: int = 0) -> bool:
+    """Whether a MatMul of two activations (attention scores) reaches ``node`` through elementwise ops."""
+    kind = node.get_type_name()
+    if kind == "MatMul":
+        return not any(_from_constant(v.get_node()) for v in node.input_values())
+    if kind not in PASS_THROUGH or depth >= 6:
+        return False
+    return any(_activation_matmul(v.get_node(), depth + 1) for v in node.input_values())
+
+
+def attention_in_graph(ov_model: Any) -> str | None:
+    """Why the OpenVINO model has attention (ScaledDotProductAttention, or Softmax over a MatMul of two
+    activations: a classifier's Softmax over a weight MatMul does not count), or None."""
+    for op in ov_model.get_ordered_ops():
+        kind = op.get_type_name()
+        if kind == "ScaledDotProductAttention":
+            return f"the IR has a ScaledDotProductAttention op ({op.get_friendly_name()})"
+        if kind in ("Softmax", "SoftMax") and _activation_matmul(op.input_value(0).get_node()):
+            return f"the IR has a Softmax over a MatMul of two activations ({op.get_friendly_name()})"
+    return None
+
+
+def choose_model_type(model: Any, ov_model: Any, config: Config) -> tuple[str, str]:
+    """(NNCF model type, why) for ``int8: true``."""
+    if config.model_type != "auto":
+        return config.model_type, f"model_type: {config.model_type} in the export options"
+    if config.smooth_quant:
+        return "transformer", "smooth_quant: true in the export options"
+    why = attention_in_model(model) or attention_in_graph(ov_model)
+    if why:
+        return "transformer", f"model_type auto: {why}"
+    return "default", ("model_type auto: no attention found (no nn.MultiheadAttention or module with "
+                       "num_heads/num_attention_heads, no ScaledDotProductAttention or Softmax over a MatMul of "
+                       "two activations in the IR)")
+
+
+def _dataset(ov_model: Any, task: Task) -> tuple[Any, list[Any]]:
     import nncf
 
-    nncf.set_log_level(logging.ERROR)
     names = [p.get_any_name() for p in ov_model.inputs]
     items = [batch[0] if isinstance(batch, tuple) else batch for batch in task.calib_data]
     if not items:
         raise ModelpressError("OpenVINO int8 needs calibration inputs, but the task's calib_data is empty.")
-    dataset = nncf.Dataset(items, lambda b: {n: b[t] for n, t in zip(names, task.input_names)})
-    kwargs: dict[str, Any] = {}
-    if config.smooth_quant:
-        kwargs["model_type"] = nncf.ModelType.TRANSFORMER
-    preset = nncf.QuantizationPreset.MIXED if config.preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+    return nncf.Dataset(items, lambda b: {n: b[t] for n, t in zip(names, task.input_names)}), items
+
+
+def quantize(ov_model: Any, task: Task, config: Config, model_type: str = "default") -> Any:
+    """NNCF post-training int8 of ``ov_model`` (weights and activations) with NNCF's ``model_type``."""
+    import logging
+
+    import nncf
+    from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters,
+                                                       AdvancedSmoothQuantParameters, OverflowFix)
 
     from ..doctor import int8_dot_product
 
+    nncf.set_log_level(logging.ERROR)
+    dataset, items = _dataset(ov_model, task)
+    kwargs: dict[str, Any] = {}
+    advanced: dict[str, Any] = {}
+    if model_type == "transformer":
+        kwargs["model_type"] = nncf.ModelType.TRANSFORMER
+        if config.smooth_quant is False:
+            advanced["smooth_quant_alphas"] = AdvancedSmoothQuantParameters(convolution=-1, matmul=-1)
+    preset = nncf.QuantizationPreset.MIXED if config.preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE
     # Without VNNI/AMX the CPU plugin's int8 kernels add u8 x s8 pairs into int16: 7-bit weights everywhere
     # keep those sums from saturating (NNCF's overflow fix), at the cost of one bit of weight precision.
     if not int8_dot_product():
-        kwargs["advanced_parameters"] = AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE)
+        advanced["overflow_fix"] = OverflowFix.ENABLE
+    if advanced:
+        kwargs["advanced_parameters"] = AdvancedQuantizationParameters(**advanced)
     n = sum(len(next(iter(b.values()))) for b in items)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -134,6 +241,131 @@ def quantize(ov_model: Any, task: Task, config: Config) -> Any:
         batch = max(1, n // len(items))
         return nncf.quantize(ov_model, dataset, preset=preset, subset_size=max(1, -(-config.calib_samples // batch)),
                              **kwargs)
+
+
+def compress_weights(ov_model: Any) -> Any:
+    """NNCF weight-only int8 (INT8_ASYM: per-output-channel u8 with a zero point); activations stay float."""
+    import logging
+
+    import nncf
+
+    nncf.set_log_level(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+
+
+def check_fidelity(fp32: Any, int8: Any, task: Task, batches: int) -> dict[str, Any]:
+    """The int8 and fp32 IRs compared on the first ``batches`` validation batches: the worst output's fidelity,
+    measured as ``evaluate.compare`` and ``result.worst_fidelity`` do (top-1 agreement for class scores, ties
+    shared as in ``task.top1_credit``; mean per-sample cosine otherwise). ``evaluate`` itself imports the
+    runtimes, which import the exporters. The f32 hint: the layers NNCF left in float compute in f32, as
+    with the runtime's precision int8."""
+    import openvino as ov
+
+    from ..task import top1_credit
+
+    core = ov.Core()
+    compiled = [core.compile_model(m, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}) for m in (fp32, int8)]
+    names = [p.get_any_name() for p in compiled[0].inputs]
+    outs: list[list[list[np.ndarray]]] = [[[] for _ in task.output_names] for _ in compiled]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i, batch in enumerate(task.val_data):
+            if i >= batches:
+                break
+            inputs = batch[0] if isinstance(batch, tuple) else batch
+            for model, out in zip(compiled, outs):
+                results = model({n: np.ascontiguousarray(inputs[t]) for n, t in zip(names, task.input_names)})
+                for k in range(len(task.output_names)):
+                    a = np.asarray(results[model.outputs[k]], np.float64)
+                    out[k].append(a.reshape(len(a), -1))
+    if not outs[0][0]:
+        raise ModelpressError("OpenVINO int8 checks its outputs on the task's validation data, but val_data is "
+                              "empty. Set the export option fidelity_batches: 0 to skip the check.")
+    rows = []
+    for name, kind, r, o in zip(task.output_names, task.output_kinds, outs[0], outs[1]):
+        ref, out = np.concatenate(r), np.concatenate(o)
+        if not np.isfinite(out).all():
+            value, measure = 0.0, "finite outputs (NaN or Inf found)"
+        elif kind == "logits":
+            value, measure = float(top1_credit(out, ref.argmax(-1)).mean()), "top-1 agreement"
+        else:
+            denom = np.maximum(np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1), 1e-12)
+            value, measure = float(np.mean((ref * out).sum(1) / denom)), "cosine"
+        rows.append({"split": "validation", "samples": len(ref), "worst": value, "output": name, "measure": measure})
+    return min(rows, key=lambda row: row["worst"])
+
+
+def collapse_message(mode: str, model_type: str | None, fidelity: dict[str, Any], floor: float,
+                     tried: Sequence[str] = ()) -> str:
+    seen = (f"its output '{fidelity['output']}' has {fidelity['measure']} {fidelity['worst']:.3f} to the fp32 IR on "
+            f"{fidelity['samples']} validation samples (below {floor})")
+    if mode == "weights":
+        return (f"OpenVINO weight-only int8 (int8: weights) collapsed the model: {seen}. Cause: the weights "
+                f"themselves do not survive 8 bits per channel. Fix: keep this model in fp32 (int8: false), or "
+                f"compress_to_fp16: true for a smaller file.")
+    fixes = ["export option int8: weights (weight-only int8: activations stay float; no speed-up from int8 "
+             "kernels, a quarter of the weights' size)"]
+    if "transformer" not in (model_type, *tried):
+        fixes.append("model_type: transformer if the model has attention")
+    fixes.append("preset: mixed (asymmetric activations)")
+    cause = ("NNCF's default model type quantizes every activation, including attention's products, Softmax "
+             "inputs and LayerNorm outputs, whose outliers per-tensor int8 does not represent"
+             if model_type == "default" else
+             "activation quantization: the layers NNCF's transformer type still quantizes have activations "
+             "(outliers) per-tensor int8 does not represent")
+    also = f" (model_type {', '.join(t for t in tried if t != model_type)} did no better)" \
+        if any(t != model_type for t in tried) else ""
+    return (f"OpenVINO int8 (NNCF quantize, model_type {model_type}) collapsed the outputs: {seen}{also}. "
+            f"Likely cause: {cause}. Fix: {'; or '.join(fixes)}. (on_collapse: keep writes this IR anyway.)")
+
+
+def to_int8(model: Any, ov_model: Any, task: Task, config: Config) -> tuple[Any, dict[str, Any]]:
+    """The int8 IR and the fact ``openvino_int8``: mode, model type and why, the validation check, a retry.
+
+    With ``model_type: auto`` (and no ``smooth_quant: true``, which asks for the transformer type) a collapsed
+    IR is quantized again with the other model type, and the better of the two is kept."""
+    from ..constraints import MIN_FIDELITY
+
+    fp32 = ov_model.clone() if config.fidelity_batches else None
+    if config.int8 == "weights":
+        mode, model_type, why = "weights", None, "int8: weights (nncf.compress_weights, INT8_ASYM)"
+        int8 = compress_weights(ov_model)
+    else:
+        mode = "quantize"
+        model_type, why = choose_model_type(model, ov_model, config)
+        int8 = quantize(ov_model.clone() if fp32 is not None else ov_model, task, config, model_type)
+    fact: dict[str, Any] = {"mode": mode, "model_type": model_type, "why": why}
+    if mode == "quantize":
+        from ..doctor import int8_dot_product
+
+        fact["smooth_quant"] = model_type == "transformer" and config.smooth_quant is not False
+        fact["overflow_fix"] = not int8_dot_product()
+    if fp32 is None:
+        return int8, {"openvino_int8": fact}
+    fidelity = check_fidelity(fp32, int8, task, config.fidelity_batches)
+    tried = [model_type] if model_type else []
+    if fidelity["worst"] < MIN_FIDELITY and mode == "quantize" and config.model_type == "auto" \
+            and not config.smooth_quant:
+        other = "transformer" if model_type == "default" else "default"
+        retry = quantize(fp32.clone(), task, config, other)
+        again = check_fidelity(fp32, retry, task, config.fidelity_batches)
+        tried.append(other)
+        fact["retried"] = (f"model_type {model_type} collapsed ({fidelity['measure']} {fidelity['worst']:.3f} on "
+                           f"validation); {other} gave {again['worst']:.3f}")
+        if again["worst"] > fidelity["worst"]:
+            int8, fidelity, first, model_type = retry, again, model_type, other
+            fact.update(model_type=other, smooth_quant=other == "transformer" and config.smooth_quant is not False,
+                        why=f"{why}; retried as {other} after {first} collapsed")
+    fact["fidelity_check"] = fidelity
+    facts: dict[str, Any] = {"openvino_int8": fact}
+    if fidelity["worst"] < MIN_FIDELITY:
+        message = collapse_message(mode, model_type, fidelity, MIN_FIDELITY, tried)
+        if config.on_collapse == "fail":
+            raise ModelpressError(message)
+        facts["openvino_int8_note"] = message
+    return int8, facts
 
 
 def export(model: Any, task: Task, folder: Path, config: Config = Config(), *, rewrites: Sequence[Any] = (),
@@ -151,12 +383,14 @@ def export(model: Any, task: Task, folder: Path, config: Config = Config(), *, r
         manifest["facts"] = {**manifest.get("facts", {}), **facts}
     if config.int8:
         require("nncf", EXTRA, "OpenVINO int8 export")
-        ov_model = quantize(ov_model, task, config)
+        ov_model, int8_facts = to_int8(model, ov_model, task, config)
+        manifest["facts"] = {**manifest.get("facts", {}), **int8_facts}
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder, prefix=".openvino-") as tmp:
         ov.save_model(ov_model, str(Path(tmp) / FILE), compress_to_fp16=config.compress_to_fp16)
         for name in (WEIGHTS, FILE):  # the xml last: a complete xml implies complete weights
             shutil.move(str(Path(tmp) / name), str(folder / name))
+    precision = "int8-weights" if config.int8 == "weights" else "int8" if config.int8 or rewrites else "fp32"
     return artifact.write_for_task(folder, FILE, FORMAT, task, extra_files=(WEIGHTS,), source=route,
-                                   precision="int8" if config.int8 or rewrites else "fp32", **manifest)
+                                   precision=precision, **manifest)
