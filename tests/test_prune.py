@@ -12,7 +12,7 @@ from modelpress.compress import prune
 from modelpress.compress._prune import counts
 from modelpress.compress._prune import roundto as prune_roundto
 from modelpress.config import parse
-from modelpress.errors import ConfigError, ModelpressError
+from modelpress.errors import ConfigError
 from modelpress.export import onnx as onnx_export
 from modelpress.runtime import RuntimeConfig, open_session
 from modelpress.storage import sparse
@@ -334,7 +334,6 @@ def test_round_to_auto_prefers_the_smallest_multiple_when_all_are_equally_fast()
 
 
 def test_round_to_auto_with_a_model_the_timer_cannot_feed_uses_the_default():
-    from modelpress.compress import Tools
 
     def never(*args):
         raise AssertionError("a two-input model must not be timed")

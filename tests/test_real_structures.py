@@ -1,7 +1,6 @@
 """Techniques on the structures real pretrained CNNs have (issue #17), reproduced small by
 ``zoo.TinyEfficientNet``: an ``nn.Conv2d`` subclass that pads in its own forward (asymmetric "SAME"),
 depthwise convolutions, squeeze-excite gates, residual adds and namedtuple attributes."""
-import copy
 
 import numpy as np
 import pytest
