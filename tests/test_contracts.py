@@ -88,3 +88,37 @@ def test_technique_keeps_shape_and_exports(name, model_name, tmp_path):
     with torch.no_grad():
         assert out_model(torch.from_numpy(x["x"])).shape == model(torch.from_numpy(x["x"])).shape
     onnx_export.export(out_model, task, tmp_path, rewrites=applied.onnx_rewrites)
+
+
+@pytest.mark.parametrize("name", sorted(registry.TECHNIQUES))
+def test_technique_has_a_recipe_a_doc_page_and_tests(name):
+    """The five places of docs/contributing.md: module and registry line (the table), an example recipe
+    that uses it as a step, a doc page that documents its settings, and tests that run it."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    step = f"- {name}:"
+    assert any(step in p.read_text() for p in (root / "recipes").glob("*.yaml")), f"no recipe has a '{name}' step"
+    assert any(f"`{name}`" in p.read_text() for p in (root / "docs").glob("*.md")), f"no doc page documents '{name}'"
+    assert any(f'"{name}"' in p.read_text() or f"{name}." in p.read_text()
+               for p in (root / "tests").glob("test_*.py") if p.name != "test_contracts.py"), f"no test runs '{name}'"
+
+
+def test_a_technique_registered_in_the_table_alone_runs_through_run_and_the_search(tmp_path):
+    """Nothing but the registry line makes a new technique usable: a recipe accepts it as a step,
+    ``run`` applies and exports it, and the search's space offers it with its SEARCH_SPACE."""
+    from modelpress.pipeline import run
+    from modelpress.recipe import parse_recipe
+    from modelpress.search.space import resolve
+    from modelpress.searchconfig import SearchConfig
+
+    from . import test_search_fakes as fakes
+
+    with registry.overlay("technique", {"shrink": fakes.MODULE}):
+        recipe = parse_recipe({"task": "digits", "steps": [{"shrink": {"rank_ratio": 0.5}}],
+                               "bench": {"batch_sizes": [1], "warmup": 1, "rounds": 2, "runs_per_round": 1}})
+        result = run(recipe, tmp_path / "run")
+        space = resolve(parse(SearchConfig, {}, "search"), recipe)
+    assert result.facts["ranks"] and (tmp_path / "run" / "result.json").exists()
+    assert "shrink" in space.settings and space.settings["shrink"]["rank_ratio"] == fakes.SEARCH_SPACE["rank_ratio"]
+    assert "shrink" not in registry.TECHNIQUES
