@@ -231,3 +231,11 @@ def test_recipe_int8_weights_runs_through_the_pipeline(tmp_path):
     assert result.facts["openvino_int8"]["mode"] == "weights"
     assert result.fidelity["logits"]["agreement"] >= 0.99 and result.size_bytes < 0.5 * result.baseline_size_bytes
     assert np.isfinite(result.score)
+
+
+def test_a_collapse_of_a_model_without_attention_names_a_cause_it_has():
+    seen = {"output": "logits", "measure": "top-1 agreement", "worst": 0.73, "samples": 64}
+    cnn = ovx.collapse_message("quantize", "default", seen, 0.8, ["default", "transformer"], attention=False)
+    assert "depthwise" in cnn and "attention" not in cnn.split("Likely cause")[1].split("Fix")[0]
+    bert = ovx.collapse_message("quantize", "default", seen, 0.8, ["default"], attention=True)
+    assert "attention's products" in bert

@@ -298,7 +298,7 @@ def check_fidelity(fp32: Any, int8: Any, task: Task, batches: int) -> dict[str, 
 
 
 def collapse_message(mode: str, model_type: str | None, fidelity: dict[str, Any], floor: float,
-                     tried: Sequence[str] = ()) -> str:
+                     tried: Sequence[str] = (), attention: bool = True) -> str:
     seen = (f"its output '{fidelity['output']}' has {fidelity['measure']} {fidelity['worst']:.3f} to the fp32 IR on "
             f"{fidelity['samples']} validation samples (below {floor})")
     if mode == "weights":
@@ -310,11 +310,15 @@ def collapse_message(mode: str, model_type: str | None, fidelity: dict[str, Any]
     if "transformer" not in (model_type, *tried):
         fixes.append("model_type: transformer if the model has attention")
     fixes.append("preset: mixed (asymmetric activations)")
-    cause = ("NNCF's default model type quantizes every activation, including attention's products, Softmax "
-             "inputs and LayerNorm outputs, whose outliers per-tensor int8 does not represent"
-             if model_type == "default" else
-             "activation quantization: the layers NNCF's transformer type still quantizes have activations "
-             "(outliers) per-tensor int8 does not represent")
+    if not attention:
+        cause = ("per-tensor int8 activations: layers whose activation ranges differ widely between channels "
+                 "(depthwise convolutions, squeeze-excite gates) lose too much in one scale per tensor")
+    elif model_type == "default":
+        cause = ("NNCF's default model type quantizes every activation, including attention's products, Softmax "
+                 "inputs and LayerNorm outputs, whose outliers per-tensor int8 does not represent")
+    else:
+        cause = ("activation quantization: the layers NNCF's transformer type still quantizes have activations "
+                 "(outliers) per-tensor int8 does not represent")
     also = f" (model_type {', '.join(t for t in tried if t != model_type)} did no better)" \
         if any(t != model_type for t in tried) else ""
     return (f"OpenVINO int8 (NNCF quantize, model_type {model_type}) collapsed the outputs: {seen}{also}. "
@@ -331,10 +335,12 @@ def to_int8(model: Any, ov_model: Any, task: Task, config: Config) -> tuple[Any,
     fp32 = ov_model.clone() if config.fidelity_batches else None
     if config.int8 == "weights":
         mode, model_type, why = "weights", None, "int8: weights (nncf.compress_weights, INT8_ASYM)"
+        attention = True
         int8 = compress_weights(ov_model)
     else:
         mode = "quantize"
         model_type, why = choose_model_type(model, ov_model, config)
+        attention = "no attention found" not in why
         int8 = quantize(ov_model.clone() if fp32 is not None else ov_model, task, config, model_type)
     fact: dict[str, Any] = {"mode": mode, "model_type": model_type, "why": why}
     if mode == "quantize":
@@ -361,7 +367,7 @@ def to_int8(model: Any, ov_model: Any, task: Task, config: Config) -> tuple[Any,
     fact["fidelity_check"] = fidelity
     facts: dict[str, Any] = {"openvino_int8": fact}
     if fidelity["worst"] < MIN_FIDELITY:
-        message = collapse_message(mode, model_type, fidelity, MIN_FIDELITY, tried)
+        message = collapse_message(mode, model_type, fidelity, MIN_FIDELITY, tried, attention)
         if config.on_collapse == "fail":
             raise ModelpressError(message)
         facts["openvino_int8_note"] = message
