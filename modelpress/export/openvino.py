@@ -286,12 +286,10 @@ def to_int8(model: Any, ov_model: Any, task: Task, config: Config) -> tuple[Any,
     fp32 = ov_model.clone() if config.fidelity_batches else None
     if config.int8 == "weights":
         mode, model_type, why = "weights", None, "int8: weights (nncf.compress_weights, INT8_ASYM)"
-        attention = True
         int8 = compress_weights(ov_model)
     else:
         mode = "quantize"
         model_type, why = choose_model_type(model, ov_model, config)
-        attention = "no attention found" not in why
         int8 = quantize(ov_model.clone() if fp32 is not None else ov_model, task, config, model_type)
     fact: dict[str, Any] = {"mode": mode, "model_type": model_type, "why": why}
     if mode == "quantize":
@@ -318,6 +316,7 @@ def to_int8(model: Any, ov_model: Any, task: Task, config: Config) -> tuple[Any,
     fact["fidelity_check"] = fidelity
     facts: dict[str, Any] = {"openvino_int8": fact}
     if fidelity["worst"] < MIN_FIDELITY:
+        attention = bool(attention_in_model(model) or attention_in_graph(fp32))  # what the cause can name
         message = collapse_message(mode, model_type, fidelity, MIN_FIDELITY, tried, attention)
         if config.on_collapse == "fail":
             raise ModelpressError(message)
