@@ -37,7 +37,8 @@ def _auto(task: str, out: Path) -> dict:
         "bench": {"batch_sizes": [1], "warmup": 1, "rounds": 2, "runs_per_round": 2},
         # size is the one objective: deterministic, so two studies can only differ by what they decide on
         "search": {"trials": 5, "objectives": ["size"], "seed": 3, "subset_samples": 64,
-                   "space": {"techniques": ["quantize", "prune"], "max_steps": 1}},
+                   # round_to: auto decides by timing, which two studies need not agree on: a fixed multiple
+                   "space": {"techniques": ["quantize", "prune"], "max_steps": 1, "prune": {"round_to": [16]}}},
     })
     return auto(recipe, out)
 
