@@ -125,6 +125,9 @@ class SearchConfig:
     trials: int = 30  # finished trials (complete, stopped early or failed) the study ends with
     workers: int = 1  # parallel worker processes on this machine
     timeout_s: float | None = None  # time limit of one invocation: a trial starts only if expected to end within it
+    # time limit of one trial (stopped and recorded as 'timeout' past it); None: a quarter of timeout_s when
+    # that is set, else no limit. Never past the invocation's own limit.
+    trial_timeout_s: float | None = None
     seed: int = 0
     latency_batch_size: int | None = None  # batch size of the latency objective; None: the largest benched
     subset_samples: int = 512  # evaluation samples of the cheap first evaluation
@@ -143,6 +146,8 @@ class SearchConfig:
         check(self.trials >= 1, f"trials must be at least 1, got {self.trials}.")
         check(self.workers >= 1, f"workers must be at least 1, got {self.workers}.")
         check(self.timeout_s is None or self.timeout_s > 0, f"timeout_s must be positive, got {self.timeout_s}.")
+        check(self.trial_timeout_s is None or self.trial_timeout_s > 0,
+              f"trial_timeout_s must be positive, got {self.trial_timeout_s}.")
         check(self.latency_batch_size is None or self.latency_batch_size >= 1,
               f"latency_batch_size must be at least 1, got {self.latency_batch_size}.")
         check(self.subset_samples >= 1, f"subset_samples must be at least 1, got {self.subset_samples}.")
@@ -154,3 +159,9 @@ class SearchConfig:
               f"startup_trials must be at least 1, got {self.startup_trials}.")
         object.__setattr__(self, "objectives", objectives)
         object.__setattr__(self, "space", validate_space(self.space))
+
+    def trial_limit_s(self) -> float | None:
+        """One trial's time limit: ``trial_timeout_s``, else a quarter of ``timeout_s``, else none."""
+        if self.trial_timeout_s is not None:
+            return self.trial_timeout_s
+        return self.timeout_s / 4 if self.timeout_s is not None else None

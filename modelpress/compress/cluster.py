@@ -189,6 +189,13 @@ def layer_facts(layers: dict[str, nn.Module], config: Config) -> dict[str, dict[
     return out
 
 
+def estimate_s(config: Config, profile: Any) -> float:
+    """Seconds ``apply`` is expected to take on a model of ``profile`` (``search.cost.Profile``), before it
+    runs: k-means over every weight (about 20 iterations of weights x clusters distances) and the
+    cluster-preserving epochs."""
+    return 1.0 + profile.params * config.clusters * 20 * 1e-9 + profile.epoch_s(config.epochs)
+
+
 def apply(model: nn.Module | Applied, config: Config, task: Any, tools: Tools = Tools()) -> Applied:
     """A clustered copy of the model (the input is left unchanged), fine-tuned for ``config.epochs``."""
     prev = Applied.of(model)

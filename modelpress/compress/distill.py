@@ -213,6 +213,12 @@ def distill(student: nn.Module, teacher: nn.Module, task: Any, config: Config = 
     return student
 
 
+def estimate_s(config: Config, profile: Any) -> float:
+    """Seconds ``apply`` is expected to take on a model of ``profile`` (``search.cost.Profile``), before it
+    runs: the epochs, each with the teacher's forward pass beside the student's training step."""
+    return 1.0 + 1.4 * profile.epoch_s(config.epochs)
+
+
 def apply(model: nn.Module | Applied, config: Config, task: Any, tools: Tools = Tools()) -> Applied:
     """Distill into a copy of the model (or a smaller student derived from it); the input is not modified."""
     from ._students import count_params, derive

@@ -39,6 +39,11 @@ class Config(TrainConfig):
         check(self.batch_size is None or self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}.")
 
 
+def estimate_s(config: Config, profile: Any) -> float:
+    """Seconds ``apply`` is expected to take on a model of ``profile`` (``search.cost.Profile``): its epochs."""
+    return 1.0 + profile.epoch_s(config.epochs)
+
+
 def apply(model: nn.Module | Applied, config: Config, task: Any, tools: Tools = Tools()) -> Applied:
     """Fine-tune a copy of the model on the task's labels; the input model is not modified."""
     prev = Applied.of(model)

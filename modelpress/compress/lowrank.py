@@ -189,6 +189,21 @@ def keep_measured(layers: list[Layer], plan: dict[str, Choice], skipped: dict[st
 
 # ---- the split, recovery, facts --------------------------------------------------------------------
 
+def estimate_s(config: Config, profile: Any) -> float:
+    """Seconds ``apply`` is expected to take on a model of ``profile`` (``search.cost.Profile``), before it
+    runs: the decompositions, ``rank_by: sensitivity``'s probes (up to MAX_CANDIDATES ranks per method and
+    layer, each a forward pass over the calibration inputs), ``cost: measured``'s per-layer timing and the
+    recovery epochs (with the unfactorized model as a teacher)."""
+    from ._lowrank_select import MAX_CANDIDATES
+
+    seconds = 1.0 + profile.params * 1e-6
+    if config.rank is None and not config.ranks and config.rank_by == "sensitivity":
+        seconds += profile.layers * MAX_CANDIDATES * 1.5 * profile.forward_s(config.calib_samples)
+    if config.cost == "measured":
+        seconds += profile.layers * 2.0
+    return seconds + 1.5 * profile.epoch_s(config.recover_epochs)
+
+
 def replace(model: nn.Module, name: str, new: nn.Module) -> None:
     parent, _, leaf = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, leaf, new)

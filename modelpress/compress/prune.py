@@ -176,6 +176,16 @@ def _unstructured(model: nn.Module, config: Config, task: Any, hooks: tuple[Any,
     return facts, hooks, float(sum(int((w == 0).sum()) for w in weights) / max(1, sum(w.numel() for w in weights)))
 
 
+def estimate_s(config: Config, profile: Any) -> float:
+    """Seconds ``apply`` is expected to take on a model of ``profile`` (``search.cost.Profile``), before it
+    runs: importance scoring (Taylor needs gradients over a few batches), ``round_to: auto`` exporting and
+    timing three alignments of the whole model, and the fine-tuning epochs."""
+    seconds = 1.0 + profile.forward_s(64) * (4.0 if config.importance == "taylor" else 1.0)
+    if config.method == "channel" and config.round_to == "auto":
+        seconds += 3 * 0.5 * (profile.base_s or profile.forward_s(512))
+    return seconds + profile.epoch_s(config.epochs * config.steps)
+
+
 def explain(result: Any) -> list[str]:
     """Why a channel-pruned result is slower than its fp32 baseline (a latency ratio whose interquartile
     range lies above 1.0): fewer MACs in shapes the runtime's kernels run slowly. Empty otherwise."""

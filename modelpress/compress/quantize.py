@@ -120,6 +120,25 @@ def apply(model: Any, config: Config, task: Any, tools: Tools = Tools()) -> Appl
     return flow.run(Applied.of(model), config, task)
 
 
+def estimate_s(config: Config, profile: Any) -> float:
+    """Seconds ``apply`` is expected to take on a model of ``profile`` (``search.cost.Profile``), before it
+    runs: rounding weights; for the int8 modes calibration passes (the mse and entropy observers cost about
+    twice a forward pass), bias correction's passes over calibration and validation inputs; mixed precision's
+    probe per layer and a few fallback scorings; QAT's epochs."""
+    seconds = 1.0 + profile.params * 2e-7
+    if config.mode in ("dynamic", "weight_only"):
+        return seconds
+    calib = profile.forward_s(config.calib_samples)
+    seconds += calib * (3.0 if config.calibration in ("mse", "entropy") else 1.5)
+    if config.bias_correction and config.mode in ("static", "mixed"):
+        seconds += 3.0 * calib
+    if config.mode == "mixed":
+        seconds += profile.layers * calib + 5 * profile.forward_s(min(config.eval_samples, profile.val_samples))
+    if config.mode == "qat":
+        seconds += profile.epoch_s(config.qat_epochs)
+    return seconds
+
+
 def explain(result: Any) -> list[str]:
     """Why an int8 result is slower than its fp32 baseline (batch too small, QDQ islands, missing int8
     kernels, no VNNI/AMX), from the ``Result``'s measured latency and the op precisions the runtime read off

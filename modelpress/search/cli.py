@@ -22,6 +22,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--trials", type=int, help="finished trials the study ends with (overrides search.trials)")
     p.add_argument("--workers", type=int, help="parallel worker processes (overrides search.workers)")
     p.add_argument("--timeout", type=float, help="time limit in seconds: start a trial only if it is expected to end in time")
+    p.add_argument("--trial-timeout", type=float, help="time limit of one trial in seconds: a trial still running is "
+                                                       "stopped and recorded as such (default: a quarter of --timeout)")
     p.add_argument("--ray", metavar="ADDRESS", help="run trials on the Ray cluster at HOST:PORT ('auto', 'local')")
     p.add_argument("--force", action="store_true", help="discard the study in the output folder and start over")
     p.set_defaults(fn=cmd_auto)
@@ -95,7 +97,7 @@ def cmd_auto(args: argparse.Namespace) -> int:
         con.print(plain(f"· trial {r['trial']} [{r['finished']}/{r['of']}]{cached} {r['candidate']}: {what}"))
 
     try:
-        summary = auto(recipe, out, trials=args.trials, workers=args.workers, timeout_s=args.timeout,
+        summary = auto(recipe, out, trials=args.trials, workers=args.workers, timeout_s=args.timeout, trial_timeout_s=args.trial_timeout,
                        ray_address=args.ray, force=args.force, on_trial=on_trial)
     except KeyboardInterrupt:
         con.print(plain(f"interrupted: finished trials are kept in {out}; run the same command to continue."))

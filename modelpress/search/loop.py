@@ -33,13 +33,17 @@ from ..result import Result
 from . import pareto
 from . import study as studies
 from ..searchconfig import SearchConfig
+from .cost import Profile, estimate_s, measure_profile, step_estimate_s
 from .space import Candidate, resolve
 
 MAX_REPEATS = 50  # proposals in a row that repeat measured candidates before the search gives up on the space
+OVER_LIMIT = 2.0  # a step whose estimate exceeds this many trial limits is left out unmeasured
+MIN_TRIAL_S = 5.0  # a trial is not started with less time than this left before the invocation's limit
 
 
 def auto(recipe: Any, out: str | Path, *, trials: int | None = None, workers: int | None = None,
-         timeout_s: float | None = None, ray_address: str | None = None, force: bool = False,
+         timeout_s: float | None = None, trial_timeout_s: float | None = None, ray_address: str | None = None,
+         force: bool = False,
          on_trial: Callable[[dict[str, Any]], None] = lambda r: None) -> dict[str, Any]:
     """Search ``recipe.search`` (defaults when absent) and write ``out``; returns the summary."""
     from .checks import preflight
@@ -47,7 +51,8 @@ def auto(recipe: Any, out: str | Path, *, trials: int | None = None, workers: in
     from .trial import context
 
     config = recipe.search or SearchConfig()
-    overrides = {k: v for k, v in (("trials", trials), ("workers", workers), ("timeout_s", timeout_s)) if v is not None}
+    overrides = {k: v for k, v in (("trials", trials), ("workers", workers), ("timeout_s", timeout_s),
+                                   ("trial_timeout_s", trial_timeout_s)) if v is not None}
     config = dataclasses.replace(config, **overrides)
     space = resolve(config, recipe)
     if ray_address and ray_address not in ("auto", "local"):
@@ -57,6 +62,7 @@ def auto(recipe: Any, out: str | Path, *, trials: int | None = None, workers: in
     log.info(f"loading task {recipe.task}")
     ctx = context(recipe.task)
     batch = preflight(recipe, config, space, ctx["task"])
+    profile = measure_profile(ctx["model"], ctx["task"])
     out = Path(out)
     studies.prepare_folder(out, force)
     with studies.FolderLock(out):
@@ -71,12 +77,15 @@ def auto(recipe: Any, out: str | Path, *, trials: int | None = None, workers: in
             log.info(f"continuing: trial(s) {', '.join(map(str, lost))} were interrupted and are queued again")
         if not study.get_trials(deepcopy=False):
             study.enqueue_trial({}, user_attrs={"seed": "fp32"})
-            for params, cand in space.defaults():
-                study.enqueue_trial(params, user_attrs={"seed": f"default:{cand.steps[0][0]}"})
+            # cheap first: the single-technique defaults in the order of their estimated cost
+            seeds = [(estimate_s(list(cand.steps), profile), params, cand) for params, cand in space.defaults()]
+            for seconds, params, cand in sorted(seeds, key=lambda s: s[0]):
+                study.enqueue_trial(params, user_attrs={"seed": f"default:{cand.steps[0][0]}", "estimate_s": seconds})
         run_id = int(study.user_attrs.get("runs", 0)) + 1
         study.set_user_attr("runs", run_id)
-        search = Search(study, space, recipe, config, out, ctx, batch, run_id, on_trial)
-        runner = make_runner(config.workers, ray_address)
+        search = Search(study, space, recipe, config, out, ctx, batch, run_id, on_trial, profile)
+        runner = make_runner(config.workers, ray_address, limited=config.trial_limit_s() is not None,
+                             task_name=recipe.task)
         try:
             search.loop(runner)
         finally:
@@ -100,42 +109,51 @@ class Search:
     """The study plus what the loop needs to run and record trials."""
 
     def __init__(self, study: Any, space: Any, recipe: Any, config: SearchConfig, out: Path, ctx: dict[str, Any],
-                 batch: int, run_id: int, on_trial: Callable[[dict[str, Any]], None]):
+                 batch: int, run_id: int, on_trial: Callable[[dict[str, Any]], None], profile: Profile):
         from .cache import ResultCache
 
         self.study, self.space, self.recipe, self.config, self.out = study, space, recipe, config, out
         self.ctx, self.batch, self.run_id, self.on_trial = ctx, batch, run_id, on_trial
+        base = study.user_attrs.get("base_s")  # the fp32 trial's time, once measured (by any invocation)
+        self.profile = profile.with_base(base) if base is not None else profile
         self.results = ResultCache(out / "cache" / "results")
         self.chosen: int | None = None
         self.queued: set[str] = set()  # result keys of the extensions queued by this invocation
         self.durations: list[float] = []  # seconds of the trials this invocation ran (cached ones excluded)
+        self.estimates: dict[int, float] = {}  # trial number -> its estimate, for the outcome
 
     def loop(self, runner: Any) -> None:
         deadline = time.monotonic() + self.config.timeout_s if self.config.timeout_s else None
         pending: dict[Any, tuple[Any, Candidate, str]] = {}
-        repeats = 0  # proposals in a row that repeat a measured candidate
+        repeats = 0  # proposals in a row that repeat a measured candidate or one left out
         self.write_reports()
         while True:
             while (len(pending) < runner.slots and studies.finished(self.study) + len(pending) < self.config.trials
-                   and (deadline is None or time.monotonic() + self._expected_s() < deadline)):
+                   and (deadline is None or time.monotonic() + max(self._expected_s(), MIN_TRIAL_S) < deadline)):
                 trial = self.study.ask()
                 cand = self._sample(trial)
                 if cand is None:
                     continue
                 key = self._key(cand)
-                cached = self.results.get(key)
-                if cached is not None:
-                    self.finish(trial, cand, cached, key, cached=True)
+                why, self.estimates[trial.number] = self._left_out(cand)
+                cached = None if why is not None else self.results.get(key)
+                if cached is not None or why is not None:
+                    if why is not None:
+                        self._skip(trial, why)
+                    else:
+                        self.finish(trial, cand, cached, key, cached=True)
                     repeats += 1
                     if repeats >= MAX_REPEATS:
                         break
                     continue
                 repeats = 0
-                log.info(f"trial {trial.number}: {cand.label()}")
-                pending[runner.submit(self._job(cand))] = (trial, cand, key)
+                limit = self._limit_s(deadline)
+                log.info(f"trial {trial.number}: {cand.label()} (estimated {self.estimates[trial.number]:.0f} s"
+                         + (f", limit {limit:.0f} s)" if limit is not None else ")"))
+                pending[runner.submit(self._job(cand), limit_s=limit)] = (trial, cand, key)
             if not pending and repeats >= MAX_REPEATS:
-                log.info(f"the sampler proposed {MAX_REPEATS} measured candidates in a row: the space looks "
-                              f"exhausted ({self.space.size()} candidates); widen it or ask for fewer trials")
+                log.info(f"the sampler proposed {MAX_REPEATS} measured or left-out candidates in a row: the space "
+                         f"looks exhausted ({self.space.size()} candidates); widen it or ask for fewer trials")
                 return
             if not pending:
                 if deadline is not None and studies.finished(self.study) < self.config.trials:
@@ -145,6 +163,47 @@ class Search:
             handle, outcome = runner.wait_one(list(pending))
             trial, cand, key = pending.pop(handle)
             self.finish(trial, cand, outcome, key, cached=False)
+
+    def _limit_s(self, deadline: float | None) -> float | None:
+        """This trial's time limit: the configured one, never past the invocation's deadline."""
+        limit = self.config.trial_limit_s()
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            limit = left if limit is None else min(limit, left)
+        return limit
+
+    def _left_out(self, cand: Candidate) -> tuple[str | None, float]:
+        """Why ``cand`` is not run (a step left out of this study, or estimated far over the trial limit; None
+        when it runs) and its estimated seconds."""
+        for entry in self.study.user_attrs.get("excluded", []):
+            for name, settings in cand.steps:
+                if name == entry["technique"] and entry.get("settings") in (None, settings):
+                    return f"left out: {entry['reason']}", 0.0
+        estimates = [(step_estimate_s(n, s, self.profile), n, s) for n, s in cand.steps]
+        total = sum(e for e, _, _ in estimates) + (self.profile.base_s or 0.0)
+        limit = self.config.trial_limit_s()
+        if limit is not None and estimates and total > OVER_LIMIT * limit:
+            seconds, name, settings = max(estimates, key=lambda e: e[0])
+            reason = (f"{name}({', '.join(f'{k}={v}' for k, v in settings.items())}) is estimated at {seconds:.0f} s "
+                      f"on this model, over {OVER_LIMIT:g}x the trial limit of {limit:.0f} s")
+            self._exclude(name, settings, None, reason)
+            return f"left out: {reason}", total
+        return None, total
+
+    def _exclude(self, technique: str, settings: dict[str, Any] | None, trial: int | None, reason: str) -> None:
+        """Record once that ``technique`` (with these settings; None: any) is not run again in this study."""
+        excluded = list(self.study.user_attrs.get("excluded", []))
+        excluded.append({"technique": technique, "settings": settings, "trial": trial, "reason": reason})
+        self.study.set_user_attr("excluded", excluded)
+        log.info(f"{technique} is left out of the rest of this study: {reason}")
+
+    def _skip(self, trial: Any, why: str) -> None:
+        """Close a proposal that is not run: it neither counts toward ``trials`` nor appears as a trial."""
+        from optuna.trial import TrialState
+
+        trial.set_user_attr("skipped", why)
+        trial.set_user_attr("outcome", {"status": "skipped", "ended": why, "seconds": {"total": 0.0}})
+        self.study.tell(trial, state=TrialState.FAIL)
 
     def _expected_s(self) -> float:
         """The median duration of the trials measured so far (0 before the first): a trial starts only
@@ -189,7 +248,13 @@ class Search:
 
         files = outcome.pop("files", None) or {}
         if not cached:
-            self.durations.append((outcome.get("seconds") or {}).get("total", 0.0))
+            outcome["estimate_s"] = self.estimates.get(trial.number)
+            seconds = (outcome.get("seconds") or {}).get("total", 0.0)
+            self.durations.append(seconds)
+            if not cand.steps and outcome["status"] == "complete" and self.profile.base_s is None:
+                self.profile = self.profile.with_base(seconds)  # what exporting, scoring and timing cost
+                self.study.set_user_attr("base_s", seconds)
+            self._learn_from(trial.number, cand, outcome)
             outcome["artifact_dir"] = f"trials/{trial.number:04d}/artifact" if files else None
             self.results.put(key, outcome)
         self._write_trial(trial.number, cand, outcome, files)
@@ -210,6 +275,19 @@ class Search:
         summary = self.write_reports()
         row = next(r for r in summary["trials"] if r["trial"] == trial.number)
         self.on_trial({**row, "finished": studies.finished(self.study), "of": self.config.trials})
+
+    def _learn_from(self, number: int, cand: Candidate, outcome: dict[str, Any]) -> None:
+        """Failures are data: a technique that raised on this model is left out of the rest of the study; a
+        step stopped at the time limit is left out with those settings."""
+        step = outcome.get("step")
+        if outcome["status"] not in ("failed", "timeout") or not step:
+            return
+        settings = next((s for n, s in cand.steps if n == step), None)
+        if outcome["status"] == "timeout":
+            self._exclude(step, settings, number, f"trial {number} reached its time limit while applying it "
+                                                   f"({outcome.get('error')})")
+        else:
+            self._exclude(step, None, number, f"it failed on this model in trial {number}: {outcome.get('error', '')[:300]}")
 
     def _objectives(self, cand: Candidate, outcome: dict[str, Any]) -> dict[str, float]:
         result, bs = Result.from_json(outcome["result"]), str(self.batch)
@@ -249,7 +327,8 @@ class Search:
         extra = {"latency_batch_size": self.batch, "baseline_score": self.ctx["scores"].test,
                  "baseline_val_score": self.ctx["scores"].val, "output": str(self.out),
                  "report": str(self.out / "report.html"), "reference_ms": self.study.user_attrs.get("reference_ms", {}),
-                 "runs": self.run_id, "final": final}
+                 "runs": self.run_id, "final": final, "excluded": self.study.user_attrs.get("excluded", []),
+                 "trial_limit_s": self.config.trial_limit_s()}
         summary = summarize(recs, self.recipe, self.config, self.space, extra)
         atomic_write_text(self.out / "result.json", json.dumps(summary, indent=1, default=str))
         atomic_write_text(self.out / "report.md", markdown(summary))

@@ -93,7 +93,7 @@ def finished(study: Any) -> int:
     from optuna.trial import TrialState
 
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
-    return sum(1 for t in done if not interrupted(t) and not t.user_attrs.get("cached"))
+    return sum(1 for t in done if not interrupted(t) and not t.user_attrs.get("cached") and not t.user_attrs.get("skipped"))
 
 
 def interrupted(trial: Any) -> bool:
@@ -110,8 +110,8 @@ def records(study: Any) -> list[dict[str, Any]]:
     states = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
     out = []
     for t in study.get_trials(deepcopy=False):
-        if t.state not in states or interrupted(t):
-            continue
+        if t.state not in states or interrupted(t) or t.user_attrs.get("skipped"):
+            continue  # a skipped proposal is said once, in the study's 'excluded' list
         outcome = t.user_attrs.get("outcome") or {}
         out.append({"number": t.number, "state": states[t.state], "label": t.user_attrs.get("label", "?"),
                     "candidate": t.user_attrs.get("candidate"), "recipe": t.user_attrs.get("recipe"),

@@ -18,6 +18,16 @@ from typing import Any
 
 _CONTEXT: dict[str, dict[str, Any]] = {}  # per process: task name -> task, fp32 model, scores
 _CACHES: dict[str, Any] = {}  # per process: cache folder -> PrefixCache
+_STAGE: dict[str, Any] = {"now": None, "step": None, "report": None}  # per process: what the running trial does
+
+
+def stage(text: str, step: str | None = None) -> None:
+    """Say what the running trial does now ('applying lowrank', 'measuring'); ``step`` names the technique
+    being applied. A worker that can be stopped at a time limit passes it on (``report``), so the outcome of
+    a stopped or crashed trial says where it was."""
+    _STAGE["now"], _STAGE["step"] = text, step
+    if _STAGE["report"] is not None:
+        _STAGE["report"](text, step)
 
 
 def context(task_name: str) -> dict[str, Any]:
@@ -79,6 +89,7 @@ def compress_cached(ctx: dict[str, Any], recipe: Any, cache: Any) -> tuple[Any, 
     example, tools = ctx["task"].example_inputs(2), tools_for(recipe)
     for k in range(start, len(steps)):
         step = recipe.steps[k]
+        stage(f"applying {step.name}", step.name)
         applied = registry.module("technique", step.name).apply(applied, step.config, ctx["task"], tools)
         cache.put(keys[k], applied, example)
     return applied, start
@@ -113,6 +124,7 @@ def cheap_evaluation(applied: Any, ctx: dict[str, Any], recipe: Any, folder: Pat
     if n not in ctx["subset_scores"]:
         ctx["subset_scores"][n] = evaluate(torch_predict(ctx["model"], task), task, subset)
     base = ctx["subset_scores"][n]
+    stage("exporting and scoring on the validation subset")
     art = export_model(applied, task, recipe, folder)
     # A runtime that crashes on this artifact crashes a child process, not the search (a failed trial).
     probe(art, recipe.runtime, task.example_inputs(1))
@@ -151,12 +163,15 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     from .. import registry
 
     started = time.perf_counter()
+    stage("starting")
     try:
         with registry.overlay("technique", job["techniques"]):  # the driver's table: same techniques here
             outcome = _run(job)
     except Exception as e:  # one bad candidate must not end the study: it is recorded as failed
         tail = "".join(traceback.format_exception(e)[-3:])[-2000:]
-        outcome = {"status": "failed", "error": f"{type(e).__name__}: {str(e)[:1000]}", "traceback": tail}
+        error = f"{type(e).__name__}: {str(e)[:1000]}"
+        outcome = {"status": "failed", "error": error, "traceback": tail, "stage": _STAGE["now"],
+                   "step": _STAGE["step"], "ended": f"failed while {_STAGE['now']}: {error.splitlines()[0][:300]}"}
     outcome["seconds"] = {**outcome.get("seconds", {}), "total": time.perf_counter() - started}
     outcome["worker"] = worker_identity()
     return outcome
@@ -192,11 +207,14 @@ def _run(job: dict[str, Any]) -> dict[str, Any]:
         t2 = time.perf_counter()
         seconds = {"compress": t1 - t0, "cheap_evaluation": t2 - t1}
         if cheap["stop"]:
-            return {"status": "pruned", "subset": cheap, "reused_steps": reused, "seconds": seconds}
+            ended = (f"stopped early: the drop on {cheap['samples']} validation samples, {cheap['score_drop']:.4g}, "
+                     f"is over {cheap['threshold']:.4g}")
+            return {"status": "pruned", "ended": ended, "subset": cheap, "reused_steps": reused, "seconds": seconds}
+        stage("measuring")
         result = measure(applied, ctx["model"], ctx["task"], recipe, Path(tmp) / "full", ctx["scores"])
         folder = Path(tmp) / "full" / "artifact"
         files = {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
     seconds["measure"] = time.perf_counter() - t2
-    return {"status": "complete", "result": result.to_json(), "subset": cheap,
+    return {"status": "complete", "ended": "measured", "result": result.to_json(), "subset": cheap,
             "layers": weight_table(ctx["model"], applied.model), "files": files, "reused_steps": reused,
             "seconds": seconds}

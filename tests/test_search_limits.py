@@ -1,0 +1,128 @@
+"""Bounded trials: a trial past its time limit is stopped and recorded as such while the study goes on; a
+technique that fails on the model is recorded once and not run again; a step estimated far over the trial
+limit is left out unmeasured; cost estimates grow with the model.
+
+``stall`` (defined here, registered by the tests) sleeps ``seconds``, or raises when ``fail`` is set, and
+claims the cost ``estimate``.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+import pytest
+from torch import nn
+
+from modelpress.compress import Applied
+from modelpress.recipe import parse_recipe
+from modelpress.search.loop import auto
+
+MODULE = __name__
+SEARCH_SPACE = {"seconds": [0.0]}
+BENCH = {"batch_sizes": [1], "warmup": 1, "rounds": 2, "runs_per_round": 1}
+
+
+@dataclass(frozen=True)
+class Config:
+    seconds: float = 0.0
+    fail: bool = False
+    estimate: float = 0.0
+
+
+def apply(model: nn.Module | Applied, config: Config, task, tools=None) -> Applied:
+    if config.fail:
+        raise RuntimeError("stall cannot handle this model")
+    time.sleep(config.seconds)
+    return Applied.of(model)
+
+
+def estimate_s(config: Config, profile) -> float:
+    return config.estimate
+
+
+@pytest.fixture
+def stall(monkeypatch):
+    from modelpress import registry
+
+    monkeypatch.setitem(registry.TECHNIQUES, "stall", MODULE)
+
+
+def recipe(space: dict, trials: int, **search) -> object:
+    return parse_recipe({"task": "digits", "bench": BENCH, "search": {
+        "trials": trials, "subset_samples": 128, "startup_trials": 1,
+        "space": {"techniques": ["stall"], "max_steps": 1, "stall": space}, **search}})
+
+
+def outcome(out, trial: int) -> dict:
+    return json.loads((out / f"trials/{trial:04d}/outcome.json").read_text())
+
+
+def test_a_trial_past_its_limit_is_stopped_and_the_study_goes_on(stall, tmp_path):
+    limit = 6.0
+    out = tmp_path / "out"
+    started = time.monotonic()
+    summary = auto(recipe({"seconds": [120.0]}, trials=2, trial_timeout_s=limit), out)
+    assert time.monotonic() - started < 100  # nobody waited for the 120 s sleep
+    rows = {r["seed"]: r for r in summary["trials"]}
+    assert rows["fp32"]["state"] == "complete"
+    stopped = outcome(out, rows["default:stall"]["trial"])
+    assert stopped["status"] == "timeout" and stopped["limit_s"] == limit
+    assert limit <= stopped["seconds"]["total"] <= 1.1 * limit
+    assert "applying stall" in stopped["ended"] and "6 s" in stopped["ended"]
+    (entry,) = summary["excluded"]
+    assert entry["technique"] == "stall" and entry["settings"]["seconds"] == 120.0
+    assert entry["trial"] == rows["default:stall"]["trial"] and "time limit" in entry["reason"]
+
+
+def test_a_technique_that_fails_is_recorded_once_and_not_run_again(stall, tmp_path):
+    out = tmp_path / "out"
+    summary = auto(recipe({"fail": [True], "seconds": [0.0, 0.01]}, trials=4), out)
+    failed = [r for r in summary["trials"] if "stall" in r["candidate"]]
+    assert len(failed) == 1 and failed[0]["state"] == "failed"  # the other setting was never run
+    assert "cannot handle this model" in outcome(out, failed[0]["trial"])["error"]
+    (entry,) = summary["excluded"]
+    assert entry["technique"] == "stall" and entry["settings"] is None and "failed on this model" in entry["reason"]
+    assert summary["counts"]["failed"] == 1  # the left-out proposals count as neither trials nor failures
+
+
+def test_a_step_estimated_far_over_the_limit_is_left_out_unmeasured(stall, tmp_path):
+    out = tmp_path / "out"
+    summary = auto(recipe({"estimate": [1000.0]}, trials=2, trial_timeout_s=20), out)
+    assert [r["seed"] for r in summary["trials"]] == ["fp32"]  # the stall default never ran
+    (entry,) = summary["excluded"]
+    assert entry["trial"] is None and "estimated at 1000 s" in entry["reason"] and "20 s" in entry["reason"]
+
+
+def test_estimates_grow_with_the_model_and_the_work_asked():
+    from modelpress.compress import lowrank, quantize
+    from modelpress.search.cost import Profile
+
+    small = Profile(params=150_000, layers=4, sample_s=1e-5, train_samples=1000, val_samples=400)
+    large = Profile(params=10_000_000, layers=120, sample_s=5e-3, train_samples=0, val_samples=1000, base_s=60.0)
+    for profile in (small, large):
+        modes = [quantize.estimate_s(quantize.Config(mode=m), profile) for m in ("dynamic", "static", "mixed")]
+        assert modes == sorted(modes) and modes[0] < modes[2]
+        by = {r: lowrank.estimate_s(lowrank.Config(rank_by=r), profile) for r in ("energy", "sensitivity")}
+        assert by["energy"] < by["sensitivity"]
+    sensitivity = lowrank.Config(rank_by="sensitivity")
+    assert lowrank.estimate_s(sensitivity, large) > 100 * lowrank.estimate_s(sensitivity, small)
+    assert lowrank.estimate_s(sensitivity, large) > 600  # a real CNN's sensitivity ranking takes many minutes
+
+
+def test_the_single_technique_defaults_are_seeded_cheapest_first(tmp_path):
+    import optuna
+
+    from modelpress.search.study import STUDY_NAME
+
+    r = parse_recipe({"task": "digits", "bench": BENCH, "search": {
+        "trials": 1, "space": {"techniques": ["lowrank", "quantize", "cluster"], "max_steps": 1,
+                               "lowrank": {"rank_by": ["sensitivity"]}, "quantize": {"mode": ["dynamic"]}}}})
+    auto(r, tmp_path / "out")  # one trial: the rest stay queued in seeding order
+    study = optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{tmp_path / 'out/study.db'}")
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    assert trials[0].user_attrs["seed"] == "fp32"
+    estimates = {t.user_attrs["seed"].split(":")[1]: t.user_attrs["estimate_s"] for t in trials[1:]}
+    assert set(estimates) == {"lowrank", "quantize", "cluster"}
+    assert list(estimates.values()) == sorted(estimates.values())
+    assert estimates["quantize"] < estimates["lowrank"]  # rounding weights vs probing every layer's ranks
