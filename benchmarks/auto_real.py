@@ -101,6 +101,7 @@ def run_search(model: str, args: Any) -> tuple[dict[str, Any] | None, dict[str, 
     recipe_path = args.out / f"{model}.yaml"
     args.out.mkdir(parents=True, exist_ok=True)
     recipe_path.write_text(yaml.safe_dump(recipe_for(model, args), sort_keys=False))
+    (out / "result.json").unlink(missing_ok=True)  # an earlier run's, never read as this one's
     cmd = [*COMMAND, str(recipe_path), "-o", str(out), "--timeout", f"{args.budget:g}", "--force"]
     kill_after = args.budget + args.slack + (args.trial_limit or 600.0)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}  # torch's threads in the trials, as the runtime's

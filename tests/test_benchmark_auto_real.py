@@ -169,5 +169,7 @@ def test_the_search_runs_in_a_child_process_and_is_killed_when_it_overruns(tmp_p
     assert study == json.loads(json.dumps(good_study())) and run["exit"] == "ok" and run["wall_s"] < 30
     recipe = (tmp_path / "runs" / "mobilenet-v2.yaml").read_text()
     assert "max_score_drop: 0.05" in recipe and "latency_batch_size: 8" in recipe
+    (tmp_path / "runs" / "minilm").mkdir()
+    (tmp_path / "runs" / "minilm" / "result.json").write_text("{}")  # an earlier run's: not this one's
     study, run = auto_real.run_search("minilm", args(out=tmp_path / "runs", budget=0.5, slack=0.5, trial_limit=1.0))
     assert study is None and run["exit"] == "killed after 2 s" and run["wall_s"] < 30
