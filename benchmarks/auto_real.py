@@ -6,7 +6,8 @@
 
 Per model, a recipe (written as OUT/<model>.yaml): ONNX export on ONNX Runtime (``--threads``, 2 by default),
 the search's default space, objectives latency then size, latency at batch 8 (16 for MiniLM: ``latency_batch_size``,
-with bench batch sizes 1 and that one, timed as benchmarks/real.py times), and the constraint:
+with bench batch sizes 1 and that one, timed as benchmarks/real.py times; ``--quick``: few timing rounds), and
+the constraint:
 
 - ``minilm``: its score is the mean cosine of the embeddings to the fp32 model's (fp32: 1.0); at most 0.001 lost;
 - ``efficientnet-lite2``, ``mobilenet-v2``: the score is top-1 agreement with the fp32 model (the photos have no
@@ -16,7 +17,8 @@ with bench batch sizes 1 and that one, timed as benchmarks/real.py times), and t
 study each time; its log in OUT/<model>.log) and is killed if it runs past BUDGET + SLACK + the trial limit
 (600 s without one). The search's own ``result.json`` is then read: the chosen candidate, the Pareto front, each
 trial's seconds, time limit, estimate and why it ended, and every single-technique default (the trials seeded
-``default:<technique>``). Latency ratios are those the search measured at the latency batch: the row's
+``default:<technique>``). ``--trial-limit S`` sets ``search.trial_timeout_s`` (the per-trial limit of issue 20;
+a modelpress without that setting refuses the recipe before any search starts). Latency ratios are those the search measured at the latency batch: the row's
 ``latency_vs_deploy`` where the search reports it, else ``latency_ratio`` (to fp32 on the same runtime).
 
 Targets, per model (printed as PASS / FAIL lines, also in the JSON and Markdown):
@@ -42,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from common import emit, machine, markdown as rows_table, ort_args, ort_title, parser
+from common import QUICK, emit, machine, markdown as rows_table, ort_args, ort_title, parser
 from real import FULL
 from real_cells import big_batch
 
@@ -65,7 +67,7 @@ def metric(model: str) -> str:
 
 def recipe_for(model: str, args: Any) -> dict[str, Any]:
     """The recipe of one model's search: default space, ONNX Runtime, the model's constraint and batch."""
-    batch = big_batch(model)
+    batch, bench = big_batch(model), QUICK if args.quick else FULL
     search: dict[str, Any] = {"trials": args.trials, "objectives": ["latency", "size"], "latency_batch_size": batch}
     if args.trial_limit is not None:
         search[TRIAL_LIMIT_FIELD] = args.trial_limit
@@ -73,8 +75,8 @@ def recipe_for(model: str, args: Any) -> dict[str, Any]:
             "runtime": {"backend": "onnxruntime", "device": "cpu", "threads": args.threads, "streams": args.streams,
                         "spinning": args.spinning},
             "constraints": {"max_score_drop": MAX_SCORE_DROP[model]},
-            "bench": {"batch_sizes": [1, batch], "warmup": FULL.warmup, "rounds": FULL.rounds,
-                      "runs_per_round": FULL.runs_per_round},
+            "bench": {"batch_sizes": [1, batch], "warmup": bench.warmup, "rounds": bench.rounds,
+                      "runs_per_round": bench.runs_per_round},
             "search": search}
 
 
@@ -157,7 +159,7 @@ def timing(r: dict[str, Any]) -> dict[str, Any]:
 def rows_of(model: str, summary: dict[str, Any] | None, run: dict[str, Any], args: Any) -> list[dict[str, Any]]:
     """The benchmark rows of one search: the choice (carrying the search's facts) then each default."""
     search = {**run, "budget_s": args.budget, "slack_s": args.slack, "trial_limit_s": args.trial_limit,
-              "onnxruntime": ort_title(args), "max_score_drop": MAX_SCORE_DROP.get(model), "metric": metric(model)}
+              "onnxruntime": ort_title(args), "timing": "quick" if args.quick else "full", "max_score_drop": MAX_SCORE_DROP.get(model), "metric": metric(model)}
     if summary is None:
         return [{"model": model, "candidate": "auto: no result.json", "score": None, "score_drop": None,
                  "size_ratio": None, "latency_ratio": {}, "kind": "auto", "trial": None, "feasible": False,
@@ -284,8 +286,9 @@ def title(rows: list[dict[str, Any]]) -> str:
     budgets = "/".join(dict.fromkeys(f"{s['budget_s']:g}" for s in searches)) or "–"
     settings = "; ".join(dict.fromkeys(s.get("onnxruntime", "?") for s in searches)) or "–"
     return (f"modelpress auto on the reference models: budget {budgets} s per model, ONNX Runtime ({settings}); "
-            f"latency × = the search's paired ratio to fp32 at the latency batch; drop (pts) = 100 × the test score "
-            f"drop in the model's metric")
+            f"latency × = the search's paired ratio at the latency batch (to fp32 as deployed where the search "
+            f"reports it, else to fp32 on the same runtime); drop (pts) = 100 × the test score drop in the model's "
+            f"metric{' (--quick timing)' if any(s.get('timing') == 'quick' for s in searches) else ''}")
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ import auto_real  # noqa: E402
 
 def args(**more) -> SimpleNamespace:
     base = {"budget": 1200.0, "slack": 60.0, "trial_limit": None, "threads": 2, "streams": 1, "spinning": False,
-            "trials": 200, "models": "mobilenet-v2"}
+            "trials": 200, "models": "mobilenet-v2", "quick": False}
     return SimpleNamespace(**{**base, **more})
 
 
