@@ -18,8 +18,9 @@ study each time; its log in OUT/<model>.log) and is killed if it runs past BUDGE
 (600 s without one). The search's own ``result.json`` is then read: the chosen candidate, the Pareto front, each
 trial's seconds, time limit, estimate and why it ended, and every single-technique default (the trials seeded
 ``default:<technique>``). ``--trial-limit S`` sets ``search.trial_timeout_s`` (the per-trial limit of issue 20;
-a modelpress without that setting refuses the recipe before any search starts). Latency ratios are those the search measured at the latency batch: the row's
-``latency_vs_deploy`` where the search reports it, else ``latency_ratio`` (to fp32 on the same runtime).
+a modelpress without that setting refuses the recipe before any search starts). Latency ratios are those the
+search measured at the latency batch: the row's ``latency_vs_deploy`` where the search reports it, else
+``latency_ratio`` (to fp32 on the same runtime).
 
 Targets, per model (printed as PASS / FAIL lines, also in the JSON and Markdown):
 
