@@ -136,7 +136,8 @@ def emit(rows: list[dict[str, Any]], args: argparse.Namespace, title: str, extra
         table.add_column(col, justify="left" if col in ("model", "candidate") else "right")
     for r in rows:
         lat = r.get("latency_ratio") or {}
-        table.add_row(r["model"], r["candidate"], f"{r['score']:.4f}", f"{r['score_drop']:+.4f}", f"{r['size_ratio']:.3f}",
+        table.add_row(r["model"], r["candidate"], _fixed(r["score"], ".4f"), _fixed(r["score_drop"], "+.4f"),
+                      _fixed(r["size_ratio"], ".3f"),
                       *[f"{lat[b]:.3f}" if b in lat else "-" for b in batch_sizes],
                       *[_fmt(r.get(c)) for c in extra_columns])
     Console(width=200).print(table)
@@ -163,12 +164,19 @@ def markdown(rows: list[dict[str, Any]], batch_sizes: list[str], extra_columns: 
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         lat = r.get("latency_ratio") or {}
-        cells = [r["model"], r["candidate"], f"{r['score']:.4f}", f"{100 * r['score_drop']:+.2f}", f"{r['size_ratio']:.3f}",
+        drop = None if r["score_drop"] is None else 100 * r["score_drop"]
+        cells = [r["model"], r["candidate"], _fixed(r["score"], ".4f", "–"), _fixed(drop, "+.2f", "–"),
+                 _fixed(r["size_ratio"], ".3f", "–"),
                  *[f"{lat[b]:.3f}" if b in lat else "–" for b in batch_sizes],
                  *["–" if r.get(c) is None else f"{r[c]:.6g}" if isinstance(r[c], float) else str(r[c])
                    for c in extra_columns]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _fixed(value: float | None, fmt: str, missing: str = "-") -> str:
+    """A number in a fixed format, or ``missing`` for a value not measured (a row that stopped early has no size)."""
+    return missing if value is None else format(value, fmt)
 
 
 def _fmt(value: Any) -> str:

@@ -37,6 +37,7 @@ pre {{ background: #f6f6f6; padding: 10px; overflow-x: auto; font-size: 12px; }}
 {layers}
 <h2>Every trial</h2>
 {trials}
+{excluded}
 {notes}
 </body></html>
 """
@@ -44,7 +45,16 @@ pre {{ background: #f6f6f6; padding: 10px; overflow-x: auto; font-size: 12px; }}
 COLUMNS = [("trial", "trial"), ("state", "state"), ("candidate", "candidate"), ("score", "score"),
            ("score_drop", "drop"), ("latency_ms", "latency ms"), ("latency_ms_batch1", "p50 ms @1"),
            ("size_bytes", "size bytes"), ("size_ratio", "× fp32 size"), ("violations", "constraints"),
-           ("seconds", "seconds"), ("error", "error")]
+           ("seconds", "seconds (est., limit)"), ("ended", "ended"), ("error", "error")]
+TEXT = ("candidate", "state", "violations", "ended", "error")  # left-aligned columns
+
+
+def seconds_cell(r: dict[str, Any]) -> str:
+    """The trial's seconds, with the estimate made before it started and its time limit when known."""
+    if r.get("seconds") is None:
+        return "-"
+    known = [f"{k} {r[f]:.0f}" for k, f in (("est.", "estimate_s"), ("limit", "limit_s")) if r.get(f) is not None]
+    return f"{r['seconds']:.1f}" + (f" ({', '.join(known)})" if known else "")
 
 
 def _cell(key: str, value: Any) -> str:
@@ -64,14 +74,14 @@ def _cell(key: str, value: Any) -> str:
 def table(rows: list[dict[str, Any]], table_id: str) -> str:
     if not rows:
         return f'<p id="{table_id}">none yet</p>'
-    head = "".join(f'<th class="{"text" if k in ("candidate", "state", "violations", "error") else ""}">{escape(t)}</th>'
-                   for k, t in COLUMNS)
+    head = "".join(f'<th class="{"text" if k in TEXT else ""}">{escape(t)}</th>' for k, t in COLUMNS)
     body = []
     for r in rows:
-        cls = "chosen" if r["chosen"] else "pareto" if r["pareto"] else "failed" if r["state"] == "failed" else \
-            "infeasible" if not r["feasible"] else ""
-        cells = "".join(f'<td class="{"text" if k in ("candidate", "state", "violations", "error") else ""}">'
-                        f'{("★ " if k == "trial" and r["chosen"] else "") + _cell(k, r.get(k))}</td>' for k, _ in COLUMNS)
+        cls = "chosen" if r["chosen"] else "pareto" if r["pareto"] else \
+            "failed" if r["state"] in ("failed", "timeout", "skipped") else "infeasible" if not r["feasible"] else ""
+        star = "★ " if r["chosen"] else ""
+        cells = "".join(f'<td class="{"text" if k in TEXT else ""}">{star if k == "trial" else ""}'
+                        f'{seconds_cell(r) if k == "seconds" else _cell(k, r.get(k))}</td>' for k, _ in COLUMNS)
         body.append(f'<tr class="{cls}" data-trial="{r["trial"]}">{cells}</tr>')
     return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
@@ -135,12 +145,24 @@ def _outcome(summary: dict[str, Any]) -> str:
             f"<p>Closest candidates:</p><ul id='closest'>{closest}</ul>")
 
 
+def _excluded(summary: dict[str, Any]) -> str:
+    """The techniques (or steps) the study left out after they failed on the model, and why."""
+    items = []
+    for e in summary.get("excluded") or []:
+        trial = f" (trial {e['trial']})" if e.get("trial") is not None else ""
+        items.append(f"<li>{escape(str(e.get('technique') or e.get('step') or '?'))}{trial}: "
+                     f"{escape(str(e.get('reason') or '-'))}</li>")
+    return f"<h2>Left out of this study</h2><ul id='excluded'>{''.join(items)}</ul>" if items else ""
+
+
 def render(summary: dict[str, Any]) -> str:
     counts = summary["counts"]
+    ended = {s: counts.get(s, 0) for s in ("complete", "pruned", "failed", "timeout", "skipped")}
     text = (f"Constraints: {escape(', '.join(f'{k} {v}' for k, v in summary['constraints'].items()) or 'none')}. "
             f"Objectives, minimised in this order: {escape(', '.join(summary['objectives']))}. "
-            f"{counts['complete'] + counts['pruned'] + counts['failed']} of {summary['trials_requested']} trials: "
-            f"{counts['complete']} measured, {counts['pruned']} stopped early on a subset, {counts['failed']} failed; "
+            f"{sum(ended.values())} of {summary['trials_requested']} trials: "
+            f"{ended['complete']} measured, {ended['pruned']} stopped early on a subset, {ended['failed']} failed, "
+            f"{ended['timeout']} reached their time limit, {ended['skipped']} skipped; "
             f"{counts['feasible']} meet the constraints. Search space: {summary['space_size']:,} candidates over "
             f"{escape(', '.join(summary['techniques']) or 'no technique')}. Latency: paired ratio to fp32 at batch "
             f"{summary['latency_batch_size']} × the study's fp32 reference (ms).")
@@ -148,5 +170,5 @@ def render(summary: dict[str, Any]) -> str:
     lat, size = plots(summary)
     return PAGE.format(task=escape(summary["task"]), summary=text, outcome=_outcome(summary), plot_latency=lat,
                        plot_size=size, pareto=table(summary["pareto"], "pareto"), layers=_layers(summary),
-                       trials=table(summary["trials"], "trials"),
+                       trials=table(summary["trials"], "trials"), excluded=_excluded(summary),
                        notes=f"<h2>Notes</h2><ul>{notes}</ul>" if notes else "")

@@ -91,8 +91,8 @@ def cmd_auto(args: argparse.Namespace) -> int:
                     f"size {r['size_bytes']:,} B" + ("" if r["feasible"] else f"; misses: {'; '.join(r['violations'])}"))
         elif r["state"] == "pruned":
             what = f"stopped early: drop {r['score_drop']:+.4f} on {r['score_on']}"
-        else:
-            what = f"failed: {r['error']}"
+        else:  # failed, reached its time limit, or skipped
+            what = r.get("ended") or f"failed: {r['error']}"
         cached = " (cached)" if r["cached"] else ""
         con.print(plain(f"· trial {r['trial']} [{r['finished']}/{r['of']}]{cached} {r['candidate']}: {what}"))
 

@@ -15,15 +15,45 @@ from ..result import Result
 from . import pareto
 
 
+STATES = ("complete", "pruned", "failed", "timeout", "skipped")  # how a trial can end (row "state", counts)
+
+
+def state_of(record: dict[str, Any]) -> str:
+    """The record's state, or the outcome's when it says more (a timeout or a skipped trial is kept by
+    the study as failed or pruned)."""
+    status = (record.get("outcome") or {}).get("status")
+    return status if status in ("timeout", "skipped") else record["state"]
+
+
+def ended(outcome: dict[str, Any], state: str) -> str:
+    """One short sentence on why the trial ended: the outcome's own ``ended``, or, for an outcome written
+    before trials said so, one derived from its status, error and subset evaluation."""
+    if outcome.get("ended"):
+        return str(outcome["ended"])
+    error = (str(outcome.get("error") or "").strip().splitlines() or [""])[0]
+    subset = outcome.get("subset") or {}
+    if state == "complete":
+        return "measured"
+    if state == "pruned":
+        drop, threshold = subset.get("score_drop"), subset.get("threshold")
+        return ("stopped early on the validation subset" +
+                (f" (drop {drop:.4g} over {threshold:.4g})" if drop is not None and threshold is not None else ""))
+    if state == "timeout":
+        limit = outcome.get("limit_s")
+        return f"time limit{f' of {limit:g} s' if limit is not None else ''} reached" + (f": {error}" if error else "")
+    return f"{'skipped' if state == 'skipped' else 'failed'}" + (f": {error}" if error else "")
+
+
 def row(record: dict[str, Any], constraints: Any, front_numbers: set[int], chosen: int | None) -> dict[str, Any]:
     """One trial as a flat row for tables."""
     outcome = record["outcome"]
+    state = state_of(record)
     result = outcome.get("result") or {}
     subset = outcome.get("subset") or {}
     values = record["values"]
     missed = constraints.check(values)
     return {
-        "trial": record["number"], "state": record["state"], "candidate": record["label"],
+        "trial": record["number"], "state": state, "candidate": record["label"],
         # reported: the test score of a measured trial; decided on: the validation drop (values)
         "score": result.get("score", subset.get("score")), "score_drop": result.get("score_drop", values.score_drop),
         "val_score_drop": values.score_drop,
@@ -34,6 +64,7 @@ def row(record: dict[str, Any], constraints: Any, front_numbers: set[int], chose
         "feasible": record["state"] == "complete" and not missed, "pareto": record["number"] in front_numbers,
         "chosen": record["number"] == chosen, "violations": [v.describe() for v in missed],
         "error": outcome.get("error"), "seconds": (outcome.get("seconds") or {}).get("total"),
+        "limit_s": outcome.get("limit_s"), "estimate_s": outcome.get("estimate_s"), "ended": ended(outcome, state),
         "reused_steps": outcome.get("reused_steps", 0), "cached": record.get("cached", False),
         "seed": record.get("seed"), "run": record.get("run"),
     }
@@ -52,7 +83,7 @@ def summarize(records: list[dict[str, Any]], recipe: Any, config: Any, space: An
     number = chosen["number"] if chosen else None
     rows = [row(r, constraints, front_numbers, number) for r in records]
     by_number = {r["trial"]: r for r in rows}
-    counts = {s: sum(1 for r in measured if r["state"] == s) for s in ("complete", "pruned", "failed")}
+    counts = {s: sum(1 for r in measured if state_of(r) == s) for s in STATES}
     counts["repeats"] = len(records) - len(measured)
     summary: dict[str, Any] = {
         "task": recipe.task, "constraints": {k: v for k, v in to_dict(constraints).items() if v is not None},
@@ -91,6 +122,12 @@ def missed_by(records: list[dict[str, Any]], constraints: Any) -> dict[str, dict
     return out
 
 
+def excluded_text(e: dict[str, Any]) -> str:
+    """One entry of ``summary["excluded"]``: 'prune (trial 3): AttributeError ...'."""
+    what = e.get("technique") or e.get("step") or "?"
+    return f"{what}" + (f" (trial {e['trial']})" if e.get("trial") is not None else "") + f": {e.get('reason') or '-'}"
+
+
 def _num(x: Any, fmt: str = ".4g") -> str:
     return "-" if x is None else format(x, fmt)
 
@@ -109,15 +146,28 @@ def headers(batch: str) -> list[str]:
     return ["trial", "candidate", "score", "drop", f"latency ms @{batch}", f"× fp32 @{batch}", "size bytes", "× fp32 size"]
 
 
+def time_text(r: dict[str, Any]) -> str:
+    """A trial's seconds, with its estimate and time limit when known: '41 (est. 35, limit 300)'."""
+    known = [f"{k} {r[f]:.0f}" for k, f in (("est.", "estimate_s"), ("limit", "limit_s")) if r.get(f) is not None]
+    return _num(r.get("seconds"), ".0f") + (f" ({', '.join(known)})" if known else "")
+
+
+def counts_text(counts: dict[str, int]) -> str:
+    """'12 of 30 trials (8 measured, 2 stopped early, 1 failed, 1 reached its time limit, 0 skipped; ...'"""
+    parts = [f"{counts.get(s, 0)} {w}" for s, w in (("complete", "measured"), ("pruned", "stopped early"),
+             ("failed", "failed"), ("timeout", "reached its time limit"), ("skipped", "skipped"))]
+    return (f"{', '.join(parts)}; {counts['feasible']} meet the constraints; "
+            f"{counts.get('repeats', 0)} repeated proposals answered from the cache")
+
+
 def markdown(summary: dict[str, Any]) -> str:
     batch = str(summary["latency_batch_size"])
+    counts = summary["counts"]
     lines = [f"# modelpress auto: {summary['task']}", "",
              f"Constraints: {', '.join(f'{k} {v}' for k, v in summary['constraints'].items()) or 'none'}. "
              f"Objectives (minimised, in this order): {', '.join(summary['objectives'])}. "
-             f"Trials: {sum(summary['counts'][s] for s in ('complete', 'pruned', 'failed'))} of "
-             f"{summary['trials_requested']} ({summary['counts']['complete']} measured, {summary['counts']['pruned']} "
-             f"stopped early, {summary['counts']['failed']} failed; {summary['counts']['feasible']} meet the constraints; "
-             f"{summary['counts'].get('repeats', 0)} repeated proposals answered from the cache). "
+             f"Trials: {sum(counts.get(s, 0) for s in STATES)} of {summary['trials_requested']} "
+             f"({counts_text(counts)}). "
              f"Latency is at batch {batch}: the paired ratio to fp32 times the study's fp32 reference.", ""]
     if summary["chosen"]:
         lines += ["## Chosen", "", f"Trial {summary['chosen']['trial']}: {summary['chosen']['candidate']}. "
@@ -130,11 +180,16 @@ def markdown(summary: dict[str, Any]) -> str:
         lines += [f"- trial {r['trial']} {r['candidate']}: {'; '.join(r['violations'])}" for r in summary["closest"]]
         lines.append("")
     for title, rows in (("Pareto front", summary["pareto"]), ("Every trial", summary["trials"])):
-        lines += [f"## {title}", "", "| " + " | ".join(headers(batch)) + " | state |", "|" + "---|" * (len(headers(batch)) + 1)]
+        every = title == "Every trial"  # which also says how long each trial took and why it ended
+        head = headers(batch) + ["state"] + (["time (s)", "ended"] if every else [])
+        lines += [f"## {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r, cells in zip(rows, table_rows(rows, batch)):
             state = r["state"] + ("" if r["feasible"] or r["state"] != "complete" else " (misses constraints)")
-            lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + f" | {state} |")
+            cells = cells + [state] + ([time_text(r), r.get("ended") or "-"] if every else [])
+            lines.append("| " + " | ".join(c.replace("|", "/").replace("\n", " ") for c in cells) + " |")
         lines.append("")
+    if summary.get("excluded"):
+        lines += ["## Left out of this study", ""] + [f"- {excluded_text(e)}" for e in summary["excluded"]] + [""]
     if summary["notes"]:
         lines += ["## Notes", ""] + [f"- {n}" for n in summary["notes"]] + [""]
     return "\n".join(lines)
