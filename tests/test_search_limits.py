@@ -105,9 +105,37 @@ def test_estimates_grow_with_the_model_and_the_work_asked():
         assert modes == sorted(modes) and modes[0] < modes[2]
         by = {r: lowrank.estimate_s(lowrank.Config(rank_by=r), profile) for r in ("energy", "sensitivity")}
         assert by["energy"] < by["sensitivity"]
-    sensitivity = lowrank.Config(rank_by="sensitivity")
-    assert lowrank.estimate_s(sensitivity, large) > 100 * lowrank.estimate_s(sensitivity, small)
-    assert lowrank.estimate_s(sensitivity, large) > 600  # a real CNN's sensitivity ranking takes many minutes
+    unbounded = lowrank.Config(rank_by="sensitivity", sensitivity_budget_s=None)
+    assert lowrank.estimate_s(unbounded, large) > 100 * lowrank.estimate_s(unbounded, small)
+    assert lowrank.estimate_s(unbounded, large) > 600  # a real CNN's full sensitivity ranking takes many minutes
+    bounded = lowrank.Config(rank_by="sensitivity", sensitivity_budget_s=120)
+    assert 120 < lowrank.estimate_s(bounded, large) < 0.2 * lowrank.estimate_s(unbounded, large)
+
+
+def test_lowrank_sensitivity_keeps_to_its_budget_with_fewer_probe_inputs():
+    import torch
+
+    from modelpress.compress.lowrank import MIN_PROBE_SAMPLES, sized_to_budget
+
+    inputs = {"x": torch.zeros(128, 3)}
+    kept, facts = sized_to_budget(inputs, probes=100, probe_s=0.5, budget_s=10.0)  # 50 s of probes for 10 s
+    assert len(kept["x"]) == 25 and facts["probe_samples"] == 25 and facts["expected_s"] <= 10.0
+    kept, facts = sized_to_budget(inputs, probes=100, probe_s=0.5, budget_s=0.1)
+    assert len(kept["x"]) == MIN_PROBE_SAMPLES  # never fewer, even when that stays over the budget
+    kept, facts = sized_to_budget(inputs, probes=10, probe_s=0.5, budget_s=10.0)  # fits: every input
+    assert len(kept["x"]) == 128 and facts["probe_samples"] == facts["calib_samples"] == 128
+    kept, _ = sized_to_budget(inputs, probes=10_000, probe_s=1.0, budget_s=None)
+    assert len(kept["x"]) == 128
+
+
+def test_lowrank_on_a_tight_budget_probes_fewer_inputs_and_says_so():
+    from modelpress.compress import lowrank
+    from modelpress.task import load_task
+
+    task = load_task("digits")
+    applied = lowrank.apply(task.build_model(), lowrank.Config(rank_by="sensitivity", sensitivity_budget_s=1e-4), task)
+    facts = applied.facts["lowrank_budget"]["sensitivity"]
+    assert facts["probe_samples"] < facts["calib_samples"] and facts["probes"] > 0 and applied.facts["ranks"]
 
 
 def test_the_single_technique_defaults_are_seeded_cheapest_first(tmp_path):

@@ -175,6 +175,15 @@ def explicit(layers: list[Layer], rank_of: Mapping[str, int], conv_method: str, 
     return plan, skipped
 
 
+def probed(layer: Layer, multiple: int, conv_method: str, max_cost_ratio: float) -> list[Choice]:
+    """The choices whose sensitivity ``by_sensitivity`` measures for ``layer`` (one probe each)."""
+    out = []
+    for method in methods(layer, conv_method):
+        out += thin([c for c in (layer.choice(method, r) for r in rank_options(layer, method, multiple))
+                     if pays_off(c, max_cost_ratio)])
+    return out
+
+
 def by_sensitivity(layers: list[Layer], ratio: float, multiple: int, conv_method: str, max_cost_ratio: float,
                    sensitivity: Callable[[Layer, str, tuple[int, ...]], float], budget_of: str = "params",
                    progress: Callable[[], None] = lambda: None) -> tuple[dict[str, Choice], dict[str, str], dict]:
@@ -190,12 +199,9 @@ def by_sensitivity(layers: list[Layer], ratio: float, multiple: int, conv_method
     skipped: dict[str, str] = {}
     for layer in layers:
         opts: list[tuple[int, float, Choice | None]] = []
-        for method in methods(layer, conv_method):
-            cands = [c for c in (layer.choice(method, r) for r in rank_options(layer, method, multiple))
-                     if pays_off(c, max_cost_ratio)]
-            for c in thin(cands):
-                cost = c.params_after if budget_of == "params" else c.macs_after
-                opts.append((cost, sensitivity(layer, c.method, c.ranks), c))
+        for c in probed(layer, multiple, conv_method, max_cost_ratio):
+            cost = c.params_after if budget_of == "params" else c.macs_after
+            opts.append((cost, sensitivity(layer, c.method, c.ranks), c))
         progress()
         if not opts:
             skipped[layer.name] = f"no rank (a multiple of {multiple}) costs <= {max_cost_ratio:.2f}x its MACs"

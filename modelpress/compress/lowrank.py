@@ -18,6 +18,7 @@ or in Python: ``model = apply(model, Config(rank_by="energy", energy=0.95), task
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from typing import Any, Literal
@@ -42,6 +43,7 @@ SEARCH_SPACE: dict[str, list] = {
     "recover_epochs": [0, 2, 5],
 }
 
+MIN_PROBE_SAMPLES = 8  # a sensitivity probe over budget still runs on at least this many inputs
 DISTILL_TEMPERATURE = 2.0  # softens teacher and student logits in the recovery loss
 
 
@@ -64,6 +66,9 @@ class Config:
     recover_lr: float = 5e-4
     recover_distill: float = 0.5  # weight of the KL to the unfactorized model in the recovery loss
     calib_samples: int = 128
+    # rank_by sensitivity: seconds the probes may take; over it, each probe runs on fewer calibration inputs
+    # (down to MIN_PROBE_SAMPLES), timed on the model first. None: every probe on all calib_samples.
+    sensitivity_budget_s: float | None = 120.0
 
     def __post_init__(self) -> None:
         check(0 < self.param_ratio < 1, f"param_ratio must be in (0, 1) (the share of parameters to keep, "
@@ -80,6 +85,8 @@ class Config:
         check(self.recover_lr > 0, f"recover_lr must be positive, got {self.recover_lr}.")
         check(0 <= self.recover_distill <= 1, f"recover_distill must be in [0, 1], got {self.recover_distill}.")
         check(self.calib_samples >= 1, f"calib_samples must be at least 1, got {self.calib_samples}.")
+        check(self.sensitivity_budget_s is None or self.sensitivity_budget_s > 0,
+              f"sensitivity_budget_s must be positive (seconds), or null for no budget; got {self.sensitivity_budget_s}.")
 
 
 def apply(model: nn.Module | Applied, config: Config, task: Task, tools: Tools = Tools()) -> Applied:
@@ -135,9 +142,15 @@ def decide(model: nn.Module, layers: list[Layer], config: Config, inputs: dict[s
 
 def sensitivity_plan(model: nn.Module, layers: list[Layer], config: Config, inputs: dict[str, torch.Tensor]):
     from ..progress import progress_bar
+    from ._lowrank_select import probed
     from .sensitivity import OutputProbe
 
-    probe = OutputProbe(model, [inputs], list(inputs))
+    probes = sum(len(probed(layer, config.rank_multiple, config.conv_method, config.max_cost_ratio)) for layer in layers)
+    started = time.perf_counter()
+    probe = OutputProbe(model, [inputs], list(inputs))  # one forward pass: what each probe costs
+    inputs, sized = sized_to_budget(inputs, probes, time.perf_counter() - started, config.sensitivity_budget_s)
+    if sized["probe_samples"] < sized["calib_samples"]:
+        probe = OutputProbe(model, [inputs], list(inputs))  # the reference on the inputs kept
     cache: dict[tuple[str, str], tuple] = {}
 
     def sensitivity(layer: Layer, method: str, ranks: tuple[int, ...]) -> float:
@@ -157,8 +170,24 @@ def sensitivity_plan(model: nn.Module, layers: list[Layer], config: Config, inpu
 
     with progress_bar() as progress:
         bar = progress.add_task("lowrank: layer sensitivity", total=len(layers))
-        return by_sensitivity(layers, config.param_ratio, config.rank_multiple, config.conv_method,
-                              config.max_cost_ratio, sensitivity, config.budget, lambda: progress.advance(bar))
+        plan, why, summary = by_sensitivity(layers, config.param_ratio, config.rank_multiple, config.conv_method,
+                                            config.max_cost_ratio, sensitivity, config.budget,
+                                            lambda: progress.advance(bar))
+    return plan, why, {**summary, "sensitivity": sized}
+
+
+def sized_to_budget(inputs: dict[str, torch.Tensor], probes: int, probe_s: float, budget_s: float | None
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The calibration inputs the sensitivity probes run on: all of them when ``probes`` passes of
+    ``probe_s`` seconds fit in ``budget_s``, else as many as fit (at least MIN_PROBE_SAMPLES), with what was
+    decided as facts."""
+    n = len(next(iter(inputs.values())))
+    keep = n
+    if budget_s is not None and probes * probe_s > budget_s:
+        keep = max(min(n, MIN_PROBE_SAMPLES), int(n * budget_s / (probes * probe_s)))
+    facts = {"probes": probes, "calib_samples": n, "probe_samples": keep, "budget_s": budget_s,
+             "expected_s": round(probes * probe_s * keep / n, 1)}
+    return {k: v[:keep] for k, v in inputs.items()}, facts
 
 
 def keep_measured(layers: list[Layer], plan: dict[str, Choice], skipped: dict[str, str], config: Config,
@@ -192,13 +221,16 @@ def keep_measured(layers: list[Layer], plan: dict[str, Choice], skipped: dict[st
 def estimate_s(config: Config, profile: Any) -> float:
     """Seconds ``apply`` is expected to take on a model of ``profile`` (``search.cost.Profile``), before it
     runs: the decompositions, ``rank_by: sensitivity``'s probes (up to MAX_CANDIDATES ranks per method and
-    layer, each a forward pass over the calibration inputs), ``cost: measured``'s per-layer timing and the
+    layer, each a forward pass over the calibration inputs, within ``sensitivity_budget_s``), ``cost: measured``'s per-layer timing and the
     recovery epochs (with the unfactorized model as a teacher)."""
     from ._lowrank_select import MAX_CANDIDATES
 
     seconds = 1.0 + profile.params * 1e-6
     if config.rank is None and not config.ranks and config.rank_by == "sensitivity":
-        seconds += profile.layers * MAX_CANDIDATES * 1.5 * profile.forward_s(config.calib_samples)
+        probes = profile.layers * MAX_CANDIDATES * 1.5 * profile.forward_s(config.calib_samples)
+        floor = profile.layers * MAX_CANDIDATES * 1.5 * profile.forward_s(MIN_PROBE_SAMPLES)
+        budget = config.sensitivity_budget_s
+        seconds += probes if budget is None else max(min(probes, budget), floor)
     if config.cost == "measured":
         seconds += profile.layers * 2.0
     return seconds + 1.5 * profile.epoch_s(config.recover_epochs)
