@@ -2,7 +2,8 @@
 
 1. Resolve the space and check the settings and constraints (clear errors before any work).
 2. Open or continue the study in ``out``; trials a killed run left running are queued again; a new
-   study starts with the fp32 model and each technique alone at its defaults.
+   study starts with the fp32 model on the deploy runtime, on each other runtime setting of the space, and
+   each technique alone at its defaults (on the deploy runtime).
 3. While fewer than ``trials`` have finished: ask the sampler for one candidate per free worker, run
    them (a candidate already measured costs nothing), record each outcome in its trial folder and
    the study, tell the sampler, and rewrite the reports and ``best/`` (the best candidate so far).
@@ -11,7 +12,7 @@
 
 The latency objective is the candidate's paired latency ratio to fp32 (timed interleaved in the same
 trial) times the study's fp32 reference latency on that runtime setting, so candidates timed minutes apart
-compare without the machine's drift between fast and slow periods.
+compare without the machine's drift between fast and slow periods, and a faster runtime counts as a gain.
 """
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ def auto(recipe: Any, out: str | Path, *, trials: int | None = None, workers: in
     with studies.FolderLock(out):
         spec = spec_of(recipe, config, ctx["fingerprint"], batch)
         studies.check_spec(out, spec)
-        startup = config.startup_trials or max(len(space.techniques) + 4, config.trials // 4)
+        startup = config.startup_trials or max(len(space.techniques) + len(space.runtimes) + 3, config.trials // 4)
         study = studies.open_study(out, ["minimize"] * len(config.objectives), config.seed, startup)
         for stale in (out / "trials").glob(".*"):
             shutil.rmtree(stale, ignore_errors=True)  # a staging folder a kill left behind
@@ -71,6 +72,8 @@ def auto(recipe: Any, out: str | Path, *, trials: int | None = None, workers: in
             log.info(f"continuing: trial(s) {', '.join(map(str, lost))} were interrupted and are queued again")
         if not study.get_trials(deepcopy=False):
             study.enqueue_trial({}, user_attrs={"seed": "fp32"})
+            for runtime in space.runtimes[1:]:  # each runtime's fp32 model: a candidate, and its reference
+                study.enqueue_trial({}, user_attrs={"seed": f"fp32:{space.runtime_key(runtime)}"})
             for params, cand in space.defaults():
                 study.enqueue_trial(params, user_attrs={"seed": f"default:{cand.steps[0][0]}"})
         run_id = int(study.user_attrs.get("runs", 0)) + 1
@@ -159,7 +162,9 @@ class Search:
         from optuna.trial import TrialState
 
         try:
-            cand = self.space.baseline() if trial.user_attrs.get("seed") == "fp32" else self.space.sample(trial)
+            seed = str(trial.user_attrs.get("seed") or "")
+            fp32 = seed == "fp32" or seed.startswith("fp32:")  # 'fp32:<runtime key>': on another runtime setting
+            cand = self.space.baseline(seed[5:] or None) if fp32 else self.space.sample(trial)
         except Exception as e:  # recorded as a failed trial, the search goes on
             trial.set_user_attr("outcome", {"status": "failed", "error": f"sampling failed: {e}"})
             self.study.tell(trial, state=TrialState.FAIL)
@@ -213,10 +218,9 @@ class Search:
 
     def _objectives(self, cand: Candidate, outcome: dict[str, Any]) -> dict[str, float]:
         result, bs = Result.from_json(outcome["result"]), str(self.batch)
-        # One fp32 reference per runtime setting the space varies (backend, and e.g. threads or streams):
-        # the candidate's ratio is to fp32 timed on its own setting.
-        varied = [k for k, values in self.space.runtime.items() if k != "backend" and len(values) > 1]
-        key = " ".join([cand.runtime["backend"], *(f"{k}={cand.runtime[k]}" for k in varied)])
+        # One fp32 reference per runtime setting of the space (backend, and e.g. threads, streams or precision
+        # where the space varies them): the candidate's ratio is to fp32 timed on its own setting.
+        key = self.space.runtime_key(cand.runtime)
         reference = dict(self.study.user_attrs.get("reference_ms", {}))
         if key not in reference:  # the first measurement on a runtime setting fixes its fp32 reference
             reference[key] = {b: v["p50"] for b, v in result.baseline_latency_ms.items()}
