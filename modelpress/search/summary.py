@@ -15,8 +15,9 @@ from ..result import Result
 from . import pareto
 
 
-def row(record: dict[str, Any], constraints: Any, front_numbers: set[int], chosen: int | None) -> dict[str, Any]:
-    """One trial as a flat row for tables."""
+def row(record: dict[str, Any], constraints: Any, front_numbers: set[int], chosen: int | None,
+        latency_vs_deploy: dict[str, float] | None = None) -> dict[str, Any]:
+    """One trial as a flat row for tables (``latency_vs_deploy``: see ``vs_deploy``)."""
     outcome = record["outcome"]
     result = outcome.get("result") or {}
     subset = outcome.get("subset") or {}
@@ -30,6 +31,7 @@ def row(record: dict[str, Any], constraints: Any, front_numbers: set[int], chose
         "score_on": "test" if result else (f"{subset.get('samples')} validation samples" if subset else None),
         "latency_ms": record["objectives"].get("latency"), "latency_ms_batch1": values.latency_ms_batch1,
         "latency_ratio": result.get("latency_ratio"), "latency_verdict": result.get("latency_verdict"),
+        "latency_vs_deploy": latency_vs_deploy,
         "size_bytes": values.size_bytes, "size_ratio": result.get("size_ratio"), "energy_j": values.energy_j,
         "feasible": record["state"] == "complete" and not missed, "pareto": record["number"] in front_numbers,
         "chosen": record["number"] == chosen, "violations": [v.describe() for v in missed],
@@ -50,14 +52,16 @@ def summarize(records: list[dict[str, Any]], recipe: Any, config: Any, space: An
     chosen = pareto.choose(front, config.objectives, config.tie_tolerance, defaults)
     front_numbers = {r["number"] for r in front}
     number = chosen["number"] if chosen else None
-    rows = [row(r, constraints, front_numbers, number) for r in records]
+    deploy = space.runtime_key(space.runtimes[0])
+    refs = extra.get("reference_ms") or {}
+    rows = [row(r, constraints, front_numbers, number, vs_deploy(r, space, refs, deploy)) for r in records]
     by_number = {r["trial"]: r for r in rows}
     counts = {s: sum(1 for r in measured if r["state"] == s) for s in ("complete", "pruned", "failed")}
     counts["repeats"] = len(records) - len(measured)
     summary: dict[str, Any] = {
         "task": recipe.task, "constraints": {k: v for k, v in to_dict(constraints).items() if v is not None},
         "objectives": list(config.objectives), "trials_requested": config.trials, "counts": {**counts, "feasible": len(ok)},
-        "space_size": space.size(), "techniques": list(space.techniques),
+        "space_size": space.size(), "techniques": list(space.techniques), "deploy_runtime": deploy,
         "chosen": by_number[number] if chosen else None,
         "chosen_recipe": yaml.safe_dump(chosen["recipe"], sort_keys=False) if chosen else None,
         "chosen_layers": (chosen["outcome"].get("layers") or []) if chosen else [],
@@ -68,6 +72,24 @@ def summarize(records: list[dict[str, Any]], recipe: Any, config: Any, space: An
         "trials": rows, "notes": list(space.notes), **extra,
     }
     return summary
+
+
+def vs_deploy(record: dict[str, Any], space: Any, reference_ms: dict[str, dict[str, float]],
+              deploy: str) -> dict[str, float] | None:
+    """Per batch size: the candidate's latency over the fp32 model's on the deploy runtime setting ``deploy``
+    (the recipe's runtime). The candidate's latency is its paired ratio to fp32 on its own runtime setting
+    times that setting's fp32 reference, as in the latency objective; on the deploy setting this is the
+    paired ratio itself. Between runtimes the two references were timed in different trials, not
+    interleaved. None without a measured result or before both references exist."""
+    ratios = ((record["outcome"] or {}).get("result") or {}).get("latency_ratio") or {}
+    if not ratios or not record.get("candidate"):
+        return None
+    from .space import Candidate
+
+    own = reference_ms.get(space.runtime_key(Candidate.from_json(record["candidate"]).runtime)) or {}
+    base = reference_ms.get(deploy) or {}
+    out = {b: r * own[b] / base[b] for b, r in ratios.items() if r is not None and own.get(b) and base.get(b)}
+    return out or None
 
 
 def _facts(result: dict[str, Any]) -> dict[str, Any]:
@@ -98,15 +120,17 @@ def _num(x: Any, fmt: str = ".4g") -> str:
 def table_rows(rows: list[dict[str, Any]], batch: str) -> list[list[str]]:
     out = []
     for r in rows:
-        ratio = (r["latency_ratio"] or {}).get(batch)
+        ratio = (r.get("latency_vs_deploy") or {}).get(batch)
         out.append([("★ " if r["chosen"] else "") + str(r["trial"]), r["candidate"], _num(r["score"]),
                     _num(r["score_drop"], "+.4f"), _num(r["latency_ms"], ".4f"), _num(ratio, ".3f"),
                     _num(r["size_bytes"], ",d") if r["size_bytes"] is not None else "-", _num(r["size_ratio"], ".3f")])
     return out
 
 
-def headers(batch: str) -> list[str]:
-    return ["trial", "candidate", "score", "drop", f"latency ms @{batch}", f"× fp32 @{batch}", "size bytes", "× fp32 size"]
+def headers(batch: str, deploy: str | None = None) -> list[str]:
+    """``deploy``: the deploy runtime setting, which the "× fp32" latency column is against."""
+    return ["trial", "candidate", "score", "drop", f"latency ms @{batch}", f"× fp32 on {deploy or 'deploy'} @{batch}",
+            "size bytes", "× fp32 size"]
 
 
 def markdown(summary: dict[str, Any]) -> str:
@@ -118,7 +142,9 @@ def markdown(summary: dict[str, Any]) -> str:
              f"{summary['trials_requested']} ({summary['counts']['complete']} measured, {summary['counts']['pruned']} "
              f"stopped early, {summary['counts']['failed']} failed; {summary['counts']['feasible']} meet the constraints; "
              f"{summary['counts'].get('repeats', 0)} repeated proposals answered from the cache). "
-             f"Latency is at batch {batch}: the paired ratio to fp32 times the study's fp32 reference.", ""]
+             f"Latency is at batch {batch}: the paired ratio to fp32 times the study's fp32 reference on the "
+             f"candidate's runtime; '× fp32 on {summary.get('deploy_runtime')}' is that latency over the fp32 model's "
+             f"on the deploy runtime (the recipe's), so a faster runtime counts as a gain.", ""]
     if summary["chosen"]:
         lines += ["## Chosen", "", f"Trial {summary['chosen']['trial']}: {summary['chosen']['candidate']}. "
                   f"Reproduce it with `modelpress run best/recipe.yaml`.", "", "```yaml", summary["chosen_recipe"].rstrip(), "```", ""]
@@ -130,7 +156,8 @@ def markdown(summary: dict[str, Any]) -> str:
         lines += [f"- trial {r['trial']} {r['candidate']}: {'; '.join(r['violations'])}" for r in summary["closest"]]
         lines.append("")
     for title, rows in (("Pareto front", summary["pareto"]), ("Every trial", summary["trials"])):
-        lines += [f"## {title}", "", "| " + " | ".join(headers(batch)) + " | state |", "|" + "---|" * (len(headers(batch)) + 1)]
+        cols = headers(batch, summary.get("deploy_runtime"))
+        lines += [f"## {title}", "", "| " + " | ".join(cols) + " | state |", "|" + "---|" * (len(cols) + 1)]
         for r, cells in zip(rows, table_rows(rows, batch)):
             state = r["state"] + ("" if r["feasible"] or r["state"] != "complete" else " (misses constraints)")
             lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + f" | {state} |")
