@@ -270,7 +270,10 @@ def resolve(config: SearchConfig, recipe: Any) -> Space:
 
 
 def _export_for(backend: str, recipe: Any) -> dict[str, Any]:
-    """The recipe's export block when the runtime runs that format, else the runtime's first format."""
+    """The recipe's export block when the runtime runs that format, else the runtime's first format, compiled
+    for the benched batch sizes where the format fixes them (LiteRT, ExecuTorch: other sizes are split)."""
+    import dataclasses
+
     from .. import registry
 
     formats = registry.module("runtime", backend).FORMATS
@@ -279,4 +282,5 @@ def _export_for(backend: str, recipe: Any) -> dict[str, Any]:
     fmt = next((f for f in formats if f in registry.EXPORTERS), None)
     if fmt is None:
         raise ConfigError(f"No exporter produces a format the {backend} runtime runs ({', '.join(formats)}).")
-    return {"format": fmt, "options": {}}
+    fields = {f.name for f in dataclasses.fields(registry.module("export format", fmt).Config)}
+    return {"format": fmt, "options": {"batch_sizes": list(recipe.bench.batch_sizes)} if "batch_sizes" in fields else {}}
