@@ -329,3 +329,21 @@ def test_each_runtime_setting_the_space_varies_has_its_own_fp32_reference():
     assert objectives(2, 0.5, 1.0) == 0.5  # its own reference (fp32 on 2 streams), not the 1-stream one
     assert objectives(1, 0.25, 9.0) == 0.5  # the first 1-stream reference stays
     assert set(search.study.user_attrs["reference_ms"]) == {"onnxruntime streams=1", "onnxruntime streams=2"}
+
+
+def test_each_runtime_gets_its_fp32_seed_and_latency_is_read_against_the_deploy_runtime(registered, tmp_path):
+    pytest.importorskip("openvino")
+    search = {"trials": 3, "subset_samples": 128, "objectives": ["latency", "size"],
+              "space": {"techniques": ["shrink"], "max_steps": 1, "shrink": {"rank_ratio": [0.5]},
+                        "runtime": {"backend": ["openvino", "onnxruntime"]}}}
+    summary = auto(parse_recipe({**RECIPE, "search": search}), tmp_path / "out")
+    rows = {r["seed"]: r for r in summary["trials"]}
+    assert list(rows) == ["fp32", "fp32:openvino", "default:shrink"]  # fp32 on each runtime, then the defaults
+    assert rows["fp32"]["candidate"] == "fp32 on onnxruntime"  # the recipe's runtime is the deploy one
+    assert rows["fp32:openvino"]["candidate"] == "fp32 on openvino"
+    assert rows["default:shrink"]["candidate"].endswith("on onnxruntime")
+    assert set(summary["reference_ms"]) == {"onnxruntime", "openvino"} and summary["deploy_runtime"] == "onnxruntime"
+    ov, ref = rows["fp32:openvino"], summary["reference_ms"]
+    assert ov["latency_vs_deploy"]["8"] == pytest.approx(ov["latency_ratio"]["8"] * ref["openvino"]["8"] / ref["onnxruntime"]["8"])
+    assert rows["default:shrink"]["latency_vs_deploy"] == rows["default:shrink"]["latency_ratio"]
+    assert "× fp32 on onnxruntime @8" in (tmp_path / "out/report.md").read_text()
