@@ -86,8 +86,10 @@ def vs_deploy(record: dict[str, Any], space: Any, reference_ms: dict[str, dict[s
         return None
     from .space import Candidate
 
-    own = reference_ms.get(space.runtime_key(Candidate.from_json(record["candidate"]).runtime)) or {}
-    base = reference_ms.get(deploy) or {}
+    key = space.runtime_key(Candidate.from_json(record["candidate"]).runtime)
+    if key == deploy:
+        return {b: r for b, r in ratios.items() if r is not None}
+    own, base = reference_ms.get(key) or {}, reference_ms.get(deploy) or {}
     out = {b: r * own[b] / base[b] for b, r in ratios.items() if r is not None and own.get(b) and base.get(b)}
     return out or None
 
