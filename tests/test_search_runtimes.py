@@ -9,6 +9,7 @@ import pytest
 from modelpress import doctor, registry
 from modelpress.constraints import Quantities
 from modelpress.config import to_dict
+from modelpress.errors import ConfigError
 from modelpress.recipe import parse_recipe
 from modelpress.result import Result
 from modelpress.search import runtimes
@@ -164,3 +165,19 @@ def test_latency_is_read_against_fp32_on_the_deploy_runtime(monkeypatch):
     text = markdown(summary)
     assert "× fp32 on onnxruntime @32" in text and "| 0.125 |" in text
     assert summary["chosen"]["latency_vs_deploy"] == vs[summary["chosen"]["trial"]]
+
+
+def test_an_openvino_int8_deployment_is_not_timed_again_under_the_same_hint(monkeypatch):
+    cpu(monkeypatch, "amx_bf16")
+    installed(monkeypatch)
+    space, _ = space_of(runtime={"backend": "openvino", "precision": "int8"})
+    assert [s["precision"] for s in space.runtimes if s["backend"] == "openvino"] == ["int8", "bf16"]  # fp32: int8's hint
+
+
+def test_listed_settings_no_added_runtime_accepts_leave_it_out_but_the_deploy_one_must_accept_them(monkeypatch):
+    cpu(monkeypatch)
+    installed(monkeypatch)
+    space, _ = space_of(space_runtime={"streams": [2]})
+    assert space.backends() == ["onnxruntime"] and all(s["streams"] == 2 for s in space.runtimes)
+    with pytest.raises(ConfigError, match="no valid setting of the recipe's runtime openvino"):
+        space_of(runtime={"backend": "openvino"}, space_runtime={"streams": [2]})

@@ -38,7 +38,10 @@ def settings(raw: dict[str, list[Any]], recipe: Any) -> tuple[list[dict[str, Any
     deploy = to_dict(recipe.runtime)
     notes: list[str] = []
     if "backend" in raw:  # pinned; the recipe's runtime, when listed, stays the deploy runtime
-        return sorted(_crossed(deploy, raw, notes), key=lambda s: s["backend"] != deploy["backend"]), notes
+        out = sorted(_crossed(deploy, raw, notes), key=lambda s: s["backend"] != deploy["backend"])
+        if not out:
+            raise ConfigError(f"search.space.runtime leaves no valid runtime setting: {' '.join(notes)}")
+        return out, notes
     out: list[dict[str, Any]] = []
     for backend in [deploy["backend"], *_others(recipe, notes)]:
         base = deploy if backend == deploy["backend"] else to_dict(
@@ -51,13 +54,18 @@ def settings(raw: dict[str, list[Any]], recipe: Any) -> tuple[list[dict[str, Any
                              f"in the model's own precision.")
         elif "precision" not in fields:
             fields["precision"] = [base["precision"]]
+            hint = getattr(mod, "HINTS", {})  # precisions with one hint compute alike (OpenVINO: int8 and fp32)
             for p in mod.SEARCH_PRECISIONS:
                 why = mod.cannot_compute(p)
                 if why:
                     notes.append(f"precision {p} on {backend} left out of the search: {why}.")
-                elif p not in fields["precision"]:
+                elif all(hint.get(p, p) != hint.get(q, q) for q in fields["precision"]):
                     fields["precision"].append(p)
-        out += [s for s in _crossed(base, fields, notes) if s not in out]
+        found = _crossed(base, fields, notes)
+        if not found and backend == deploy["backend"]:
+            raise ConfigError(f"search.space.runtime leaves no valid setting of the recipe's runtime "
+                              f"{backend}: {' '.join(notes)}")
+        out += [s for s in found if s not in out]
     return out, notes
 
 
@@ -75,8 +83,6 @@ def _crossed(base: dict[str, Any], fields: dict[str, list[Any]], notes: list[str
             notes.append(f"runtime setting {_label(setting, keys)} left out of the search: {str(e).split('. ')[0]}.")
             continue
         out.append(setting)
-    if not out:
-        raise ConfigError(f"search.space.runtime leaves no valid runtime setting: {' '.join(notes)}")
     return out
 
 
