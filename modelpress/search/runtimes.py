@@ -6,9 +6,11 @@ Unless ``search.space.runtime`` lists ``backend`` (the runtimes are then pinned:
 as written), the deploy runtime comes first and every other registered CPU runtime that is installed here
 (its package found without importing it) and has a registered exporter follows, in the registry's order:
 the runtime is a search dimension, and a faster runtime counts as a gain. A runtime whose compute
-precision the config sets (OpenVINO: ``SEARCH_PRECISIONS``) is tried in fp32 and in each other precision
-this CPU has instructions for; ``search.space.runtime.precision`` replaces that list on those runtimes
-only. Other listed fields (threads, streams, …) are crossed on every runtime that accepts them.
+precision the config sets (OpenVINO: ``SEARCH_PRECISIONS``) is tried in its own precision (fp32, or the
+recipe's on the deploy runtime) and in each other one this CPU has instructions for, once per precision
+hint; ``search.space.runtime.precision`` replaces that list on those runtimes only. Other listed fields
+(threads, streams, …) are crossed on every runtime that accepts them; an added runtime that accepts none
+of their combinations is left out, the deploy runtime must accept one.
 
 >>> from modelpress.recipe import parse_recipe
 >>> r = parse_recipe({"task": "digits", "search": {"space": {"runtime": {"backend": ["onnxruntime"]}}}})
