@@ -38,7 +38,8 @@ def _auto(task: str, out: Path) -> dict:
         # size is the one objective: deterministic, so two studies can only differ by what they decide on
         "search": {"trials": 5, "objectives": ["size"], "seed": 3, "subset_samples": 64,
                    # round_to: auto decides by timing, which two studies need not agree on: a fixed multiple
-                   "space": {"techniques": ["quantize", "prune"], "max_steps": 1, "prune": {"round_to": [16]}}},
+                   "space": {"techniques": ["quantize", "prune"], "max_steps": 1, "prune": {"round_to": [16]},
+                             "runtime": {"backend": ["onnxruntime"]}}},  # one runtime: what is compared is the decisions
     })
     return auto(recipe, out)
 

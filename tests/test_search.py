@@ -71,12 +71,13 @@ def test_a_list_outside_search_space_is_a_plain_setting(fake_techniques):
 
 
 def test_space_defaults_come_from_the_techniques_and_narrow(fake_techniques):
-    r = recipe(space={"techniques": ["noise", "shrink"], "shrink": {"rank_ratio": [0.3]}})
+    r = recipe(space={"techniques": ["noise", "shrink"], "shrink": {"rank_ratio": [0.3]},
+                      "runtime": {"backend": ["onnxruntime"]}})
     space = resolve(r.search, r)
     assert space.techniques == ("noise", "shrink")  # the user's order is the pipeline order
     assert space.settings["shrink"] == {"rank_ratio": [0.3]}
     assert space.settings["noise"]["scale"] == noise.SEARCH_SPACE["scale"]
-    assert space.runtime["backend"] == ["onnxruntime"]
+    assert space.backends() == ["onnxruntime"]
     assert space.pipelines() == ["noise", "shrink", "noise+shrink"]
     assert space.size() == 1 + 3 + 1 + 3  # fp32, noise x3, shrink x1, both 3x1
     defaults = [c for _, c in space.defaults()]

@@ -19,8 +19,10 @@ from .conftest import fast
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = {"batch_sizes": [1, 8], "warmup": 1, "rounds": 2, "runs_per_round": 2}
+PINNED = {"backend": ["onnxruntime"]}  # these tests are about the search on one runtime (test_search_runtimes: several)
 SEARCH = {"trials": 4, "subset_samples": 128,
-          "space": {"techniques": ["shrink", "noise"], "shrink": {"rank_ratio": [0.5, 0.25]}, "noise": {"scale": [3.0, 0.0]}}}
+          "space": {"techniques": ["shrink", "noise"], "shrink": {"rank_ratio": [0.5, 0.25]}, "noise": {"scale": [3.0, 0.0]},
+                    "runtime": PINNED}}
 RECIPE = {"task": "digits", "constraints": {"max_score_drop": 0.01}, "bench": BENCH, "search": SEARCH}
 
 
@@ -252,8 +254,8 @@ def test_unreachable_ray_address_is_a_clear_error(tmp_path):
     ({"constraints": {"max_score_drop": -0.01}}, "max_score_drop must be >= 0"),  # refused with the recipe
     ({"constraints": {"max_latency_ms": 1e-6}}, "max_latency_ms 1e-06 cannot be met: .* does nothing"),
     ({"constraints": {"max_size_bytes": 10}}, "max_size_bytes 10 cannot be met"),
-    ({"search": {**SEARCH, "space": {"techniques": []}}}, "search space is empty"),
-    ({"search": {**SEARCH, "space": {"techniques": ["shrink"], "max_steps": 0}}}, "search space is empty"),
+    ({"search": {**SEARCH, "space": {"techniques": [], "runtime": PINNED}}}, "search space is empty"),
+    ({"search": {**SEARCH, "space": {"techniques": ["shrink"], "max_steps": 0, "runtime": PINNED}}}, "search space is empty"),
     ({"search": {**SEARCH, "latency_batch_size": 64}}, "64 is not timed"),
 ])
 def test_contradictory_impossible_or_empty_searches_fail_before_any_trial(registered, tmp_path, change, message):
@@ -286,7 +288,7 @@ def test_time_limit_starts_no_trial_that_cannot_end_in_time(registered, tmp_path
 
 def test_repeated_proposals_do_not_count_and_an_exhausted_space_stops(registered, tmp_path):
     search = {"trials": 10, "subset_samples": 128, "startup_trials": 2,
-              "space": {"techniques": ["shrink"], "max_steps": 1, "shrink": {"rank_ratio": [0.5, 0.25]}}}
+              "space": {"techniques": ["shrink"], "max_steps": 1, "shrink": {"rank_ratio": [0.5, 0.25]}, "runtime": PINNED}}
     summary = auto(parse_recipe({**RECIPE, "search": search}), tmp_path / "out")
     measured = [r for r in summary["trials"] if not r["cached"]]
     labels = [r["candidate"] for r in measured]
@@ -300,7 +302,7 @@ def test_each_runtime_setting_the_space_varies_has_its_own_fp32_reference():
     from types import SimpleNamespace
 
     from modelpress.search.loop import Search
-    from modelpress.search.space import Candidate
+    from modelpress.search.space import Candidate, resolve
 
     class Study:
         user_attrs: dict = {}
@@ -308,15 +310,16 @@ def test_each_runtime_setting_the_space_varies_has_its_own_fp32_reference():
         def set_user_attr(self, key, value):
             self.user_attrs = {**self.user_attrs, key: value}
 
-    search = SimpleNamespace(study=Study(), batch=32,
-                             space=SimpleNamespace(runtime={"backend": ["onnxruntime"], "threads": [2], "streams": [1, 2]}))
+    r = parse_recipe({"task": "digits", "search": {"space": {"techniques": [], "runtime": {
+        "backend": ["onnxruntime"], "threads": [2], "streams": [1, 2]}}}})
+    search = SimpleNamespace(study=Study(), batch=32, space=resolve(r.search, r))
 
     def objectives(streams, ratio, fp32_ms):
         import dataclasses
 
         from modelpress.result import Result
 
-        cand = Candidate((), {"format": "onnx"}, {"backend": "onnxruntime", "threads": 2, "streams": streams})
+        cand = search.space.baseline(f"onnxruntime streams={streams}")
         names = {f.name for f in dataclasses.fields(Result)}  # a result.json with only what this reads measured
         result = {**dict.fromkeys(names), "facts": {}, "notes": [], "violations": [], "latency_ratio": {"32": ratio},
                   "baseline_latency_ms": {"32": {"p50": fp32_ms}}, "size_bytes": 1}
@@ -326,3 +329,21 @@ def test_each_runtime_setting_the_space_varies_has_its_own_fp32_reference():
     assert objectives(2, 0.5, 1.0) == 0.5  # its own reference (fp32 on 2 streams), not the 1-stream one
     assert objectives(1, 0.25, 9.0) == 0.5  # the first 1-stream reference stays
     assert set(search.study.user_attrs["reference_ms"]) == {"onnxruntime streams=1", "onnxruntime streams=2"}
+
+
+def test_each_runtime_gets_its_fp32_seed_and_latency_is_read_against_the_deploy_runtime(registered, tmp_path):
+    pytest.importorskip("openvino")
+    search = {"trials": 3, "subset_samples": 128, "objectives": ["latency", "size"],
+              "space": {"techniques": ["shrink"], "max_steps": 1, "shrink": {"rank_ratio": [0.5]},
+                        "runtime": {"backend": ["openvino", "onnxruntime"]}}}
+    summary = auto(parse_recipe({**RECIPE, "search": search}), tmp_path / "out")
+    rows = {r["seed"]: r for r in summary["trials"]}
+    assert list(rows) == ["fp32", "fp32:openvino", "default:shrink"]  # fp32 on each runtime, then the defaults
+    assert rows["fp32"]["candidate"] == "fp32 on onnxruntime"  # the recipe's runtime is the deploy one
+    assert rows["fp32:openvino"]["candidate"] == "fp32 on openvino"
+    assert rows["default:shrink"]["candidate"].endswith("on onnxruntime")
+    assert set(summary["reference_ms"]) == {"onnxruntime", "openvino"} and summary["deploy_runtime"] == "onnxruntime"
+    ov, ref = rows["fp32:openvino"], summary["reference_ms"]
+    assert ov["latency_vs_deploy"]["8"] == pytest.approx(ov["latency_ratio"]["8"] * ref["openvino"]["8"] / ref["onnxruntime"]["8"])
+    assert rows["default:shrink"]["latency_vs_deploy"] == rows["default:shrink"]["latency_ratio"]
+    assert "× fp32 on onnxruntime @8" in (tmp_path / "out/report.md").read_text()

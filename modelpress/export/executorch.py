@@ -27,6 +27,7 @@ from ..task import Task
 FORMAT = "executorch"
 FILE = "model.pte"
 EXTRA = "executorch"
+PACKAGE = "executorch.exir"  # what export() needs (the search checks it with find_spec)
 ALTERNATIVES = "export format 'onnx' (runtime 'onnxruntime') or 'openvino'"
 
 
@@ -235,7 +236,7 @@ def missing_kernels(edge: Any, names: list[str]) -> list[tuple[str, str, str]]:
 
 def export(model: Any, task: Task, folder: Path, config: Config = Config(), **manifest: Any) -> artifact.Artifact:
     """Write ``model.pte`` (one method per batch size) and its manifest into ``folder``."""
-    require("executorch.exir", EXTRA, "The ExecuTorch exporter")
+    require(PACKAGE, EXTRA, "The ExecuTorch exporter")
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 

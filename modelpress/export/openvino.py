@@ -46,6 +46,7 @@ FORMAT = "openvino"
 FILE = "model.xml"
 WEIGHTS = "model.bin"
 EXTRA = "openvino"
+PACKAGE = "openvino"  # what export() needs (the search checks it with find_spec)
 LOWERS_ONNX_REWRITES = True  # techniques' ONNX rewrites are applied before conversion
 ALTERNATIVES = "export format 'onnx' (runtime 'onnxruntime') or 'torch'"
 
@@ -328,7 +329,7 @@ def export(model: Any, task: Task, folder: Path, config: Config = Config(), *, r
            **manifest: Any) -> artifact.Artifact:
     """Write ``model.xml``, ``model.bin`` and the manifest into ``folder``. ONNX ``rewrites`` (a quantize step's
     QDQ graph) are applied before conversion, so OpenVINO runs them on its int8 kernels."""
-    require("openvino", EXTRA, "The OpenVINO exporter")
+    require(PACKAGE, EXTRA, "The OpenVINO exporter")
     import openvino as ov
 
     if rewrites and config.int8:

@@ -27,6 +27,7 @@ from .executorch import (check_batch_sizes, conversion_error, export_program, me
 FORMAT = "tflite"
 FILE = "model.tflite"
 EXTRA = "tflite"
+PACKAGE = "litert_torch"  # what export() needs (the search checks it with find_spec)
 ALTERNATIVES = "export format 'onnx' (runtime 'onnxruntime'), 'openvino' or 'executorch'"
 
 
@@ -89,7 +90,7 @@ def decomposed(program: Any) -> list[Any]:
 
 def export(model: Any, task: Task, folder: Path, config: Config = Config(), **manifest: Any) -> artifact.Artifact:
     """Write ``model.tflite`` (one signature per batch size) and its manifest into ``folder``."""
-    require("litert_torch", EXTRA, "The LiteRT exporter")
+    require(PACKAGE, EXTRA, "The LiteRT exporter")
     import litert_torch
 
     sizes = sorted(config.batch_sizes)

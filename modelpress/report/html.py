@@ -147,11 +147,7 @@ def _outcome(summary: dict[str, Any]) -> str:
 
 def _excluded(summary: dict[str, Any]) -> str:
     """The techniques (or steps) the study left out after they failed on the model, and why."""
-    items = []
-    for e in summary.get("excluded") or []:
-        trial = f" (trial {e['trial']})" if e.get("trial") is not None else ""
-        items.append(f"<li>{escape(str(e.get('technique') or e.get('step') or '?'))}{trial}: "
-                     f"{escape(str(e.get('reason') or '-'))}</li>")
+    items = [f"<li>{escape(str(e.get('text') or e.get('reason') or '-'))}</li>" for e in summary.get("excluded") or []]
     return f"<h2>Left out of this study</h2><ul id='excluded'>{''.join(items)}</ul>" if items else ""
 
 

@@ -16,6 +16,7 @@ from . import RuntimeConfig, check_inputs
 
 FORMATS = ("executorch",)
 EXTRA = "executorch"
+PACKAGE = "executorch.runtime"  # what load() imports (available() and the search check it with find_spec)
 
 Runner = Callable[[list[np.ndarray]], list[np.ndarray]]
 
@@ -26,7 +27,7 @@ def available() -> bool:
     import importlib.util
 
     try:
-        return importlib.util.find_spec("executorch.runtime") is not None
+        return importlib.util.find_spec(PACKAGE) is not None
     except (ImportError, ValueError):
         return False
 

@@ -10,10 +10,11 @@ from . import RuntimeConfig, check_inputs, importable
 
 FORMATS = ("onnx",)
 EXTRA = "onnxruntime"
+PACKAGE = "onnxruntime"  # what available() imports (the search checks it with find_spec)
 
 
 def available() -> bool:
-    return importable("onnxruntime")
+    return importable(PACKAGE)
 
 
 def why_unavailable() -> str:

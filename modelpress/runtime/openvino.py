@@ -17,11 +17,17 @@ from . import RuntimeConfig, check_inputs, importable
 
 FORMATS = ("openvino",)
 EXTRA = "openvino"
+PACKAGE = "openvino"  # what available() imports (the search checks it with find_spec)
 HINTS = {"fp32": "f32", "int8": "f32", "bf16": "bf16", "fp16": "f16", "auto": None}
+# What the search tries on this runtime when the recipe pins no runtime (``modelpress.search.runtimes``), each
+# where this CPU computes in it (``cannot_compute``). int8 is not a value of its own: its hint is f32, as fp32's
+# (an int8 OpenVINO model comes from the quantize technique's int8 graph or the exporter's int8 option); auto
+# is the plugin's choice, bf16 on CPUs that have it and f32 elsewhere; fp16 needs AVX512-FP16 or AMX-FP16.
+SEARCH_PRECISIONS = ("fp32", "bf16")
 
 
 def available() -> bool:
-    return importable("openvino")
+    return importable(PACKAGE)
 
 
 def why_unavailable() -> str:
@@ -54,6 +60,16 @@ def check_precision(core: Any, precision: str) -> None:
             f"OpenVINO's CPU plugin cannot compute in {precision} on this CPU (its capabilities: "
             f"{', '.join(capabilities)}); {precision} needs "
             f"{'AVX512-BF16 or AMX' if precision == 'bf16' else 'AVX512-FP16 or AMX-FP16'}. Use precision fp32.")
+
+
+def cannot_compute(precision: str) -> str | None:
+    """Why this CPU has no instructions for ``precision`` (None when it has them), from /proc/cpuinfo's flags
+    without importing OpenVINO: bf16 needs avx512_bf16 or amx_bf16 (``check_precision`` refuses it otherwise)."""
+    from .. import doctor
+
+    if precision == "bf16" and not doctor.bf16_compute():
+        return "this CPU has neither avx512_bf16 nor amx_bf16, so OpenVINO cannot compute in bf16 here"
+    return None
 
 
 def load(artifact: Any, config: RuntimeConfig = RuntimeConfig()) -> OpenVINOSession:

@@ -17,10 +17,11 @@ from .executorch import FixedBatchSession, Runner, batch_methods
 
 FORMATS = ("tflite",)
 EXTRA = "tflite"
+PACKAGE = "ai_edge_litert.interpreter"  # what available() imports (the search checks it with find_spec)
 
 
 def available() -> bool:
-    return importable("ai_edge_litert.interpreter")
+    return importable(PACKAGE)
 
 
 def why_unavailable() -> str:

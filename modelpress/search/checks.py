@@ -42,15 +42,16 @@ def preflight(recipe: Any, config: Any, space: Any, task: Any) -> int:
     if space.size() <= 1:
         notes = f" ({' '.join(space.notes)})" if space.notes else ""
         raise ConfigError(
-            f"The search space is empty: it holds only the fp32 model on {space.runtime['backend'][0]}, so there is "
+            f"The search space is empty: it holds only the fp32 model on {space.runtimes[0]['backend']}, so there is "
             f"nothing to search (techniques: {list(space.techniques)}, max_steps: {space.max_steps}){notes}. "
             f"List techniques in search.space.techniques, raise search.space.max_steps, or search runtimes in "
             f"search.space.runtime.")
-    for backend in space.runtime["backend"]:
+    for backend in space.backends():
         mod = registry.module("runtime", backend)
         if not mod.available():
-            raise RuntimeUnavailable(f"search.space.runtime lists '{backend}', which is not usable here: "
-                                     f"{mod.why_unavailable()}")
+            raise RuntimeUnavailable(f"The search space runs candidates on '{backend}', which is not usable here: "
+                                     f"{mod.why_unavailable()} Or list the runtimes to search in "
+                                     f"search.space.runtime.backend.")
     if c.max_latency_ms is not None or c.max_size_bytes is not None:
         _check_floors(recipe, space, task)
     return batch
@@ -78,12 +79,17 @@ def floors(recipe: Any, space: Any, task: Any) -> dict[str, dict[str, float]]:
 
     out = {}
     model = _Nothing.build()
-    for backend in space.runtime["backend"]:
+    for i, backend in enumerate(space.backends()):
         r = dataclasses.replace(recipe, steps=(), export=ExportConfig(**space.export[backend]),
                                 runtime=RuntimeConfig(backend=backend, threads=recipe.runtime.threads))
         with tempfile.TemporaryDirectory(prefix="modelpress-floor-") as tmp:
-            art = export_model(model, task, r, Path(tmp))
-            session = open_session(art, r.runtime)
+            try:
+                art = export_model(model, task, r, Path(tmp))
+                session = open_session(art, r.runtime)
+            except Exception:
+                if i == 0:
+                    raise
+                continue  # another runtime of the space that cannot run this stand-in: no floor from it
             x = task.example_inputs(1)
             for _ in range(5):
                 session.run(x)

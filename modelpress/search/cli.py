@@ -60,7 +60,7 @@ def pareto_table(summary: dict[str, Any]) -> Any:
     rows = summary["pareto"] or summary["closest"]
     title = "Pareto front (★ chosen)" if summary["pareto"] else "Nothing meets the constraints: closest candidates"
     table = Table(title=plain(f"{title}: {shown(summary['task'])}"))
-    for h in headers(batch):
+    for h in headers(batch, summary.get("deploy_runtime")):
         table.add_column(h, justify="left" if h == "candidate" else "right")
     for cells in table_rows(rows, batch):
         table.add_row(*(plain(str(c)) for c in cells))

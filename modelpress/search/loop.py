@@ -2,7 +2,8 @@
 
 1. Resolve the space and check the settings and constraints (clear errors before any work).
 2. Open or continue the study in ``out``; trials a killed run left running are queued again; a new
-   study starts with the fp32 model and each technique alone at its defaults.
+   study starts with the fp32 model on the deploy runtime, on each other runtime setting of the space, and
+   each technique alone at its defaults (on the deploy runtime).
 3. While fewer than ``trials`` have finished: ask the sampler for one candidate per free worker, run
    them (a candidate already measured costs nothing), record each outcome in its trial folder and
    the study, tell the sampler, and rewrite the reports and ``best/`` (the best candidate so far).
@@ -11,7 +12,7 @@
 
 The latency objective is the candidate's paired latency ratio to fp32 (timed interleaved in the same
 trial) times the study's fp32 reference latency on that runtime setting, so candidates timed minutes apart
-compare without the machine's drift between fast and slow periods.
+compare without the machine's drift between fast and slow periods, and a faster runtime counts as a gain.
 """
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ def auto(recipe: Any, out: str | Path, *, trials: int | None = None, workers: in
     with studies.FolderLock(out):
         spec = spec_of(recipe, config, ctx["fingerprint"], batch)
         studies.check_spec(out, spec)
-        startup = config.startup_trials or max(len(space.techniques) + 4, config.trials // 4)
+        startup = config.startup_trials or max(len(space.techniques) + len(space.runtimes) + 3, config.trials // 4)
         study = studies.open_study(out, ["minimize"] * len(config.objectives), config.seed, startup)
         for stale in (out / "trials").glob(".*"):
             shutil.rmtree(stale, ignore_errors=True)  # a staging folder a kill left behind
@@ -77,10 +78,13 @@ def auto(recipe: Any, out: str | Path, *, trials: int | None = None, workers: in
             log.info(f"continuing: trial(s) {', '.join(map(str, lost))} were interrupted and are queued again")
         if not study.get_trials(deepcopy=False):
             study.enqueue_trial({}, user_attrs={"seed": "fp32"})
-            # cheap first: the single-technique defaults in the order of their estimated cost
+            # cheap first: the single-technique defaults in the order of their estimated cost, then the fp32
+            # model on each other runtime (a candidate, and that runtime's reference; its export may be slow)
             seeds = [(estimate_s(list(cand.steps), profile), params, cand) for params, cand in space.defaults()]
             for seconds, params, cand in sorted(seeds, key=lambda s: s[0]):
                 study.enqueue_trial(params, user_attrs={"seed": f"default:{cand.steps[0][0]}", "estimate_s": seconds})
+            for runtime in space.runtimes[1:]:
+                study.enqueue_trial({}, user_attrs={"seed": f"fp32:{space.runtime_key(runtime)}"})
         run_id = int(study.user_attrs.get("runs", 0)) + 1
         study.set_user_attr("runs", run_id)
         search = Search(study, space, recipe, config, out, ctx, batch, run_id, on_trial, profile)
@@ -173,12 +177,15 @@ class Search:
         return limit
 
     def _left_out(self, cand: Candidate) -> tuple[str | None, float]:
-        """Why ``cand`` is not run (a step left out of this study, or estimated far over the trial limit; None
-        when it runs) and its estimated seconds."""
+        """Why ``cand`` is not run (a step or runtime left out of this study, or a step estimated far over the
+        trial limit; None when it runs) and its estimated seconds."""
+        runtime = self.space.runtime_key(cand.runtime)
         for entry in self.study.user_attrs.get("excluded", []):
-            for name, settings in cand.steps:
-                if name == entry["technique"] and entry.get("settings") in (None, settings):
-                    return f"left out: {entry['reason']}", 0.0
+            if entry.get("runtime") not in (None, runtime):
+                continue
+            if entry.get("technique") is None or any(
+                    name == entry["technique"] and entry.get("settings") in (None, settings) for name, settings in cand.steps):
+                return f"left out: {entry['reason']}", 0.0
         estimates = [(step_estimate_s(n, s, self.profile), n, s) for n, s in cand.steps]
         total = sum(e for e, _, _ in estimates) + (self.profile.base_s or 0.0)
         limit = self.config.trial_limit_s()
@@ -186,16 +193,20 @@ class Search:
             seconds, name, settings = max(estimates, key=lambda e: e[0])
             reason = (f"{name}({', '.join(f'{k}={v}' for k, v in settings.items())}) is estimated at {seconds:.0f} s "
                       f"on this model, over {OVER_LIMIT:g}x the trial limit of {limit:.0f} s")
-            self._exclude(name, settings, None, reason)
+            self._exclude(reason, None, technique=name, settings=settings)
             return f"left out: {reason}", total
         return None, total
 
-    def _exclude(self, technique: str, settings: dict[str, Any] | None, trial: int | None, reason: str) -> None:
-        """Record once that ``technique`` (with these settings; None: any) is not run again in this study."""
+    def _exclude(self, reason: str, trial: int | None, technique: str | None = None,
+                 settings: dict[str, Any] | None = None, runtime: str | None = None) -> None:
+        """Record once that candidates with ``technique`` (with these ``settings``; None: any), on ``runtime``
+        (None: any), are not run again in this study; ``technique`` None with a runtime: nothing on it."""
         excluded = list(self.study.user_attrs.get("excluded", []))
-        excluded.append({"technique": technique, "settings": settings, "trial": trial, "reason": reason})
+        excluded.append({"technique": technique, "settings": settings, "runtime": runtime, "trial": trial,
+                         "reason": reason})
         self.study.set_user_attr("excluded", excluded)
-        log.info(f"{technique} is left out of the rest of this study: {reason}")
+        what = " on ".join(x for x in (technique, runtime) if x)
+        log.info(f"{what} is left out of the rest of this study: {reason}")
 
     def _skip(self, trial: Any, why: str) -> None:
         """Close a proposal that is not run: it neither counts toward ``trials`` nor appears as a trial."""
@@ -218,7 +229,9 @@ class Search:
         from optuna.trial import TrialState
 
         try:
-            cand = self.space.baseline() if trial.user_attrs.get("seed") == "fp32" else self.space.sample(trial)
+            seed = str(trial.user_attrs.get("seed") or "")
+            fp32 = seed == "fp32" or seed.startswith("fp32:")  # 'fp32:<runtime key>': on another runtime setting
+            cand = self.space.baseline(seed[5:] or None) if fp32 else self.space.sample(trial)
         except Exception as e:  # recorded as a failed trial, the search goes on
             trial.set_user_attr("outcome", {"status": "failed", "error": f"sampling failed: {e}"})
             self.study.tell(trial, state=TrialState.FAIL)
@@ -277,24 +290,32 @@ class Search:
         self.on_trial({**row, "finished": studies.finished(self.study), "of": self.config.trials})
 
     def _learn_from(self, number: int, cand: Candidate, outcome: dict[str, Any]) -> None:
-        """Failures are data: a technique that raised on this model is left out of the rest of the study; a
-        step stopped at the time limit is left out with those settings."""
-        step = outcome.get("step")
-        if outcome["status"] not in ("failed", "timeout") or not step:
+        """Failures are data. A technique that raised while it was applied is left out of the rest of the study;
+        a step stopped at the time limit, with those settings. A failure after the steps (export, runtime) on
+        a runtime other than the deploy one leaves out that runtime (the fp32 model failed) or that one
+        technique on it."""
+        if outcome["status"] not in ("failed", "timeout"):
             return
-        settings = next((s for n, s in cand.steps if n == step), None)
-        if outcome["status"] == "timeout":
-            self._exclude(step, settings, number, f"trial {number} reached its time limit while applying it "
-                                                   f"({outcome.get('error')})")
-        else:
-            self._exclude(step, None, number, f"it failed on this model in trial {number}: {outcome.get('error', '')[:300]}")
+        step, error = outcome.get("step"), str(outcome.get("error") or "")[:300]
+        timeout = outcome["status"] == "timeout"
+        if step:
+            settings = next((s for n, s in cand.steps if n == step), None) if timeout else None
+            why = "reached its time limit while applying it" if timeout else "failed on this model"
+            self._exclude(f"trial {number} {why}: {error}", number, technique=step, settings=settings)
+            return
+        runtime = self.space.runtime_key(cand.runtime)
+        if runtime == self.space.runtime_key(self.space.runtimes[0]) or len(cand.steps) > 1:
+            return  # the deploy runtime is never left out; with several steps the culprit is unknown
+        technique = cand.steps[0][0] if cand.steps else None
+        what = f"{technique} on {runtime}" if technique else f"the fp32 model on {runtime}"
+        self._exclude(f"trial {number}: {what} {'reached its time limit' if timeout else 'failed'}: {error}", number,
+                      technique=technique, runtime=runtime)
 
     def _objectives(self, cand: Candidate, outcome: dict[str, Any]) -> dict[str, float]:
         result, bs = Result.from_json(outcome["result"]), str(self.batch)
-        # One fp32 reference per runtime setting the space varies (backend, and e.g. threads or streams):
-        # the candidate's ratio is to fp32 timed on its own setting.
-        varied = [k for k, values in self.space.runtime.items() if k != "backend" and len(values) > 1]
-        key = " ".join([cand.runtime["backend"], *(f"{k}={cand.runtime[k]}" for k in varied)])
+        # One fp32 reference per runtime setting of the space (backend, and e.g. threads, streams or precision
+        # where the space varies them): the candidate's ratio is to fp32 timed on its own setting.
+        key = self.space.runtime_key(cand.runtime)
         reference = dict(self.study.user_attrs.get("reference_ms", {}))
         if key not in reference:  # the first measurement on a runtime setting fixes its fp32 reference
             reference[key] = {b: v["p50"] for b, v in result.baseline_latency_ms.items()}

@@ -11,7 +11,9 @@ space every searched setting is an explicit list of values to try (``[0.5]`` fix
         max_steps: 2                        # at most this many techniques in one pipeline
         order: fixed                        # 'search' also searches the order of the chosen techniques
         prune: {ratio: [0.3, 0.5]}          # a technique's Config field -> values (default: its SEARCH_SPACE)
-        runtime: {backend: [onnxruntime]}   # a RuntimeConfig field -> values (default: the recipe's runtime)
+        runtime: {backend: [onnxruntime]}   # a RuntimeConfig field -> values; listing backend pins the runtimes
+                                            # (default: the recipe's runtime, then every other installed CPU
+                                            # runtime, OpenVINO in each precision this CPU has: search/runtimes.py)
 
 Importing this module imports neither optuna nor ray; technique modules are imported only when a
 space is validated or resolved.
@@ -26,6 +28,7 @@ from typing import Any
 from ..config import to_dict
 from ..errors import ConfigError
 from ..searchconfig import SPACE_KEYS, SearchConfig, settings_of, technique_module
+from .runtimes import settings as runtime_settings
 
 # Techniques that only train the model they are given (recovery): a pipeline never starts with one,
 # except distillation into a smaller student when the space offers one (student: smaller).
@@ -41,10 +44,12 @@ class Candidate:
     runtime: dict[str, Any]
 
     def label(self) -> str:
+        precision = self.runtime.get("precision", "fp32")
+        where = f" on {self.runtime['backend']}" + ("" if precision == "fp32" else f" ({precision})")
         if not self.steps:
-            return f"fp32 on {self.runtime['backend']}"
+            return "fp32" + where
         parts = [f"{n}({', '.join(f'{k}={v}' for k, v in s.items())})" for n, s in self.steps]
-        return " → ".join(parts) + f" on {self.runtime['backend']}"
+        return " → ".join(parts) + where
 
     def to_json(self) -> str:
         return json.dumps({"steps": [[n, s] for n, s in self.steps], "export": self.export, "runtime": self.runtime},
@@ -81,15 +86,31 @@ def _decode(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class Space:
-    """The resolved space: techniques in pipeline order, settings to try, runtime settings to try."""
+    """The resolved space: techniques in pipeline order, settings to try, runtime settings to try (complete
+    RuntimeConfig dicts; the first is the deploy setting, see ``runtimes.settings``)."""
 
     techniques: tuple[str, ...]
     max_steps: int
     order: str
     settings: dict[str, dict[str, list[Any]]]
-    runtime: dict[str, list[Any]]
+    runtimes: tuple[dict[str, Any], ...]
     export: dict[str, dict[str, Any]]  # backend -> export block
     notes: tuple[str, ...] = ()
+
+    def backends(self) -> list[str]:
+        """The runtimes of the space, deploy runtime first."""
+        return list(dict.fromkeys(r["backend"] for r in self.runtimes))
+
+    def runtime_key(self, runtime: dict[str, Any]) -> str:
+        """A runtime setting's name: its backend, then each field the space varies on that backend
+        ('openvino precision=bf16'). The study keeps one fp32 reference latency per name."""
+        same = [r for r in self.runtimes if r["backend"] == runtime["backend"]]
+        fields = list(self.runtimes[0]) if self.runtimes else list(runtime)
+        varied = [k for k in fields if k != "backend" and any(r.get(k) != runtime.get(k) for r in same)]
+        return " ".join([runtime["backend"], *(f"{k}={runtime[k]}" for k in varied)])
+
+    def _runtime_choices(self) -> list[str]:
+        return [self.runtime_key(r) for r in self.runtimes]
 
     def can_start(self, name: str) -> bool:
         """Whether ``name`` may be a pipeline's first step (recovery steps follow a compressing one)."""
@@ -115,9 +136,6 @@ class Space:
 
     def size(self) -> int:
         """How many distinct candidates the space holds (the fp32 model on each runtime included)."""
-        runtimes = 1
-        for values in self.runtime.values():
-            runtimes *= len(values)
         total = 1  # the empty pipeline
         for combo in self.pipelines():
             names = combo.split("+")
@@ -126,7 +144,7 @@ class Space:
                 for values in self.settings[name].values():
                     n *= len(values)
             total += n
-        return total * runtimes
+        return total * len(self.runtimes)
 
     def sample(self, trial: Any) -> Candidate:
         """Draw a candidate with ``trial.suggest_categorical`` (an Optuna trial or anything alike)."""
@@ -134,7 +152,7 @@ class Space:
             choices = [_encode(v) for v in values]
             return _decode(trial.suggest_categorical(param(base, choices), choices)) if len(choices) > 1 else values[0]
 
-        runtime = {k: pick(f"runtime.{k}", vals) for k, vals in self.runtime.items()}
+        runtime = self.runtimes[self._runtime_choices().index(pick("runtime", self._runtime_choices()))]
         pipelines = self.pipelines()
         if not pipelines:
             return self.candidate([], runtime)
@@ -153,10 +171,8 @@ class Space:
             choices = [_encode(v) for v in values]
             return {param(base, choices): choices[0] if value is None else value} if len(choices) > 1 else {}
 
-        runtime = {k: v[0] for k, v in self.runtime.items()}
-        rparams: dict[str, Any] = {}
-        for key, vals in self.runtime.items():
-            rparams.update(first(f"runtime.{key}", vals))
+        runtime = self.runtimes[0]
+        rparams = first("runtime", self._runtime_choices())
         out = []
         for name in (n for n in self.techniques if self.can_start(n)):
             params = {**rparams, **first("pipeline", self.pipelines(), name)}
@@ -165,8 +181,12 @@ class Space:
             out.append((params, self.candidate([(name, {k: v[0] for k, v in self.settings[name].items()})], runtime)))
         return out
 
-    def baseline(self) -> Candidate:
-        return self.candidate([], {k: v[0] for k, v in self.runtime.items()})
+    def baseline(self, runtime_key: str | None = None) -> Candidate:
+        """The fp32 model on the deploy setting, or on the setting ``runtime_key`` names (``Space.runtime_key``)."""
+        keys = self._runtime_choices()
+        if runtime_key is not None and runtime_key not in keys:
+            raise KeyError(f"the space has no runtime setting '{runtime_key}' (it has {', '.join(keys)})")
+        return self.candidate([], self.runtimes[keys.index(runtime_key) if runtime_key else 0])
 
     def params_of(self, cand: Candidate) -> dict[str, Any] | None:
         """The Optuna params with which ``sample`` draws ``cand``; None when the space cannot draw it."""
@@ -181,8 +201,9 @@ class Space:
 
         names = [n for n, _ in cand.steps]
         try:
-            for key, vals in self.runtime.items():
-                put(f"runtime.{key}", vals, cand.runtime[key])
+            if cand.runtime not in self.runtimes:
+                raise KeyError("runtime")
+            put("runtime", self._runtime_choices(), self.runtime_key(cand.runtime))
             combo = "+".join(sorted(names, key=self.techniques.index))
             put("pipeline", self.pipelines(), combo)
             put(f"order[{combo}]", self.orders(combo), "+".join(names))
@@ -242,16 +263,17 @@ def resolve(config: SearchConfig, recipe: Any) -> Space:
         if name not in (*SPACE_KEYS, *names):
             raise ConfigError(f"'search.space.{name}' sets values for '{name}', which is not in "
                               f"'search.space.techniques' ({', '.join(names) or 'empty'}). Add it there or remove the entry.")
-    runtime = {"backend": [recipe.runtime.backend], **raw.get("runtime", {})}
-    base_runtime = to_dict(recipe.runtime)
-    runtime = {k: runtime.get(k, [base_runtime[k]]) for k in base_runtime}
-    export = {b: _export_for(b, recipe) for b in runtime["backend"]}
-    return Space(tuple(names), raw.get("max_steps", 2), raw.get("order", "fixed"), settings, runtime, export,
-                 tuple(notes))
+    runtimes, runtime_notes = runtime_settings(raw.get("runtime", {}), recipe)
+    export = {b: _export_for(b, recipe) for b in dict.fromkeys(r["backend"] for r in runtimes)}
+    return Space(tuple(names), raw.get("max_steps", 2), raw.get("order", "fixed"), settings, tuple(runtimes), export,
+                 tuple(notes + runtime_notes))
 
 
 def _export_for(backend: str, recipe: Any) -> dict[str, Any]:
-    """The recipe's export block when the runtime runs that format, else the runtime's first format."""
+    """The recipe's export block when the runtime runs that format, else the runtime's first format, compiled
+    for the benched batch sizes where the format fixes them (LiteRT, ExecuTorch: other sizes are split)."""
+    import dataclasses
+
     from .. import registry
 
     formats = registry.module("runtime", backend).FORMATS
@@ -260,4 +282,5 @@ def _export_for(backend: str, recipe: Any) -> dict[str, Any]:
     fmt = next((f for f in formats if f in registry.EXPORTERS), None)
     if fmt is None:
         raise ConfigError(f"No exporter produces a format the {backend} runtime runs ({', '.join(formats)}).")
-    return {"format": fmt, "options": {}}
+    fields = {f.name for f in dataclasses.fields(registry.module("export format", fmt).Config)}
+    return {"format": fmt, "options": {"batch_sizes": list(recipe.bench.batch_sizes)} if "batch_sizes" in fields else {}}

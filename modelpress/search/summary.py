@@ -44,8 +44,9 @@ def ended(outcome: dict[str, Any], state: str) -> str:
     return f"{'skipped' if state == 'skipped' else 'failed'}" + (f": {error}" if error else "")
 
 
-def row(record: dict[str, Any], constraints: Any, front_numbers: set[int], chosen: int | None) -> dict[str, Any]:
-    """One trial as a flat row for tables."""
+def row(record: dict[str, Any], constraints: Any, front_numbers: set[int], chosen: int | None,
+        latency_vs_deploy: dict[str, float] | None = None) -> dict[str, Any]:
+    """One trial as a flat row for tables (``latency_vs_deploy``: see ``vs_deploy``)."""
     outcome = record["outcome"]
     state = state_of(record)
     result = outcome.get("result") or {}
@@ -60,6 +61,7 @@ def row(record: dict[str, Any], constraints: Any, front_numbers: set[int], chose
         "score_on": "test" if result else (f"{subset.get('samples')} validation samples" if subset else None),
         "latency_ms": record["objectives"].get("latency"), "latency_ms_batch1": values.latency_ms_batch1,
         "latency_ratio": result.get("latency_ratio"), "latency_verdict": result.get("latency_verdict"),
+        "latency_vs_deploy": latency_vs_deploy,
         "size_bytes": values.size_bytes, "size_ratio": result.get("size_ratio"), "energy_j": values.energy_j,
         "feasible": record["state"] == "complete" and not missed, "pareto": record["number"] in front_numbers,
         "chosen": record["number"] == chosen, "violations": [v.describe() for v in missed],
@@ -81,14 +83,16 @@ def summarize(records: list[dict[str, Any]], recipe: Any, config: Any, space: An
     chosen = pareto.choose(front, config.objectives, config.tie_tolerance, defaults)
     front_numbers = {r["number"] for r in front}
     number = chosen["number"] if chosen else None
-    rows = [row(r, constraints, front_numbers, number) for r in records]
+    deploy = space.runtime_key(space.runtimes[0])
+    refs = extra.get("reference_ms") or {}
+    rows = [row(r, constraints, front_numbers, number, vs_deploy(r, space, refs, deploy)) for r in records]
     by_number = {r["trial"]: r for r in rows}
     counts = {s: sum(1 for r in measured if state_of(r) == s) for s in STATES}
     counts["repeats"] = len(records) - len(measured)
     summary: dict[str, Any] = {
         "task": recipe.task, "constraints": {k: v for k, v in to_dict(constraints).items() if v is not None},
         "objectives": list(config.objectives), "trials_requested": config.trials, "counts": {**counts, "feasible": len(ok)},
-        "space_size": space.size(), "techniques": list(space.techniques),
+        "space_size": space.size(), "techniques": list(space.techniques), "deploy_runtime": deploy,
         "chosen": by_number[number] if chosen else None,
         "chosen_recipe": yaml.safe_dump(chosen["recipe"], sort_keys=False) if chosen else None,
         "chosen_layers": (chosen["outcome"].get("layers") or []) if chosen else [],
@@ -98,7 +102,28 @@ def summarize(records: list[dict[str, Any]], recipe: Any, config: Any, space: An
         "missed_by": {} if ok else missed_by(measured, constraints),
         "trials": rows, "notes": list(space.notes), **extra,
     }
+    summary["excluded"] = [{**e, "text": excluded_text(e)} for e in summary.get("excluded") or []]
     return summary
+
+
+def vs_deploy(record: dict[str, Any], space: Any, reference_ms: dict[str, dict[str, float]],
+              deploy: str) -> dict[str, float] | None:
+    """Per batch size: the candidate's latency over the fp32 model's on the deploy runtime setting ``deploy``
+    (the recipe's runtime). The candidate's latency is its paired ratio to fp32 on its own runtime setting
+    times that setting's fp32 reference, as in the latency objective; on the deploy setting this is the
+    paired ratio itself. Between runtimes the two references were timed in different trials, not
+    interleaved. None without a measured result or before both references exist."""
+    ratios = ((record["outcome"] or {}).get("result") or {}).get("latency_ratio") or {}
+    if not ratios or not record.get("candidate"):
+        return None
+    from .space import Candidate
+
+    key = space.runtime_key(Candidate.from_json(record["candidate"]).runtime)
+    if key == deploy:
+        return {b: r for b, r in ratios.items() if r is not None}
+    own, base = reference_ms.get(key) or {}, reference_ms.get(deploy) or {}
+    out = {b: r * own[b] / base[b] for b, r in ratios.items() if r is not None and own.get(b) and base.get(b)}
+    return out or None
 
 
 def _facts(result: dict[str, Any]) -> dict[str, Any]:
@@ -123,9 +148,10 @@ def missed_by(records: list[dict[str, Any]], constraints: Any) -> dict[str, dict
 
 
 def excluded_text(e: dict[str, Any]) -> str:
-    """One entry of ``summary["excluded"]``: 'prune (trial 3): AttributeError ...'."""
-    what = e.get("technique") or e.get("step") or "?"
-    return f"{what}" + (f" (trial {e['trial']})" if e.get("trial") is not None else "") + f": {e.get('reason') or '-'}"
+    """One entry of ``summary["excluded"]``: 'prune (trial 3): ...', 'lowrank on tflite (trial 9): ...',
+    'everything on executorch (trial 2): ...'."""
+    what = " on ".join(x for x in (e.get("technique") or ("everything" if e.get("runtime") else "?"), e.get("runtime")) if x)
+    return what + (f" (trial {e['trial']})" if e.get("trial") is not None else "") + f": {e.get('reason') or '-'}"
 
 
 def _num(x: Any, fmt: str = ".4g") -> str:
@@ -135,15 +161,17 @@ def _num(x: Any, fmt: str = ".4g") -> str:
 def table_rows(rows: list[dict[str, Any]], batch: str) -> list[list[str]]:
     out = []
     for r in rows:
-        ratio = (r["latency_ratio"] or {}).get(batch)
+        ratio = (r.get("latency_vs_deploy") or {}).get(batch)
         out.append([("★ " if r["chosen"] else "") + str(r["trial"]), r["candidate"], _num(r["score"]),
                     _num(r["score_drop"], "+.4f"), _num(r["latency_ms"], ".4f"), _num(ratio, ".3f"),
                     _num(r["size_bytes"], ",d") if r["size_bytes"] is not None else "-", _num(r["size_ratio"], ".3f")])
     return out
 
 
-def headers(batch: str) -> list[str]:
-    return ["trial", "candidate", "score", "drop", f"latency ms @{batch}", f"× fp32 @{batch}", "size bytes", "× fp32 size"]
+def headers(batch: str, deploy: str | None = None) -> list[str]:
+    """``deploy``: the deploy runtime setting, which the "× fp32" latency column is against."""
+    return ["trial", "candidate", "score", "drop", f"latency ms @{batch}", f"× fp32 on {deploy or 'deploy'} @{batch}",
+            "size bytes", "× fp32 size"]
 
 
 def time_text(r: dict[str, Any]) -> str:
@@ -168,7 +196,9 @@ def markdown(summary: dict[str, Any]) -> str:
              f"Objectives (minimised, in this order): {', '.join(summary['objectives'])}. "
              f"Trials: {sum(counts.get(s, 0) for s in STATES)} of {summary['trials_requested']} "
              f"({counts_text(counts)}). "
-             f"Latency is at batch {batch}: the paired ratio to fp32 times the study's fp32 reference.", ""]
+             f"Latency is at batch {batch}: the paired ratio to fp32 times the study's fp32 reference on the "
+             f"candidate's runtime; '× fp32 on {summary.get('deploy_runtime')}' is that latency over the fp32 model's "
+             f"on the deploy runtime (the recipe's), so a faster runtime counts as a gain.", ""]
     if summary["chosen"]:
         lines += ["## Chosen", "", f"Trial {summary['chosen']['trial']}: {summary['chosen']['candidate']}. "
                   f"Reproduce it with `modelpress run best/recipe.yaml`.", "", "```yaml", summary["chosen_recipe"].rstrip(), "```", ""]
@@ -181,7 +211,7 @@ def markdown(summary: dict[str, Any]) -> str:
         lines.append("")
     for title, rows in (("Pareto front", summary["pareto"]), ("Every trial", summary["trials"])):
         every = title == "Every trial"  # which also says how long each trial took and why it ended
-        head = headers(batch) + ["state"] + (["time (s)", "ended"] if every else [])
+        head = headers(batch, summary.get("deploy_runtime")) + ["state"] + (["time (s)", "ended"] if every else [])
         lines += [f"## {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r, cells in zip(rows, table_rows(rows, batch)):
             state = r["state"] + ("" if r["feasible"] or r["state"] != "complete" else " (misses constraints)")
@@ -189,7 +219,7 @@ def markdown(summary: dict[str, Any]) -> str:
             lines.append("| " + " | ".join(c.replace("|", "/").replace("\n", " ") for c in cells) + " |")
         lines.append("")
     if summary.get("excluded"):
-        lines += ["## Left out of this study", ""] + [f"- {excluded_text(e)}" for e in summary["excluded"]] + [""]
+        lines += ["## Left out of this study", ""] + [f"- {e.get('text') or excluded_text(e)}" for e in summary["excluded"]] + [""]
     if summary["notes"]:
         lines += ["## Notes", ""] + [f"- {n}" for n in summary["notes"]] + [""]
     return "\n".join(lines)
