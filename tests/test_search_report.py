@@ -54,7 +54,8 @@ def records() -> list[dict]:
 def summary_of(recs: list[dict], excluded: list[dict] | None = None) -> dict:
     recipe = SimpleNamespace(task="digits", constraints=Constraints(max_score_drop=0.01))
     config = SimpleNamespace(objectives=("latency", "size"), trials=8, tie_tolerance=0.03, keep_closest=3)
-    space = SimpleNamespace(size=lambda: 12, techniques=["shrink", "noise", "prune"], notes=[])
+    space = SimpleNamespace(size=lambda: 12, techniques=["shrink", "noise", "prune"], notes=[],
+                            runtimes=[{"backend": "onnxruntime"}], runtime_key=lambda r: r["backend"])
     extra = {"latency_batch_size": 8, "baseline_score": 0.95, "reference_ms": {}, "runs": 1, "final": True}
     if excluded is not None:
         extra["excluded"] = excluded

@@ -338,7 +338,7 @@ def test_each_runtime_gets_its_fp32_seed_and_latency_is_read_against_the_deploy_
                         "runtime": {"backend": ["openvino", "onnxruntime"]}}}
     summary = auto(parse_recipe({**RECIPE, "search": search}), tmp_path / "out")
     rows = {r["seed"]: r for r in summary["trials"]}
-    assert list(rows) == ["fp32", "fp32:openvino", "default:shrink"]  # fp32 on each runtime, then the defaults
+    assert list(rows) == ["fp32", "default:shrink", "fp32:openvino"]  # the defaults, then fp32 on each other runtime
     assert rows["fp32"]["candidate"] == "fp32 on onnxruntime"  # the recipe's runtime is the deploy one
     assert rows["fp32:openvino"]["candidate"] == "fp32 on openvino"
     assert rows["default:shrink"]["candidate"].endswith("on onnxruntime")
