@@ -2,10 +2,11 @@
 
 1. Resolve the space and check the settings and constraints (clear errors before any work).
 2. Open or continue the study in ``out``; trials a killed run left running are queued again; a new
-   study starts with the fp32 model on the deploy runtime, on each other runtime setting of the space, and
-   each technique alone at its defaults (on the deploy runtime).
+   study starts with the fp32 model on the deploy runtime, each technique alone at its defaults (on the
+   deploy runtime, cheapest first by ``cost`` estimates), then the fp32 model on each other runtime setting.
 3. While fewer than ``trials`` have finished: ask the sampler for one candidate per free worker, run
-   them (a candidate already measured costs nothing), record each outcome in its trial folder and
+   them within the trial time limit (a candidate already measured costs nothing; one holding a step the
+   study left out after a failure, a timeout or an estimate far over the limit is closed unmeasured), record each outcome in its trial folder and
    the study, tell the sampler, and rewrite the reports and ``best/`` (the best candidate so far).
    Never stops at the first feasible candidate: the study runs all its trials.
 4. Return the summary (also in ``out/result.json``, ``report.md``, ``report.html``).
@@ -35,6 +36,7 @@ from . import pareto
 from . import study as studies
 from ..searchconfig import SearchConfig
 from .cost import Profile, estimate_s, measure_profile, step_estimate_s
+from .exclusions import Exclusions
 from .space import Candidate, resolve
 
 MAX_REPEATS = 50  # proposals in a row that repeat measured candidates before the search gives up on the space
@@ -89,7 +91,7 @@ def auto(recipe: Any, out: str | Path, *, trials: int | None = None, workers: in
         study.set_user_attr("runs", run_id)
         search = Search(study, space, recipe, config, out, ctx, batch, run_id, on_trial, profile)
         runner = make_runner(config.workers, ray_address, limited=config.trial_limit_s() is not None,
-                             task_name=recipe.task)
+                             task_name=recipe.task, scores=(ctx["scores"].val, ctx["scores"].test))
         try:
             search.loop(runner)
         finally:
@@ -125,6 +127,7 @@ class Search:
         self.queued: set[str] = set()  # result keys of the extensions queued by this invocation
         self.durations: list[float] = []  # seconds of the trials this invocation ran (cached ones excluded)
         self.estimates: dict[int, float] = {}  # trial number -> its estimate, for the outcome
+        self.excluded = Exclusions(study, space)
 
     def loop(self, runner: Any) -> None:
         deadline = time.monotonic() + self.config.timeout_s if self.config.timeout_s else None
@@ -177,15 +180,11 @@ class Search:
         return limit
 
     def _left_out(self, cand: Candidate) -> tuple[str | None, float]:
-        """Why ``cand`` is not run (a step or runtime left out of this study, or a step estimated far over the
+        """Why ``cand`` is not run (a step or runtime the study left out, or a step estimated far over the
         trial limit; None when it runs) and its estimated seconds."""
-        runtime = self.space.runtime_key(cand.runtime)
-        for entry in self.study.user_attrs.get("excluded", []):
-            if entry.get("runtime") not in (None, runtime):
-                continue
-            if entry.get("technique") is None or any(
-                    name == entry["technique"] and entry.get("settings") in (None, settings) for name, settings in cand.steps):
-                return f"left out: {entry['reason']}", 0.0
+        why = self.excluded.reason(cand)
+        if why is not None:
+            return why, 0.0
         estimates = [(step_estimate_s(n, s, self.profile), n, s) for n, s in cand.steps]
         total = sum(e for e, _, _ in estimates) + (self.profile.base_s or 0.0)
         limit = self.config.trial_limit_s()
@@ -193,20 +192,9 @@ class Search:
             seconds, name, settings = max(estimates, key=lambda e: e[0])
             reason = (f"{name}({', '.join(f'{k}={v}' for k, v in settings.items())}) is estimated at {seconds:.0f} s "
                       f"on this model, over {OVER_LIMIT:g}x the trial limit of {limit:.0f} s")
-            self._exclude(reason, None, technique=name, settings=settings)
+            self.excluded.add(reason, None, technique=name, settings=settings)
             return f"left out: {reason}", total
         return None, total
-
-    def _exclude(self, reason: str, trial: int | None, technique: str | None = None,
-                 settings: dict[str, Any] | None = None, runtime: str | None = None) -> None:
-        """Record once that candidates with ``technique`` (with these ``settings``; None: any), on ``runtime``
-        (None: any), are not run again in this study; ``technique`` None with a runtime: nothing on it."""
-        excluded = list(self.study.user_attrs.get("excluded", []))
-        excluded.append({"technique": technique, "settings": settings, "runtime": runtime, "trial": trial,
-                         "reason": reason})
-        self.study.set_user_attr("excluded", excluded)
-        what = " on ".join(x for x in (technique, runtime) if x)
-        log.info(f"{what} is left out of the rest of this study: {reason}")
 
     def _skip(self, trial: Any, why: str) -> None:
         """Close a proposal that is not run: it neither counts toward ``trials`` nor appears as a trial."""
@@ -251,7 +239,9 @@ class Search:
     def _job(self, cand: Candidate) -> dict[str, Any]:
         from .. import registry
 
+        scores = self.ctx["scores"]
         return {"recipe": cand.recipe_data(self.recipe), "techniques": dict(registry.TECHNIQUES),
+                "scores": (scores.val, scores.test),
                 "cache_dir": str((self.out / "cache" / "prefix").resolve()), "subset_samples": self.config.subset_samples,
                 "max_score_drop": self.recipe.constraints.max_score_drop, "margin": self.config.early_stop_margin}
 
@@ -267,7 +257,7 @@ class Search:
             if not cand.steps and outcome["status"] == "complete" and self.profile.base_s is None:
                 self.profile = self.profile.with_base(seconds)  # what exporting, scoring and timing cost
                 self.study.set_user_attr("base_s", seconds)
-            self._learn_from(trial.number, cand, outcome)
+            self.excluded.learn(trial.number, cand, outcome)
             outcome["artifact_dir"] = f"trials/{trial.number:04d}/artifact" if files else None
             self.results.put(key, outcome)
         self._write_trial(trial.number, cand, outcome, files)
@@ -288,28 +278,6 @@ class Search:
         summary = self.write_reports()
         row = next(r for r in summary["trials"] if r["trial"] == trial.number)
         self.on_trial({**row, "finished": studies.finished(self.study), "of": self.config.trials})
-
-    def _learn_from(self, number: int, cand: Candidate, outcome: dict[str, Any]) -> None:
-        """Failures are data. A technique that raised while it was applied is left out of the rest of the study;
-        a step stopped at the time limit, with those settings. A failure after the steps (export, runtime) on
-        a runtime other than the deploy one leaves out that runtime (the fp32 model failed) or that one
-        technique on it."""
-        if outcome["status"] not in ("failed", "timeout"):
-            return
-        step, error = outcome.get("step"), str(outcome.get("error") or "")[:300]
-        timeout = outcome["status"] == "timeout"
-        if step:
-            settings = next((s for n, s in cand.steps if n == step), None) if timeout else None
-            why = "reached its time limit while applying it" if timeout else "failed on this model"
-            self._exclude(f"trial {number} {why}: {error}", number, technique=step, settings=settings)
-            return
-        runtime = self.space.runtime_key(cand.runtime)
-        if runtime == self.space.runtime_key(self.space.runtimes[0]) or len(cand.steps) > 1:
-            return  # the deploy runtime is never left out; with several steps the culprit is unknown
-        technique = cand.steps[0][0] if cand.steps else None
-        what = f"{technique} on {runtime}" if technique else f"the fp32 model on {runtime}"
-        self._exclude(f"trial {number}: {what} {'reached its time limit' if timeout else 'failed'}: {error}", number,
-                      technique=technique, runtime=runtime)
 
     def _objectives(self, cand: Candidate, outcome: dict[str, Any]) -> dict[str, float]:
         result, bs = Result.from_json(outcome["result"]), str(self.batch)
@@ -348,7 +316,7 @@ class Search:
         extra = {"latency_batch_size": self.batch, "baseline_score": self.ctx["scores"].test,
                  "baseline_val_score": self.ctx["scores"].val, "output": str(self.out),
                  "report": str(self.out / "report.html"), "reference_ms": self.study.user_attrs.get("reference_ms", {}),
-                 "runs": self.run_id, "final": final, "excluded": self.study.user_attrs.get("excluded", []),
+                 "runs": self.run_id, "final": final, "excluded": self.excluded.entries(),
                  "trial_limit_s": self.config.trial_limit_s()}
         summary = summarize(recs, self.recipe, self.config, self.space, extra)
         atomic_write_text(self.out / "result.json", json.dumps(summary, indent=1, default=str))

@@ -134,7 +134,8 @@ class RayRunner:
             self._ray.shutdown()
 
 
-def make_runner(workers: int, ray_address: str | None, limited: bool = False, task_name: str | None = None) -> Any:
+def make_runner(workers: int, ray_address: str | None, limited: bool = False, task_name: str | None = None,
+                scores: tuple[float, float] | None = None) -> Any:
     """The runner for these settings. Trials with a time limit run in worker processes that can be stopped
     (:class:`workers.ProcessRunner`); Ray tasks are not stopped at the limit (the log says so)."""
     if ray_address:
@@ -146,5 +147,5 @@ def make_runner(workers: int, ray_address: str | None, limited: bool = False, ta
     if limited:
         from .workers import ProcessRunner
 
-        return ProcessRunner(workers, task_name)
+        return ProcessRunner(workers, task_name, scores)
     return InlineRunner() if workers == 1 else PoolRunner(workers)

@@ -30,8 +30,10 @@ def stage(text: str, step: str | None = None) -> None:
         _STAGE["report"](text, step)
 
 
-def context(task_name: str) -> dict[str, Any]:
-    """The task, its fp32 model, the model's scores (validation and test) and fingerprint, once per process."""
+def context(task_name: str, scores: tuple[float, float] | None = None) -> dict[str, Any]:
+    """The task, its fp32 model, the model's scores (validation and test) and fingerprint, once per process.
+    ``scores`` (validation, test), when the driver measured them already, spare a worker evaluating the fp32
+    model again (minutes on a real model)."""
     if task_name not in _CONTEXT:
         from ..evaluate import torch_predict
         from ..pipeline import Scores, check_finite
@@ -41,7 +43,8 @@ def context(task_name: str) -> dict[str, Any]:
         task = load_task(task_name)
         model = task.build_model()
         check_finite(model)
-        _CONTEXT[task_name] = {"task": task, "model": model, "scores": Scores.of(torch_predict(model, task), task),
+        known = Scores(*scores) if scores is not None else Scores.of(torch_predict(model, task), task)
+        _CONTEXT[task_name] = {"task": task, "model": model, "scores": known,
                                "fingerprint": model_fingerprint(model), "subset_scores": {},
                                "model_package": type(model).__module__.split(".")[0] + "."}
     return _CONTEXT[task_name]
@@ -198,7 +201,7 @@ def _run(job: dict[str, Any]) -> dict[str, Any]:
 
         torch.set_num_threads(job["threads"])
     recipe = parse_recipe(job["recipe"])
-    ctx = context(recipe.task)
+    ctx = context(recipe.task, job.get("scores"))
     t0 = time.perf_counter()
     applied, reused = compress_cached(ctx, recipe, prefix_cache(job.get("cache_dir"), ctx))
     t1 = time.perf_counter()

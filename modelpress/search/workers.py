@@ -16,7 +16,7 @@ from typing import Any
 KILL_GRACE_S = 5.0  # after SIGTERM, how long a stopped worker may take before SIGKILL
 
 
-def _serve(conn: Any, threads: int, task_name: str | None) -> None:
+def _serve(conn: Any, threads: int, task_name: str | None, scores: tuple[float, float] | None) -> None:
     """A worker's life: load the task, then run jobs until told to stop (None) or killed."""
     import torch
 
@@ -26,7 +26,7 @@ def _serve(conn: Any, threads: int, task_name: str | None) -> None:
     trial._STAGE["report"] = lambda text, step: conn.send(("stage", (text, step)))
     if task_name:
         try:
-            trial.context(task_name)  # before the first job's clock starts
+            trial.context(task_name, scores)  # before the first job's clock starts
         except Exception:  # the job reports it, with its traceback
             pass
     while True:
@@ -54,10 +54,10 @@ class ProcessRunner:
     """``workers`` worker processes; ``submit(job, limit_s)`` runs a job that is stopped after ``limit_s``
     seconds (None: no limit)."""
 
-    def __init__(self, workers: int, task_name: str | None = None):
+    def __init__(self, workers: int, task_name: str | None = None, scores: tuple[float, float] | None = None):
         self.slots = workers
         self.threads = max(1, (os.cpu_count() or 1) // workers)
-        self.task_name = task_name
+        self.task_name, self.scores = task_name, scores  # the fp32 model's, measured by the driver
         self._idle: list[_Worker] = []
         self._busy: dict[int, _Worker] = {}
         self._next = 0
@@ -67,7 +67,7 @@ class ProcessRunner:
 
         ctx = multiprocessing.get_context("spawn")
         ours, theirs = ctx.Pipe()
-        process = ctx.Process(target=_serve, args=(theirs, self.threads, self.task_name),
+        process = ctx.Process(target=_serve, args=(theirs, self.threads, self.task_name, self.scores),
                               name="modelpress-trial")
         process.start()  # not a daemon: a trial may start processes of its own (runtime probes)
         theirs.close()
