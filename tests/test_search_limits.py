@@ -2,8 +2,8 @@
 technique that fails on the model is recorded once and not run again; a step estimated far over the trial
 limit is left out unmeasured; cost estimates grow with the model.
 
-``stall`` (defined here, registered by the tests) sleeps ``seconds``, or raises when ``fail`` is set, and
-claims the cost ``estimate``.
+``stall`` (defined here, registered by the tests) sleeps ``seconds``, raises when ``fail`` is set, ends its
+process when ``crash`` is, and claims the cost ``estimate``.
 """
 from __future__ import annotations
 
@@ -27,12 +27,17 @@ BENCH = {"batch_sizes": [1], "warmup": 1, "rounds": 2, "runs_per_round": 1}
 class Config:
     seconds: float = 0.0
     fail: bool = False
+    crash: bool = False  # the process dies (as out of memory, or a crash in native code, would end it)
     estimate: float = 0.0
 
 
 def apply(model: nn.Module | Applied, config: Config, task, tools=None) -> Applied:
     if config.fail:
         raise RuntimeError("stall cannot handle this model")
+    if config.crash:
+        import os
+
+        os._exit(3)
     time.sleep(config.seconds)
     return Applied.of(model)
 
@@ -85,6 +90,17 @@ def test_a_technique_that_fails_is_recorded_once_and_not_run_again(stall, tmp_pa
     (entry,) = summary["excluded"]
     assert entry["technique"] == "stall" and entry["settings"] is None and "failed on this model" in entry["reason"]
     assert summary["counts"]["failed"] == 1  # the left-out proposals count as neither trials nor failures
+
+
+def test_a_worker_that_dies_in_a_trial_is_recorded_and_replaced(stall, tmp_path):
+    out = tmp_path / "out"
+    summary = auto(recipe({"crash": [True]}, trials=2, trial_timeout_s=120), out)
+    rows = {r["seed"]: r for r in summary["trials"]}
+    died = outcome(out, rows["default:stall"]["trial"])
+    assert died["status"] == "failed" and "died (exit code 3) while applying stall" in died["error"]
+    assert rows["fp32"]["state"] == "complete"
+    (entry,) = summary["excluded"]
+    assert entry["technique"] == "stall"
 
 
 def test_a_step_estimated_far_over_the_limit_is_left_out_unmeasured(stall, tmp_path):

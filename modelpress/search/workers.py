@@ -91,12 +91,23 @@ class ProcessRunner:
                 worker = self._busy[handle]
                 if worker.started is not None and worker.limit_s is not None and now >= worker.started + worker.limit_s:
                     return handle, self._stop(handle, now)
-            ready = wait([self._busy[h].conn for h in handles], timeout=self._next_deadline(handles, now))
-            for conn in ready:
-                handle = next(h for h in handles if self._busy[h].conn is conn)
+            # a worker's pipe and its process sentinel: a worker that dies before it takes the job leaves no
+            # end-of-file on the pipe (the job's pipe end may still be held for it), so watch the process too
+            watched = {}
+            for h in handles:
+                watched[self._busy[h].conn] = h
+                watched[self._busy[h].process.sentinel] = h
+            for ready in wait(list(watched), timeout=self._next_deadline(handles, now)):
+                handle = watched[ready]
+                if handle not in self._busy:
+                    continue
                 worker = self._busy[handle]
                 try:
-                    kind, payload = conn.recv()
+                    if not worker.conn.poll():
+                        if worker.process.is_alive():
+                            continue
+                        return handle, self._lost(handle)  # exited with nothing more to say
+                    kind, payload = worker.conn.recv()
                 except (EOFError, OSError):  # the worker died (out of memory, a crash in native code)
                     return handle, self._lost(handle)
                 if kind == "stage":
