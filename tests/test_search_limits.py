@@ -81,6 +81,18 @@ def test_a_trial_past_its_limit_is_stopped_and_the_study_goes_on(stall, tmp_path
     assert entry["trial"] == rows["default:stall"]["trial"] and "time limit" in entry["reason"]
 
 
+def test_the_search_ends_within_its_own_time_limit_and_blames_no_step_for_it(stall, tmp_path):
+    out = tmp_path / "out"
+    started = time.monotonic()
+    summary = auto(recipe({"seconds": [600.0]}, trials=2, timeout_s=90, trial_timeout_s=600), out)
+    assert time.monotonic() - started <= 90 + 15  # loading the task counts; reports and the kill come on top
+    rows = {r["seed"]: r for r in summary["trials"]}
+    stopped = outcome(out, rows["default:stall"]["trial"])
+    assert stopped["status"] == "timeout" and stopped["stopped_by"] == "search"
+    assert stopped["seconds"]["total"] <= 1.1 * stopped["limit_s"] and "the search's time limit" in stopped["ended"]
+    assert summary["excluded"] == []  # the step was not too slow: the search ran out of time
+
+
 def test_a_technique_that_fails_is_recorded_once_and_not_run_again(stall, tmp_path):
     out = tmp_path / "out"
     summary = auto(recipe({"fail": [True], "seconds": [0.0, 0.01]}, trials=4), out)

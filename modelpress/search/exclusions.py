@@ -49,8 +49,8 @@ class Exclusions:
 
     def learn(self, number: int, cand: Any, outcome: dict[str, Any]) -> None:
         """Leave out what a failed or stopped trial shows cannot work (see the module's list)."""
-        if outcome["status"] not in ("failed", "timeout"):
-            return
+        if outcome["status"] not in ("failed", "timeout") or outcome.get("stopped_by") == "search":
+            return  # stopped because the search's own time ran out: nothing learnt about the step
         step, error = outcome.get("step"), str(outcome.get("error") or "")[:300]
         timeout = outcome["status"] == "timeout"
         if step:

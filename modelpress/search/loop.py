@@ -48,7 +48,9 @@ def auto(recipe: Any, out: str | Path, *, trials: int | None = None, workers: in
          timeout_s: float | None = None, trial_timeout_s: float | None = None, ray_address: str | None = None,
          force: bool = False,
          on_trial: Callable[[dict[str, Any]], None] = lambda r: None) -> dict[str, Any]:
-    """Search ``recipe.search`` (defaults when absent) and write ``out``; returns the summary."""
+    """Search ``recipe.search`` (defaults when absent) and write ``out``; returns the summary. The time limit
+    (``timeout_s``) counts from this call: loading the task and measuring the fp32 model come out of it."""
+    started = time.monotonic()
     from .checks import preflight
     from .runner import make_runner
     from .trial import context
@@ -93,7 +95,7 @@ def auto(recipe: Any, out: str | Path, *, trials: int | None = None, workers: in
         runner = make_runner(config.workers, ray_address, limited=config.trial_limit_s() is not None,
                              task_name=recipe.task, scores=(ctx["scores"].val, ctx["scores"].test))
         try:
-            search.loop(runner)
+            search.loop(runner, started)
         finally:
             runner.close()
         return search.write_reports(final=True)
@@ -129,8 +131,11 @@ class Search:
         self.estimates: dict[int, float] = {}  # trial number -> its estimate, for the outcome
         self.excluded = Exclusions(study, space)
 
-    def loop(self, runner: Any) -> None:
-        deadline = time.monotonic() + self.config.timeout_s if self.config.timeout_s else None
+    def loop(self, runner: Any, started: float | None = None) -> None:
+        """Run trials until ``trials`` have finished or no further one would end before ``timeout_s`` after
+        ``started`` (a ``time.monotonic()`` value; default: now)."""
+        started = time.monotonic() if started is None else started
+        deadline = started + self.config.timeout_s if self.config.timeout_s else None
         pending: dict[Any, tuple[Any, Candidate, str]] = {}
         repeats = 0  # proposals in a row that repeat a measured candidate or one left out
         self.write_reports()
@@ -157,7 +162,7 @@ class Search:
                 limit = self._limit_s(deadline)
                 log.info(f"trial {trial.number}: {cand.label()} (estimated {self.estimates[trial.number]:.0f} s"
                          + (f", limit {limit:.0f} s)" if limit is not None else ")"))
-                pending[runner.submit(self._job(cand), limit_s=limit)] = (trial, cand, key)
+                pending[runner.submit(self._job(cand), limit_s=limit, until=deadline)] = (trial, cand, key)
             if not pending and repeats >= MAX_REPEATS:
                 log.info(f"the sampler proposed {MAX_REPEATS} measured or left-out candidates in a row: the space "
                          f"looks exhausted ({self.space.size()} candidates); widen it or ask for fewer trials")

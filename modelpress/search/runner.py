@@ -1,6 +1,6 @@
 """Where trials run: inline (one worker), in worker processes on this machine, or as Ray tasks.
 
-Every runner has the same three calls: ``submit(job, limit_s=None) -> handle``, ``wait_one(handles) -> (handle,
+Every runner has the same three calls: ``submit(job, limit_s=None, until=None) -> handle``, ``wait_one(handles) -> (handle,
 outcome)`` and ``close()``; ``slots`` says how many jobs may run at once. A job and its outcome are
 plain data (see :mod:`trial`), so nothing but the job crosses a process or machine boundary.
 """
@@ -22,7 +22,7 @@ class InlineRunner:
         self._jobs: dict[int, dict[str, Any]] = {}
         self._next = 0
 
-    def submit(self, job: dict[str, Any], limit_s: float | None = None) -> int:
+    def submit(self, job: dict[str, Any], limit_s: float | None = None, until: float | None = None) -> int:
         self._next += 1
         self._jobs[self._next] = job
         return self._next
@@ -56,7 +56,7 @@ class PoolRunner:
         return ProcessPoolExecutor(self.slots, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_init_worker, initargs=(self.threads,))
 
-    def submit(self, job: dict[str, Any], limit_s: float | None = None) -> Any:
+    def submit(self, job: dict[str, Any], limit_s: float | None = None, until: float | None = None) -> Any:
         return self._pool.submit(run_job, {**job, "threads": self.threads})
 
     def wait_one(self, handles: list[Any]) -> tuple[Any, dict[str, Any]]:
@@ -118,7 +118,7 @@ class RayRunner:
         self._ray = ray
         self._remote = ray.remote(num_cpus=1, max_retries=0)(run_job)
 
-    def submit(self, job: dict[str, Any], limit_s: float | None = None) -> Any:
+    def submit(self, job: dict[str, Any], limit_s: float | None = None, until: float | None = None) -> Any:
         return self._remote.remote({**job, "threads": 1})
 
     def wait_one(self, handles: list[Any]) -> tuple[Any, dict[str, Any]]:

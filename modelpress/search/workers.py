@@ -46,6 +46,7 @@ class _Worker:
     conn: Any
     job: dict[str, Any] | None = None
     limit_s: float | None = None
+    until: float | None = None  # an absolute end (time.monotonic()) the job never runs past
     started: float | None = None  # when the worker said it started the job
     stage: tuple[str, str | None] = ("waiting for the worker", None)
 
@@ -73,9 +74,12 @@ class ProcessRunner:
         theirs.close()
         return _Worker(process, ours)
 
-    def submit(self, job: dict[str, Any], limit_s: float | None = None) -> int:
+    def submit(self, job: dict[str, Any], limit_s: float | None = None, until: float | None = None) -> int:
+        """Run ``job``; stop it ``limit_s`` seconds after it starts, and in any case at ``until`` (a
+        ``time.monotonic()`` value: a fresh worker loading the task must not push the job past the search's
+        own deadline)."""
         worker = self._idle.pop() if self._idle else self._start()
-        worker.job, worker.limit_s, worker.started = job, limit_s, None
+        worker.job, worker.limit_s, worker.until, worker.started = job, limit_s, until, None
         worker.stage = ("waiting for the worker", None)
         worker.conn.send({**job, "threads": self.threads})
         self._next += 1
@@ -88,8 +92,8 @@ class ProcessRunner:
         while True:
             now = time.monotonic()
             for handle in handles:
-                worker = self._busy[handle]
-                if worker.started is not None and worker.limit_s is not None and now >= worker.started + worker.limit_s:
+                end = self._end(self._busy[handle])
+                if end is not None and now >= end:
                     return handle, self._stop(handle, now)
             # a worker's pipe and its process sentinel: a worker that dies before it takes the job leaves no
             # end-of-file on the pipe (the job's pipe end may still be held for it), so watch the process too
@@ -120,19 +124,29 @@ class ProcessRunner:
                     self._idle.append(worker)
                     return handle, {**payload, "limit_s": worker.limit_s}
 
+    @staticmethod
+    def _end(worker: _Worker) -> float | None:
+        """When the worker's job is stopped: its limit after it started, or its absolute end if sooner."""
+        ends = [t for t in (worker.until, worker.started + worker.limit_s if worker.started is not None and
+                            worker.limit_s is not None else None) if t is not None]
+        return min(ends) if ends else None
+
     def _next_deadline(self, handles: list[int], now: float) -> float | None:
-        ends = [w.started + w.limit_s for w in (self._busy[h] for h in handles)
-                if w.started is not None and w.limit_s is not None]
+        ends = [e for e in (self._end(self._busy[h]) for h in handles) if e is not None]
         return max(0.0, min(ends) - now) if ends else None  # a message ('started', 'stage') wakes the wait too
 
     def _stop(self, handle: int, now: float) -> dict[str, Any]:
         worker = self._busy.pop(handle)
         _kill(worker.process)
         text, step = worker.stage
-        return {"status": "timeout", "stage": text, "step": step, "limit_s": worker.limit_s,
-                "error": f"stopped at the trial time limit of {worker.limit_s:.0f} s while {text}",
-                "ended": f"time limit of {worker.limit_s:.0f} s reached while {text}",
-                "seconds": {"total": now - (worker.started or now)}}
+        started = worker.started if worker.started is not None else now
+        own = worker.limit_s is not None and worker.started is not None and (
+            worker.until is None or started + worker.limit_s <= worker.until)
+        limit = worker.limit_s if own else max(0.0, (worker.until or now) - started)
+        what = f"the trial time limit of {limit:.0f} s" if own else "the search's time limit"
+        return {"status": "timeout", "stage": text, "step": step, "limit_s": limit,
+                "stopped_by": "trial" if own else "search", "error": f"stopped at {what} while {text}",
+                "ended": f"{what} reached while {text}", "seconds": {"total": now - started}}
 
     def _lost(self, handle: int) -> dict[str, Any]:
         worker = self._busy.pop(handle)
