@@ -114,6 +114,11 @@ def apply(model: nn.Module | Applied, config: Config, task: Any, tools: Tools = 
                                                lambda m, step: _fine_tune(m, config, task, step, prev.train_hooks))
         if chosen is not None:
             facts["prune_round_to"] = chosen
+        if pruning["cuts"]:
+            from ._prune import hf
+
+            for name in hf.attach(model, pruning):  # save_pretrained folders then reload with from_pretrained
+                facts.setdefault("prune_hf_record", {})[name or "(model)"] = hf.RECORD_KEY
         params_after = counts.params(model)
         sparsity = 1 - params_after / params_before
         hooks = prev.train_hooks
@@ -209,6 +214,15 @@ def rebuild(model: nn.Module, pruning: dict[str, Any] | list[dict[str, Any]]) ->
             raise ModelpressError(f"Unknown pruning record version {rec.get('version')!r}; expected {RECORD_VERSION}.")
         _surgery.apply_cuts(out, rec["cuts"])
     return out.eval()
+
+
+def from_pretrained(folder: Any, auto_class: str = "AutoModel", **kwargs: Any) -> nn.Module:
+    """A Hugging Face model folder written by ``save_pretrained`` after channel pruning (its config.json keeps
+    the original architecture and the cuts under ``modelpress_pruning``): the original is built from the
+    config, the cuts replayed, the saved weights loaded. A folder without a record loads as usual."""
+    from ._prune import hf
+
+    return hf.from_pretrained(folder, auto_class, **kwargs)
 
 
 def read_record(artifact_folder: Any) -> list[dict[str, Any]]:
