@@ -21,7 +21,10 @@ Methods (``Config.method``):
   30% on ONNX Runtime: 1.7x with 1, 0.55-0.6x with 8/16/32). ``"auto"`` (the default) times the pruned
   model at multiples 1, 8, 16 and 32 on the recipe's runtime (``Tools.time_ratio``) and keeps the
   smallest within 5% of the fastest; untimed (no ``time_ratio``, e.g. ``apply`` outside a pipeline) it is
-  16. ``facts["prune_round_to"]`` says which and how (``_prune/roundto.py``).
+  16. ``facts["prune_round_to"]`` says which and how (``_prune/roundto.py``). Attention heads go whole
+  (``modelpress.zoo.Attention``'s ``num_heads``; Hugging Face BERT-family ``num_attention_heads``) and are
+  never rounded; a Hugging Face model's config carries the record, so its ``save_pretrained`` folder
+  reloads with :func:`from_pretrained` (``_prune/hf.py``).
 - ``magnitude``: zero the weights with the smallest |w| (per layer or one global threshold), in
   ``steps`` rounds with ``epochs`` of fine-tuning after each. Stored with the ``sparse`` codec.
 - ``nm``: keep the ``n`` largest of every ``m`` consecutive weights along the input channels (2:4).
