@@ -147,3 +147,35 @@ def test_save_pretrained_folder_reloads_to_the_same_outputs(task, root, tmp_path
 def test_a_ratio_that_removes_every_head_is_refused(task):
     with pytest.raises(ConfigError, match=r"every head of 'model\.encoder\.layer\.\d\.attention\.self'.*exclude"):
         prune.apply(task.build_model(), prune.Config(ratio=0.9, round_to=8), task)
+
+
+def test_heads_whose_projections_fall_in_two_groups_are_left_whole():
+    """Torch-Pruning couples query, key and value through the attention matmuls; were query in a group of its
+    own, its group and the key/value group would lose different units: both are left whole and named."""
+    from torch import nn
+
+    from modelpress.compress._graph import Graph, Group
+
+    class Attention(nn.Module):
+        def __init__(self, dim=16, heads=2):
+            super().__init__()
+            self.num_attention_heads, self.attention_head_size, self.all_head_size = heads, dim // heads, dim
+            self.query, self.key, self.value = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+
+        def forward(self, x):
+            n, t, _ = x.shape
+            q, k, v = (p(x).view(n, t, -1, self.attention_head_size).transpose(1, 2) for p in (self.query, self.key, self.value))
+            return (torch.softmax(q @ k.transpose(-1, -2), -1) @ v).transpose(1, 2).reshape(n, t, -1)
+
+    model = nn.Sequential(nn.Linear(4, 16), Attention(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    graph = Graph(model, (torch.randn(2, 5, 4),))
+    (head,) = [g for g in graph.groups if g.heads_of == "1"]
+    assert head.unit == 8 and {m.name for m in head.members} == {"1.query", "1.key", "1.value", "2"}
+    assert head.root == "1.value"
+    query = next(m for m in head.members if m.name == "1.query")  # as if the graph had not coupled query
+    head.members.remove(query)
+    graph.groups.append(Group(root="1.query", size=16, members=[query]))
+    graph._split_heads()
+    assert not any(g.root in ("1.query", "1.value") for g in graph.groups)
+    for root in ("1.query", "1.value"):
+        assert "fall in 2 groups" in graph.skipped[root] and "exclude: ['1']" in graph.skipped[root]

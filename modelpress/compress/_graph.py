@@ -220,20 +220,21 @@ class Graph:
             return
 
     def _split_heads(self) -> None:
-        """Leave whole the head groups of an attention module whose projections fall in several groups:
-        each group would lose its own heads, pairing one head's queries with another's values."""
-        seen: dict[str, list[Group]] = {}
-        for g in self.groups:
-            if g.heads_of:
-                seen.setdefault(g.heads_of, []).append(g)
-        for module, groups in seen.items():
-            if len(groups) < 2:
-                continue
-            for g in groups:
-                self.groups.remove(g)
-                self.skipped[g.root] = (
-                    f"left whole: the projections of '{module}' fall in {len(groups)} groups of coupled channels, so "
-                    f"the same heads cannot be removed from query, key and value; exclude: ['{module}'] says so")
+        """Leave whole the head groups of an attention module whose projections fall in several groups: each
+        group would lose its own heads (or single channels), pairing one head's queries with another's values.
+        A projection of module M is an output member under M of another group, unless it is an input member
+        of M's head group (the output projection, whose outputs are the residual stream)."""
+        for head in [g for g in self.groups if g.heads_of]:
+            inputs = {m.name for m in head.members if m.axis == "in"}
+            split = [g for g in self.groups if g is not head and any(
+                m.axis == "out" and m.name.rpartition(".")[0] == head.heads_of and m.name not in inputs for m in g.members)]
+            for g in [head, *split] if split else []:
+                if g in self.groups:
+                    self.groups.remove(g)
+                    self.skipped[g.root] = (
+                        f"left whole: the projections of '{head.heads_of}' fall in {len(split) + 1} groups of coupled "
+                        f"channels, so the same heads cannot be removed from query, key and value; "
+                        f"exclude: ['{head.heads_of}'] says so in the recipe")
 
     def cuts(self, removed: dict[int, list[int]]) -> list[dict[str, Any]]:
         """The pruning record for removing root channels ``removed[group index]`` from the groups."""
