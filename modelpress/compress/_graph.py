@@ -228,7 +228,9 @@ class Graph:
             inputs = {m.name for m in head.members if m.axis == "in"}
             split = [g for g in self.groups if g is not head and any(
                 m.axis == "out" and m.name.rpartition(".")[0] == head.heads_of and m.name not in inputs for m in g.members)]
-            for g in [head, *split] if split else []:
+            if not split:
+                continue
+            for g in [head, *split]:
                 if g in self.groups:
                     self.groups.remove(g)
                     self.skipped[g.root] = (
