@@ -8,8 +8,11 @@ linear inputs) and the q/k/v/o projections of attention. This module turns its g
 
 - groups that reach the model output are never pruned (the output shape is the task's contract);
 - ``include`` / ``exclude`` patterns (a layer is matched by its own name or any ancestor's);
-- attention heads: a group holding the projections of a module with ``num_heads`` is pruned in whole
-  heads (unit = ``head_dim`` channels), and the module's ``num_heads`` is updated;
+- attention heads: a group holding the projections of an attention module (:data:`HEAD_LAYOUTS`: an int
+  ``num_heads`` as in ``modelpress.zoo.Attention``, or ``num_attention_heads`` and ``attention_head_size``
+  as in Hugging Face's BERT family) is pruned in whole heads (unit = head size channels): the same heads
+  leave query, key, value and the output projection's inputs, and the module's head count (and
+  ``all_head_size``) is updated;
 - a group holding a layer the mechanics cannot cut is left whole, with the reason (``skipped``: group root ->
   the layer, its type and why).
 
@@ -32,6 +35,39 @@ from ..errors import ConfigError, ModelpressError
 
 ROOT_TYPES = (nn.modules.conv._ConvNd, nn.Linear, nn.Embedding)
 WEIGHT_TYPES = (nn.modules.conv._ConvNd, nn.Linear, nn.Embedding)
+# Attention modules pruned in whole heads: (head count attribute, head size attribute, attributes holding
+# heads * head size). A module matches by the first whose head count is an int.
+HEAD_LAYOUTS = (
+    ("num_heads", "head_dim", ()),  # modelpress.zoo.Attention and the like (head size optional)
+    ("num_attention_heads", "attention_head_size", ("all_head_size",)),  # Hugging Face BERT, RoBERTa, MiniLM, ...
+)
+
+
+@dataclass(frozen=True)
+class Heads:
+    """How an attention module stores its head count and size (see :data:`HEAD_LAYOUTS`)."""
+    count_attr: str
+    count: int
+    head_size: int | None
+    total_attrs: tuple[str, ...]
+
+    def settings(self, kept_heads: int) -> dict[str, int]:
+        """The attribute values after keeping ``kept_heads`` heads (the record's "set" entry)."""
+        out = {self.count_attr: kept_heads}
+        out.update({a: kept_heads * self.head_size for a in self.total_attrs if self.head_size})
+        return out
+
+
+def heads_of(module: nn.Module) -> Heads | None:
+    """The head layout of an attention module whose projections can lose whole heads, or None."""
+    if isinstance(module, nn.MultiheadAttention):  # fused in_proj: the mechanics cannot cut it
+        return None
+    for count_attr, size_attr, total_attrs in HEAD_LAYOUTS:
+        count = getattr(module, count_attr, None)
+        if isinstance(count, int) and not isinstance(count, bool):
+            size = getattr(module, size_attr, None)
+            return Heads(count_attr, count, size if isinstance(size, int) else None, total_attrs)
+    return None
 
 
 @dataclass
@@ -119,6 +155,7 @@ class Graph:
                 continue
             self._detect_heads(group)
             self.groups.append(group)
+        self._split_heads()
 
     def _name(self, obj: Any) -> str:
         if isinstance(obj, nn.Parameter):
@@ -163,23 +200,43 @@ class Graph:
         return None
 
     def _detect_heads(self, group: Group) -> None:
-        """Mark a group of attention projections: a member's parent module has an int ``num_heads``."""
-        for m in group.members:
-            parent_name = m.name.rpartition(".")[0]
-            if not parent_name:
+        """Mark a group of attention projections: two or more output members (query, key, value) whose parent
+        module has a head layout (:func:`heads_of`). One output member under such a module (the output
+        projection, whose outputs are the residual stream) does not make a head group. Torch-Pruning couples
+        query, key, value and the output projection's inputs into one group through the attention matmuls,
+        so removing whole heads of the root removes the same heads from all four."""
+        parents = [m.name.rpartition(".")[0] for m in group.members if m.axis == "out"]
+        for parent_name in dict.fromkeys(p for p in parents if p and parents.count(p) >= 2):
+            heads = heads_of(self.model.get_submodule(parent_name))
+            if heads is None:
                 continue
-            parent = self.model.get_submodule(parent_name)
-            heads = getattr(parent, "num_heads", None)
-            if not isinstance(heads, int) or isinstance(parent, nn.MultiheadAttention) or m.axis != "out":
-                continue
-            head_dim = getattr(parent, "head_dim", None) or group.size // heads
-            if heads * head_dim != group.size:
+            head_size = heads.head_size or group.size // heads.count
+            if heads.count * head_size != group.size:
                 raise ConfigError(
-                    f"'{parent_name}' has num_heads={heads} and head_dim={head_dim}, but its projections carry "
-                    f"{group.size} coupled channels, so whole heads cannot be cut. Leave it out with "
-                    f"exclude: ['{parent_name}'].")
-            group.unit, group.heads_of = head_dim, parent_name
+                    f"'{parent_name}' has {heads.count_attr}={heads.count} heads of {head_size} channels, but its "
+                    f"projections carry {group.size} coupled channels, so whole heads cannot be cut. Leave it out "
+                    f"with exclude: ['{parent_name}'].")
+            group.unit, group.heads_of = head_size, parent_name
             return
+
+    def _split_heads(self) -> None:
+        """Leave whole the head groups of an attention module whose projections fall in several groups: each
+        group would lose its own heads (or single channels), pairing one head's queries with another's values.
+        A projection of module M is an output member under M of another group, unless it is an input member
+        of M's head group (the output projection, whose outputs are the residual stream)."""
+        for head in [g for g in self.groups if g.heads_of]:
+            inputs = {m.name for m in head.members if m.axis == "in"}
+            split = [g for g in self.groups if g is not head and any(
+                m.axis == "out" and m.name.rpartition(".")[0] == head.heads_of and m.name not in inputs for m in g.members)]
+            if not split:
+                continue
+            for g in [head, *split]:
+                if g in self.groups:
+                    self.groups.remove(g)
+                    self.skipped[g.root] = (
+                        f"left whole: the projections of '{head.heads_of}' fall in {len(split) + 1} groups of coupled "
+                        f"channels, so the same heads cannot be removed from query, key and value; "
+                        f"exclude: ['{head.heads_of}'] says so in the recipe")
 
     def cuts(self, removed: dict[int, list[int]]) -> list[dict[str, Any]]:
         """The pruning record for removing root channels ``removed[group index]`` from the groups."""
@@ -199,8 +256,8 @@ class Graph:
                 pruned.setdefault(key, set()).update(int(i) for i in item.idxs)
                 objs[key] = obj
             if group.heads_of:
-                parent = self.model.get_submodule(group.heads_of)
-                sets.append({"layer": group.heads_of, "set": {"num_heads": parent.num_heads - len(idxs) // group.unit}})
+                heads = heads_of(self.model.get_submodule(group.heads_of))
+                sets.append({"layer": group.heads_of, "set": heads.settings(heads.count - len(idxs) // group.unit)})
         record = []
         for (name, axis), gone in pruned.items():
             n = _surgery.size(objs[(name, axis)], axis)

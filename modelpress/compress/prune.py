@@ -21,7 +21,10 @@ Methods (``Config.method``):
   30% on ONNX Runtime: 1.7x with 1, 0.55-0.6x with 8/16/32). ``"auto"`` (the default) times the pruned
   model at multiples 1, 8, 16 and 32 on the recipe's runtime (``Tools.time_ratio``) and keeps the
   smallest within 5% of the fastest; untimed (no ``time_ratio``, e.g. ``apply`` outside a pipeline) it is
-  16. ``facts["prune_round_to"]`` says which and how (``_prune/roundto.py``).
+  16. ``facts["prune_round_to"]`` says which and how (``_prune/roundto.py``). Attention heads go whole
+  (``modelpress.zoo.Attention``'s ``num_heads``; Hugging Face BERT-family ``num_attention_heads``) and are
+  never rounded; a Hugging Face model's config carries the record, so its ``save_pretrained`` folder
+  reloads with :func:`from_pretrained` (``_prune/hf.py``).
 - ``magnitude``: zero the weights with the smallest |w| (per layer or one global threshold), in
   ``steps`` rounds with ``epochs`` of fine-tuning after each. Stored with the ``sparse`` codec.
 - ``nm``: keep the ``n`` largest of every ``m`` consecutive weights along the input channels (2:4).
@@ -114,6 +117,11 @@ def apply(model: nn.Module | Applied, config: Config, task: Any, tools: Tools = 
                                                lambda m, step: _fine_tune(m, config, task, step, prev.train_hooks))
         if chosen is not None:
             facts["prune_round_to"] = chosen
+        if pruning["cuts"]:
+            from ._prune import hf
+
+            for name in hf.attach(model, pruning):  # save_pretrained folders then reload with from_pretrained
+                facts.setdefault("prune_hf_record", {})[name or "(model)"] = hf.RECORD_KEY
         params_after = counts.params(model)
         sparsity = 1 - params_after / params_before
         hooks = prev.train_hooks
@@ -219,6 +227,15 @@ def rebuild(model: nn.Module, pruning: dict[str, Any] | list[dict[str, Any]]) ->
             raise ModelpressError(f"Unknown pruning record version {rec.get('version')!r}; expected {RECORD_VERSION}.")
         _surgery.apply_cuts(out, rec["cuts"])
     return out.eval()
+
+
+def from_pretrained(folder: Any, auto_class: str = "AutoModel", **kwargs: Any) -> nn.Module:
+    """A Hugging Face model folder written by ``save_pretrained`` after channel pruning (its config.json keeps
+    the original architecture and the cuts under ``modelpress_pruning``): the original is built from the
+    config, the cuts replayed, the saved weights loaded. A folder without a record loads as usual."""
+    from ._prune import hf
+
+    return hf.from_pretrained(folder, auto_class, **kwargs)
 
 
 def read_record(artifact_folder: Any) -> list[dict[str, Any]]:

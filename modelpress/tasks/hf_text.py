@@ -46,9 +46,14 @@ def require_transformers() -> Any:
 
 def from_local_folder(auto_class: str, model_dir: Path, what: str) -> Any:
     """``transformers.<auto_class>.from_pretrained`` on a local folder only, never running the folder's own code,
-    with exportable (eager) attention; a folder it cannot load is a ModelFileError naming ``what`` was wanted."""
+    with exportable (eager) attention; a folder it cannot load is a ModelFileError naming ``what`` was wanted.
+    A folder saved after channel pruning (``modelpress_pruning`` in config.json) loads via ``prune.from_pretrained``."""
     auto = getattr(require_transformers(), auto_class)
     try:
+        if '"modelpress_pruning"' in (model_dir / "config.json").read_text(encoding="utf-8"):
+            from ..compress import prune  # saved after channel pruning: the config holds the original and the cuts
+
+            return prune.from_pretrained(model_dir, auto_class, attn_implementation="eager")
         return auto.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=False,
                                     attn_implementation="eager")  # exportable attention (no fused SDPA kernels)
     except Exception as e:

@@ -29,12 +29,12 @@ def prune_channels(model: nn.Module, config: Any, task: Any, example: tuple[torc
                    fine_tune: Callable[[nn.Module, int], None]) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
     """The pruned model, its facts and the pruning record (replayable cuts)."""
     from .. import _importance
-    from .._graph import Graph
+    from .._graph import Graph, heads_of
 
     composed: dict[tuple[str, Any], dict[str, Any]] = {}
     sets: dict[str, dict[str, Any]] = {}
     skipped: dict[str, str] = {}
-    heads_before = {n: m.num_heads for n, m in model.named_modules() if isinstance(getattr(m, "num_heads", None), int)}
+    heads_before = {n: h for n, h in ((n, heads_of(m)) for n, m in model.named_modules()) if h is not None}
     for step in range(1, config.steps + 1):
         done, goal = schedule(config.ratio, step - 1, config.steps), schedule(config.ratio, step, config.steps)
         local = 1 - (1 - goal) / (1 - done)  # share of what is left that this round removes
@@ -53,8 +53,12 @@ def prune_channels(model: nn.Module, config: Any, task: Any, example: tuple[torc
     pruning = {"version": RECORD_VERSION, "method": "channel",
                "cuts": list(composed.values()) + [{"layer": k, "set": v} for k, v in sets.items()]}
     summary = {c["layer"]: [c["size"], len(c["kept"])] for c in composed.values() if c["axis"] == "out"}
-    summary.update({f"{k} heads": [heads_before[k], v["num_heads"]] for k, v in sets.items()})
+    summary.update({f"{k} heads": [heads_before[k].count, v[heads_before[k].count_attr]] for k, v in sets.items()})
     facts: dict[str, Any] = {"pruned_channels": summary, "prune_method": "channel"}
+    kept_heads = {k: sets.get(k, {}).get(h.count_attr, h.count) for k, h in heads_before.items()}
+    if len({h.count for h in heads_before.values()}) == 1 < len(set(kept_heads.values())):
+        # equal heads before, unequal after (scope global, exclude): a Hugging Face config has one head count
+        facts["prune_heads_uneven"] = kept_heads
     if skipped:
         facts["prune_skipped"] = skipped
     return model, facts, pruning
