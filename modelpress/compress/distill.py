@@ -299,4 +299,5 @@ def explain(result: Any) -> list[str]:
         return [f"distill: the model scored as well as its teacher before distilling ({scores}; {trained})."]
     if rec["regained"] < 0:
         return [f"distill made the model worse ({scores}; {trained}): try a lower lr, more epochs or more inputs."]
-    return [f"distill regained {rec['regained']:.0%} of the score lost before it ({scores}; {trained})."]
+    more = " Less than half: try more epochs or inputs, or compress less." if rec["regained"] < 0.5 else ""
+    return [f"distill regained {rec['regained']:.0%} of the score lost before it ({scores}; {trained}).{more}"]
