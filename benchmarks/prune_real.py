@@ -1,8 +1,9 @@
 """Channel pruning of the reference CNNs through the pipeline, by ``round_to``: is the pruned model faster
-than fp32 on ONNX Runtime?
+than fp32 on ONNX Runtime? And how much of the agreement it lost does label-free distillation win back?
 
     python benchmarks/prune_real.py [--json rows.json] [--quick] [--tasks efficientnet-lite2,mobilenet-v2]
                                     [--round-to 1,16,auto] [--ratio 0.3] [--threads 2]
+                                    [--recover yes|no|only] [--samples 2048] [--epochs 2]
 
 Each candidate is one ``pipeline.run`` of the recipe ``prune: {method: channel, ratio, round_to}`` (no
 fine-tuning: the reference tasks have no labels; their score is top-1 agreement with the fp32 model),
@@ -10,6 +11,15 @@ exported to ONNX and timed interleaved against the fp32 ONNX model at batch 1 an
 Columns: ``score`` (top-1 agreement with fp32 on the test photos), latency ratios (candidate / fp32, with
 the pipeline's verdict), ``macs_ratio``, and for ``auto`` the multiple chosen, the batch-1 timings of the
 candidates and the seconds the choice took (``facts["prune_round_to"]``).
+
+Recovery (``--recover yes``, the default, or ``only``): per task one more candidate,
+``prune {ratio} round_to auto`` then ``distill: {data: augmented, labels: false, samples, epochs}``: the
+student is the pruned model, the teacher the unpruned one, and the inputs are the calibration views plus
+augmented crops of the calibration photos (``Task.unlabelled``); no label and no validation or test photo
+is trained on. Its columns: ``before`` and ``after``, the validation top-1 agreement with fp32 of the pruned
+model before and after distilling (``facts["recovery"]``), ``regained`` (share of the lost agreement won
+back), ``inputs`` (per epoch) and ``epochs``; ``score`` is the test agreement after recovery. ``--quick``
+distils on 512 inputs for 1 epoch.
 """
 from __future__ import annotations
 
@@ -21,10 +31,14 @@ from modelpress.pipeline import run
 from modelpress.recipe import parse_recipe
 
 
-def recipe(task: str, ratio: float, round_to, args) -> object:
+def recipe(task: str, ratio: float, round_to, args, recover: bool = False) -> object:
     rounds, runs = (4, 3) if args.quick else (12, 6)
+    steps: list[dict] = [{"prune": {"method": "channel", "ratio": ratio, "round_to": round_to}}]
+    if recover:
+        steps.append({"distill": {"data": "augmented", "labels": False, "samples": args.samples,
+                                  "epochs": args.epochs}})
     return parse_recipe({
-        "task": task, "steps": [{"prune": {"method": "channel", "ratio": ratio, "round_to": round_to}}],
+        "task": task, "steps": steps,
         "export": {"format": "onnx"},
         "runtime": {"backend": "onnxruntime", "device": "cpu", "threads": args.threads, "streams": args.streams,
                     "spinning": args.spinning},
@@ -38,25 +52,39 @@ def main() -> None:
     p.add_argument("--tasks", default="efficientnet-lite2,mobilenet-v2")
     p.add_argument("--round-to", default="1,16,auto", help="comma-separated round_to values")
     p.add_argument("--ratio", type=float, default=0.3)
+    p.add_argument("--recover", choices=("yes", "no", "only"), default="yes",
+                   help="also (or only) prune round_to auto + label-free distill (default yes)")
+    p.add_argument("--samples", type=int, help="distill inputs per epoch (default 2048; --quick 512)")
+    p.add_argument("--epochs", type=int, help="distill epochs (default 2; --quick 1)")
     args = p.parse_args()
+    args.samples = args.samples or (512 if args.quick else 2048)
+    args.epochs = args.epochs or (1 if args.quick else 2)
+    cells = [] if args.recover == "only" else [(value, False) for value in args.round_to.split(",")]
+    cells += [("auto", True)] if args.recover != "no" else []
     rows = []
     for task in args.tasks.split(","):
-        for value in args.round_to.split(","):
+        for value, recover in cells:
             round_to = value if value == "auto" else int(value)
             start = time.perf_counter()
             with tempdir() as tmp:
-                result = run(recipe(task, args.ratio, round_to, args), f"{tmp}/out")
+                result = run(recipe(task, args.ratio, round_to, args, recover), f"{tmp}/out")
             chosen = result.facts.get("prune_round_to") or {}
-            rows.append(row(task, f"prune {args.ratio:g} round_to {value}", result.score, result.baseline_score,
+            rec = result.facts.get("recovery") or {}
+            name = f"prune {args.ratio:g} round_to {value}" + (
+                f" + distill (augmented {args.samples}, labels false, {args.epochs} ep)" if recover else "")
+            rows.append(row(task, name, result.score, result.baseline_score,
                             result.size_bytes, result.baseline_size_bytes, result.latency_ratio,
                             verdict=result.latency_verdict,
                             macs_ratio=round(result.facts["macs_after"] / result.facts["macs_before"], 4),
                             chosen=chosen.get("value"), chosen_by=chosen.get("chosen_by"),
                             auto_timings=chosen.get("timings"), auto_seconds=chosen.get("seconds"),
+                            before=rec.get("score_before"), after=rec.get("score_after"),
+                            regained=rec.get("regained"), inputs=rec.get("inputs"), epochs=rec.get("epochs"),
                             run_seconds=round(time.perf_counter() - start, 1), notes=result.notes))
             print(rows[-1], flush=True)
-    emit(rows, args, f"Channel pruning {args.ratio:g} by round_to, ONNX Runtime {args.threads} threads",
-         extra_columns=("macs_ratio", "chosen", "auto_seconds"))
+    emit(rows, args, f"Channel pruning {args.ratio:g} by round_to (and label-free recovery), ONNX Runtime "
+                     f"{args.threads} threads",
+         extra_columns=("macs_ratio", "chosen", "auto_seconds", "before", "after", "regained", "inputs"))
 
 
 if __name__ == "__main__":

@@ -109,7 +109,8 @@ class Task:
     """A model plus data and metric. ``build_model`` returns the trained fp32 model.
 
     ``calib_data`` yields input batches; ``val_data``, ``test_data`` and ``train_data`` yield (inputs, target).
-    Every decision reads ``val_data``; ``test_data`` is scored once, for the reported score. ``metric``
+    Every decision reads ``val_data``; ``test_data`` is scored once, for the reported score; ``unlabelled``
+    (optional) makes more training inputs from the calibration data, never from validation or test. ``metric``
     receives a ``predict`` that returns every output. ``output_kinds`` says, per output, how to compare two
     models' outputs: ``logits`` (top-1 agreement, top-5 overlap), ``embeddings`` (cosine, nearest-neighbour
     agreement) or ``values`` (differences and cosine only).
@@ -128,6 +129,10 @@ class Task:
     output_kinds: tuple[str, ...] = ("logits",)
     num_classes: int | None = None
     preprocessing: Mapping[str, Any] = field(default_factory=dict)
+    # (count, seed) -> ``count`` unlabelled inputs made from the calibration data alone: its inputs first, then
+    # augmented copies (crops, flips, jitter, mixup of the calibration photos; word crops of the calibration
+    # texts). For label-free recovery (``distill: {data: augmented}``); None: the task has only ``calib_data``.
+    unlabelled: Callable[[int, int], Batches] | None = None
 
     def __post_init__(self) -> None:
         kinds = tuple(self.output_kinds)
@@ -149,6 +154,38 @@ class Task:
     def score_drop(self, baseline: float, score: float) -> float:
         """How much worse ``score`` is than ``baseline`` in the metric's units (positive = worse)."""
         return baseline - score if self.higher_is_better else score - baseline
+
+
+AUGMENT_CHUNK = 256  # augmented inputs made per call of a task's generator (bounds the memory it needs)
+
+
+def calibration_first(calib: Inputs, count: int, more: Callable[[int, int], Inputs], batch_size: int) -> Batches:
+    """``count`` unlabelled inputs: the calibration inputs ``calib`` first (as many as fit), then augmented
+    ones, ``AUGMENT_CHUNK`` at a time from ``more(n, chunk_index)``: what a task's ``unlabelled`` hook
+    returns. ``more`` seeds each chunk from its index, so the inputs do not depend on memory or batching.
+
+    >>> calib = {"x": np.zeros((3, 2), np.float32)}
+    >>> b = calibration_first(calib, 5, lambda n, i: {"x": np.ones((n, 2), np.float32)}, batch_size=4)
+    >>> b.arrays["x"][:, 0].tolist(), b.targets is None
+    ([0.0, 0.0, 0.0, 1.0, 1.0], True)
+    """
+    if count < 1:
+        raise ConfigError(f"The number of unlabelled inputs must be at least 1, got {count}.")
+    first = min(count, len(next(iter(calib.values()))))
+    out = {k: np.empty((count, *v.shape[1:]), v.dtype) for k, v in calib.items()}
+    for k, v in calib.items():
+        out[k][:first] = v[:first]
+    for i, start in enumerate(range(first, count, AUGMENT_CHUNK)):
+        n = min(AUGMENT_CHUNK, count - start)
+        chunk = more(n, i)
+        for k in out:
+            out[k][start:start + n] = chunk[k]
+    return Batches(out, batch_size=batch_size)
+
+
+def chunk_seed(seed: int, chunk_index: int) -> int:
+    """The seed of one chunk of augmented inputs, from the hook's seed and the chunk's index."""
+    return int(np.random.SeedSequence([seed % 2 ** 32, chunk_index]).generate_state(1)[0])
 
 
 def split_slices(n: int, calib_samples: int) -> tuple[slice, slice, slice]:

@@ -30,6 +30,9 @@ from ..train import (TrainConfig, all_outputs, first_batch, fit, forward, frozen
                      supervised_loss, task_evaluator, to_tensors, train_data_for)
 from ..config import check
 from ..errors import ConfigError, ModelpressError
+from ..task import Batches
+
+RECOVERY_SAMPLES = 512  # validation samples scored before and after distilling (the recovery facts)
 
 SEARCH_SPACE: dict[str, list] = {
     "alpha": [0.5, 0.1, 0.9],
@@ -53,7 +56,9 @@ class Config(TrainConfig):
     features: tuple[str, ...] = ()  # layers whose outputs are matched: "name" or "student_name=teacher_name"
     feature_weight: float = 1.0
     labels: bool = True  # false: train on the inputs alone, the teacher's outputs are the only targets
-    data: Literal["train", "calib"] = "train"  # calib: the task's (unlabeled) calibration inputs
+    # calib: the task's (unlabeled) calibration inputs; augmented: those plus augmented copies (task.unlabelled)
+    data: Literal["train", "calib", "augmented"] = "train"
+    samples: int = 2048  # data: augmented: how many inputs per epoch (the calibration inputs among them)
     batch_size: int | None = None  # None: the task's batch size
     include: tuple[str, ...] = ()  # layers that train (fnmatch on module names); others stay frozen
     exclude: tuple[str, ...] = ()
@@ -67,6 +72,7 @@ class Config(TrainConfig):
         check(self.feature_weight >= 0, f"feature_weight must be >= 0, got {self.feature_weight}.")
         check(bool(self.teacher), "teacher must be 'task', 'model' or the path of a weights file.")
         check(self.batch_size is None or self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}.")
+        check(self.samples >= 1, f"samples must be at least 1 (the number of augmented inputs), got {self.samples}.")
         for f in self.features:
             check(f.count("=") <= 1 and all(f.split("=")), f"features entry '{f}' must be 'layer' or 'student_layer=teacher_layer'.")
 
@@ -146,6 +152,26 @@ def projection(student_shape: torch.Size, teacher_shape: torch.Size, pair: str) 
     return nn.Linear(student_shape[-1], teacher_shape[-1], bias=False)
 
 
+def training_inputs(task: Any, config: Config) -> Any:
+    """The batches ``config.data`` names: the task's training data (without labels if ``labels: false``), its
+    calibration inputs, or ``config.samples`` inputs from ``task.unlabelled`` (calibration inputs, then
+    augmented copies of them), shuffled by ``config.seed``."""
+    if config.data == "train":
+        return train_data_for(task, config.batch_size, labels=config.labels)
+    if config.data == "calib":
+        data = task.calib_data
+    else:
+        make = getattr(task, "unlabelled", None)
+        if make is None:
+            raise ConfigError(f"data: augmented needs a task that makes augmented inputs from its calibration data "
+                              f"(Task.unlabelled); the task '{task.name}' has none. Use data: calib (its "
+                              f"{task.calib_data.num_samples} calibration inputs, for more epochs) or, with training "
+                              f"data, data: train with labels: false.")
+        made = make(config.samples, config.seed)
+        data = Batches(made.arrays, None, made.batch_size, shuffle=True, seed=config.seed)
+    return data if config.batch_size is None else data.with_batch_size(config.batch_size)
+
+
 def distill(student: nn.Module, teacher: nn.Module, task: Any, config: Config = Config(),
             teacher_name: str = "teacher", hooks: tuple[Any, ...] = ()) -> nn.Module:
     """Train ``student`` in place from ``teacher`` (left unchanged) on the task's data; returns the student.
@@ -157,10 +183,7 @@ def distill(student: nn.Module, teacher: nn.Module, task: Any, config: Config = 
         raise ModelpressError("The student and the teacher are the same module; distill into a copy "
                               "(copy.deepcopy(model)) or use distill.apply, which copies.")
     names = list(task.input_names)
-    data = task.calib_data if config.data == "calib" else \
-        train_data_for(task, config.batch_size, labels=config.labels)
-    if config.data == "calib" and config.batch_size is not None:
-        data = data.with_batch_size(config.batch_size)
+    data = training_inputs(task, config)
     inputs, _ = split_batch(first_batch(data))
     kinds = loss_kinds(config, task)
     pairs = [(f.split("=")[0], f.split("=")[-1]) for f in config.features]
@@ -234,8 +257,53 @@ def apply(model: nn.Module | Applied, config: Config, task: Any, tools: Tools = 
         student = derive(prev.model, example, config.shrink, config.width, config.depth, config.init, config.seed)
     else:
         student = copy.deepcopy(prev.model)
+    val = task.val_data.take(RECOVERY_SAMPLES) if hasattr(task.val_data, "take") else task.val_data
+    score_before = validation_score(student, task, val)
     distill(student, teacher, task, config, teacher_name, prev.train_hooks)
     facts = {"distill": {"teacher": teacher_name, "student": config.student, "loss": "+".join(loss_kinds(config, task)),
                          "alpha": config.alpha, "temperature": config.temperature, "epochs": config.epochs,
-                         "params_student": count_params(student), "params_teacher": count_params(teacher)}}
+                         "params_student": count_params(student), "params_teacher": count_params(teacher)},
+             "recovery": recovery(task, config, val, validation_score(teacher, task, val), score_before,
+                                  validation_score(student, task, val))}
     return prev.then(student, facts=facts)
+
+
+def validation_score(model: nn.Module, task: Any, data: Any) -> float:
+    from ..evaluate import evaluate, torch_predict
+
+    was_training = model.training
+    try:
+        return evaluate(torch_predict(model, task), task, data)
+    finally:
+        model.train(was_training)
+
+
+def recovery(task: Any, config: Config, val: Any, teacher: float, before: float, after: float) -> dict[str, Any]:
+    """The ``recovery`` facts: the task's validation score of the teacher, of the student before and after
+    distilling, the share of the teacher-to-student gap distilling closed (``regained``; None without a
+    gap), and what the student trained on."""
+    source = {"train": task.train_data, "calib": task.calib_data}.get(config.data)
+    inputs = config.samples if config.data == "augmented" else getattr(source, "num_samples", None)
+    lost, left = task.score_drop(teacher, before), task.score_drop(teacher, after)
+    return {"on": "validation", "samples": getattr(val, "num_samples", None),
+            "score_teacher": round(teacher, 6), "score_before": round(before, 6), "score_after": round(after, 6),
+            "regained": round((lost - left) / lost, 4) if lost > 1e-9 else None,
+            "data": config.data, "labels": config.labels and config.data == "train",
+            "inputs": inputs, "epochs": config.epochs}
+
+
+def explain(result: Any) -> list[str]:
+    """How much of the validation score the steps before distillation lost it won back (``recovery`` facts)."""
+    rec = result.facts.get("recovery")
+    if not rec:
+        return []
+    scores = (f"validation score {rec['score_before']:.4f} before, {rec['score_after']:.4f} after, teacher "
+              f"{rec['score_teacher']:.4f}")
+    trained = (f"{rec['inputs']} {'labelled' if rec['labels'] else 'unlabelled'} {rec['data']} inputs" if rec["inputs"]
+               else f"the {rec['data']} data") + f", {rec['epochs']} epoch{'s' if rec['epochs'] != 1 else ''}"
+    if rec["regained"] is None:
+        return [f"distill: the model scored as well as its teacher before distilling ({scores}; {trained})."]
+    if rec["regained"] < 0:
+        return [f"distill made the model worse ({scores}; {trained}): try a lower lr, more epochs or more inputs."]
+    more = " Less than half: try more epochs or inputs, or compress less." if rec["regained"] < 0.5 else ""
+    return [f"distill regained {rec['regained']:.0%} of the score lost before it ({scores}; {trained}).{more}"]

@@ -3,7 +3,8 @@
 The photos have no ImageNet labels, so the targets of validation and test are the fp32 model's own
 top-1 classes and ``accuracy`` is top-1 agreement with fp32 (1.0 for the fp32 model itself). Those
 targets cost one fp32 pass over validation and test; they are cached on disk keyed by the weights
-file, the images and the torch version, so loading the task again is quick.
+file, the images and the torch version, so loading the task again is quick. There is no training data;
+``unlabelled`` makes augmented inputs from the calibration photos for label-free recovery (distillation).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..task import Batches, Task, accuracy
+from ..task import Batches, Inputs, Task, accuracy, calibration_first, chunk_seed
 from . import photos
 from ..cache import cached_array, file_digest, fingerprint
 
@@ -33,6 +34,22 @@ def top1(model: Any, x: np.ndarray, batch_size: int = 16) -> np.ndarray:
     return np.concatenate(out).astype(np.int64) if out else np.zeros(0, np.int64)
 
 
+def augmented_photos(calib: np.ndarray, size: int, mean: Sequence[float], std: Sequence[float],
+                     batch_size: int = BATCH_SIZE) -> Callable[[int, int], Batches]:
+    """A task's ``unlabelled(count, seed)`` hook: the calibration inputs ``calib`` (float32 NCHW), then
+    ``photos.augment`` images of the calibration photos (never validation or test), normalised like
+    ``calib``. The same seed gives the same inputs."""
+
+    def unlabelled(count: int, seed: int) -> Batches:
+        def more(n: int, chunk: int) -> Inputs:
+            images = photos.augment(n, size, chunk_seed(seed, chunk), split="calibration")
+            return {"pixel_values": photos.to_input(images, mean, std)}
+
+        return calibration_first({"pixel_values": calib}, count, more, batch_size)
+
+    return unlabelled
+
+
 def image_task(name: str, build_model: Callable[[], Any], weights: Path, size: int, mean: Sequence[float],
                std: Sequence[float], description: str, batch_size: int = BATCH_SIZE) -> Task:
     """``name``'s Task: calibration, validation and test views of the bundled photos at ``size`` pixels,
@@ -46,10 +63,11 @@ def image_task(name: str, build_model: Callable[[], Any], weights: Path, size: i
     key = {"weights": file_digest(weights), "images": fingerprint(val, test), "size": size, "mean": list(mean),
            "std": list(std), "torch": torch.__version__, "version": TARGETS_VERSION}
     targets = cached_array(f"{name}-top1", key, lambda: top1(build_model(), np.concatenate([x_val, x_test])))
+    x_calib = photos.to_input(calib, mean, std)
     split_sizes = {s: len(photos.SPLITS[s]) for s in photos.SPLITS}
     return Task(
         name=name, build_model=build_model, input_names=("pixel_values",), output_names=("logits",),
-        calib_data=Batches({"pixel_values": photos.to_input(calib, mean, std)}, batch_size=batch_size),
+        calib_data=Batches({"pixel_values": x_calib}, batch_size=batch_size),
         val_data=Batches({"pixel_values": x_val}, targets[:len(x_val)], batch_size=batch_size),
         test_data=Batches({"pixel_values": x_test}, targets[len(x_val):], batch_size=batch_size),
         train_data=None, metric=accuracy, higher_is_better=True, output_kinds=("logits",), num_classes=NUM_CLASSES,
@@ -60,4 +78,5 @@ def image_task(name: str, build_model: Callable[[], Any], weights: Path, size: i
                                f"photo ({split_sizes['calibration']}/{split_sizes['validation']}/"
                                f"{split_sizes['test']} photos for calibration/validation/test)",
                        "metric": "top-1 agreement with the fp32 model"},
+        unlabelled=augmented_photos(x_calib, size, mean, std, batch_size),
     )

@@ -5,6 +5,9 @@ locally, never from the hub, and never runs code from the folder (``trust_remote
 Texts come from a file: ``.txt`` (one text per line) or ``.jsonl`` (``{"text": ..., "label": ...}``).
 Inputs are ``input_ids`` and ``attention_mask`` (int64, ``[batch, max_length]``).
 
+Label-free recovery (``unlabelled``) trains on the calibration texts and on random word crops of them
+(``text_variants``): no text that is not in the calibration split.
+
 The metric: accuracy when labels are given (a labels file with one class per line, or ``label`` in
 the JSONL; names are mapped through the model's ``label2id``); otherwise the mean cosine similarity
 of each output row to the fp32 model's output (1.0 for the fp32 model itself).
@@ -30,7 +33,7 @@ import numpy as np
 
 from ..errors import ConfigError, ModelFileError, RuntimeUnavailable
 from ..cache import cached_array, fingerprint, folder_digest
-from ..task import Batches, Task, accuracy, split_slices
+from ..task import Batches, Inputs, Task, accuracy, calibration_first, chunk_seed, split_slices
 
 Output = Literal["auto", "logits", "embeddings"]
 
@@ -132,6 +135,28 @@ def cosine_to_reference(predict: Any, data: Any) -> float:
     return total / max(count, 1)
 
 
+def text_variants(texts: list[str], count: int, seed: int, keep: float = 0.5, drop: float = 0.1) -> list[str]:
+    """``count`` variants of ``texts`` made of their own words, nothing new: each is a random text's words
+    from a random start, ``keep`` to all of them in order, each then dropped with probability ``drop``
+    (at least one word stays). The same seed gives the same variants.
+
+    >>> v = text_variants(["one two three four"], 3, seed=0)
+    >>> all(set(t.split()) <= {"one", "two", "three", "four"} for t in v), v == text_variants(["one two three four"], 3, seed=0)
+    (True, True)
+    """
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        words = texts[rng.integers(len(texts))].split()
+        n = len(words)
+        length = int(rng.integers(max(1, int(np.ceil(keep * n))), n + 1)) if n else 0
+        start = int(rng.integers(0, n - length + 1)) if n else 0
+        span = words[start:start + length]
+        kept = [w for w in span if rng.uniform() >= drop] or span[:1]
+        out.append(" ".join(kept))
+    return out
+
+
 def load_model(model_dir: Path, output: str) -> Any:
     """The wrapped model: (input_ids, attention_mask) -> logits or mean-pooled embeddings."""
     import torch
@@ -187,6 +212,14 @@ def task(model_dir: str | Path, texts: str | Path, labels: str | Path | list | N
     def build_model() -> Any:
         return load_model(model_dir, output)
 
+    def unlabelled(count: int, seed: int) -> Batches:  # the calibration texts, then word crops of them
+        def more(n: int, chunk: int) -> Inputs:
+            variants = text_variants(lines[calib], n, chunk_seed(seed, chunk))
+            enc = tokenizer(variants, padding="max_length", truncation=True, max_length=max_length, return_tensors="np")
+            return {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask")}
+
+        return calibration_first(part(calib), count, more, batch_size)
+
     if raw_labels is not None and output == "logits":
         y = label_ids(raw_labels, {str(k): int(v) for k, v in (config.label2id or {}).items()}, config.num_labels)
         val_data, test_data = (Batches(part(s), y[s], batch_size=batch_size) for s in (val, test))
@@ -218,6 +251,7 @@ def task(model_dir: str | Path, texts: str | Path, labels: str | Path | list | N
         preprocessing={"input": f"text tokenized with the tokenizer in {model_dir.name}/",
                        "max_length": max_length, "padding": "max_length", "truncation": True,
                        "output": "logits" if output == "logits" else "mean-pooled last hidden state"},
+        unlabelled=unlabelled,
     )
 
 
