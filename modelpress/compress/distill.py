@@ -238,8 +238,11 @@ def distill(student: nn.Module, teacher: nn.Module, task: Any, config: Config = 
 
 def estimate_s(config: Config, profile: Any) -> float:
     """Seconds ``apply`` is expected to take on a model of ``profile`` (``search.cost.Profile``), before it
-    runs: the epochs, each with the teacher's forward pass beside the student's training step."""
-    return 1.0 + 1.4 * profile.epoch_s(config.epochs)
+    runs: the epochs over the training set (or ``samples`` augmented inputs), each with the teacher's forward
+    pass beside the student's training step, and scoring three models for the recovery facts."""
+    inputs = config.samples if config.data == "augmented" else profile.train_samples
+    epochs = 1.4 * 3.0 * profile.sample_s * inputs * config.epochs
+    return 1.0 + epochs + 3 * profile.forward_s(min(RECOVERY_SAMPLES, profile.val_samples))
 
 
 def apply(model: nn.Module | Applied, config: Config, task: Any, tools: Tools = Tools()) -> Applied:
