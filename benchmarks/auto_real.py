@@ -253,7 +253,7 @@ def search_line(auto: dict[str, Any]) -> str:
     counts = s.get("counts") or {}
     ended = ", ".join(f"{counts.get(k, 0)} {w}" for k, w in (("complete", "measured"), ("pruned", "stopped early"),
                       ("failed", "failed"), ("timeout", "at their time limit"), ("skipped", "skipped")))
-    excluded = "; ".join(f"{e.get('technique') or e.get('step')} (trial {e.get('trial')}): {e.get('reason')}"
+    excluded = "; ".join(e.get("text") or f"{e.get('technique')} (trial {e.get('trial')}): {e.get('reason')}"
                          for e in s.get("excluded") or []) or "nothing"
     missed = "; ".join(f"nothing met {k}: best {v['best']:.4g} (trial {v['trial']}), limit {v['limit']:.4g}"
                        for k, v in (auto.get("missed_by") or {}).items())

@@ -45,7 +45,8 @@ class Exclusions:
         any); ``technique`` None with a runtime: everything on it."""
         entry = {"technique": technique, "settings": settings, "runtime": runtime, "trial": trial, "reason": reason}
         self.study.set_user_attr(ATTR, [*self.entries(), entry])
-        log.info(f"{' on '.join(x for x in (technique, runtime) if x)} is left out of the rest of this study: {reason}")
+        what = technique and (technique + (f"({', '.join(f'{k}={v}' for k, v in settings.items())})" if settings else ""))
+        log.info(f"{' on '.join(x for x in (what, runtime) if x)} is left out of the rest of this study: {reason}")
 
     def learn(self, number: int, cand: Any, outcome: dict[str, Any]) -> None:
         """Leave out what a failed or stopped trial shows cannot work (see the module's list)."""

@@ -150,7 +150,10 @@ def missed_by(records: list[dict[str, Any]], constraints: Any) -> dict[str, dict
 def excluded_text(e: dict[str, Any]) -> str:
     """One entry of ``summary["excluded"]``: 'prune (trial 3): ...', 'lowrank on tflite (trial 9): ...',
     'everything on executorch (trial 2): ...'."""
-    what = " on ".join(x for x in (e.get("technique") or ("everything" if e.get("runtime") else "?"), e.get("runtime")) if x)
+    settings = e.get("settings")
+    technique = e.get("technique") and e["technique"] + (f"({', '.join(f'{k}={v}' for k, v in settings.items())})"
+                                                         if settings else "")
+    what = " on ".join(x for x in (technique or ("everything" if e.get("runtime") else "?"), e.get("runtime")) if x)
     return what + (f" (trial {e['trial']})" if e.get("trial") is not None else "") + f": {e.get('reason') or '-'}"
 
 
