@@ -27,6 +27,7 @@ BENCH = {"batch_sizes": [1], "warmup": 1, "rounds": 2, "runs_per_round": 1}
 class Config:
     seconds: float = 0.0
     fail: bool = False
+    refuse: bool = False  # a clear refusal of these settings (a ModelpressError)
     crash: bool = False  # the process dies (as out of memory, or a crash in native code, would end it)
     estimate: float = 0.0
 
@@ -34,6 +35,10 @@ class Config:
 def apply(model: nn.Module | Applied, config: Config, task, tools=None) -> Applied:
     if config.fail:
         raise RuntimeError("stall cannot handle this model")
+    if config.refuse and config.seconds > 0:
+        from modelpress.errors import ConfigError
+
+        raise ConfigError("stall refuses seconds > 0 on this model")
     if config.crash:
         import os
 
@@ -102,6 +107,17 @@ def test_a_technique_that_fails_is_recorded_once_and_not_run_again(stall, tmp_pa
     (entry,) = summary["excluded"]
     assert entry["technique"] == "stall" and entry["settings"] is None and "failed on this model" in entry["reason"]
     assert summary["counts"]["failed"] == 1  # the left-out proposals count as neither trials nor failures
+
+
+def test_a_refusal_leaves_out_only_the_settings_it_refused(stall, tmp_path):
+    out = tmp_path / "out"
+    search = {"startup_trials": 8}
+    summary = auto(recipe({"refuse": [True], "seconds": [0.01, 0.0]}, trials=3, **search), out)
+    runs = {r["candidate"]: r["state"] for r in summary["trials"] if "stall" in r["candidate"] and not r["cached"]}
+    assert runs == {"stall(seconds=0.01, refuse=True) on onnxruntime": "failed",
+                    "stall(seconds=0.0, refuse=True) on onnxruntime": "complete"}  # the other setting still ran
+    (entry,) = summary["excluded"]
+    assert entry["settings"]["seconds"] == 0.01 and "refused these settings" in entry["reason"]
 
 
 def test_a_worker_that_dies_in_a_trial_is_recorded_and_replaced(stall, tmp_path):

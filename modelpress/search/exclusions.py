@@ -4,7 +4,8 @@ continued study remembers it.
 An entry names a technique (with exact settings, or any), a runtime setting (or any), the trial that
 taught it and the reason; a candidate matching an entry is not run again. Entries come from:
 
-- a technique that raised while it was applied (any settings, any runtime);
+- a technique that crashed while it was applied (any settings, any runtime), or refused its settings with a
+  clear error (``ModelpressError``: those settings; a refusal names what in them does not fit the model);
 - a step stopped at the trial time limit while it was applied (those settings);
 - a step whose cost estimate is far over the trial limit (those settings; no trial);
 - a failure after the steps on a runtime other than the deploy one: the runtime itself when the fp32
@@ -55,8 +56,10 @@ class Exclusions:
         step, error = outcome.get("step"), str(outcome.get("error") or "")[:300]
         timeout = outcome["status"] == "timeout"
         if step:
-            settings = next((s for n, s in cand.steps if n == step), None) if timeout else None
-            why = "reached its time limit while applying it" if timeout else "failed on this model"
+            specific = timeout or outcome.get("refused")  # a crash is the technique's, a refusal its settings'
+            settings = next((s for n, s in cand.steps if n == step), None) if specific else None
+            why = ("reached its time limit while applying it" if timeout else
+                   "refused these settings on this model" if outcome.get("refused") else "failed on this model")
             self.add(f"trial {number} {why}: {error}", number, technique=step, settings=settings)
             return
         runtime = self.space.runtime_key(cand.runtime)

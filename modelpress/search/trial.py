@@ -21,6 +21,11 @@ _CACHES: dict[str, Any] = {}  # per process: cache folder -> PrefixCache
 _STAGE: dict[str, Any] = {"now": None, "step": None, "report": None}  # per process: what the running trial does
 
 
+def report_stages(callback: Any) -> None:
+    """Pass every ``stage`` of this process's trials to ``callback(text, step)`` (a worker tells its driver)."""
+    _STAGE["report"] = callback
+
+
 def stage(text: str, step: str | None = None) -> None:
     """Say what the running trial does now ('applying lowrank', 'measuring'); ``step`` names the technique
     being applied. A worker that can be stopped at a time limit passes it on (``report``), so the outcome of
@@ -173,8 +178,10 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     except Exception as e:  # one bad candidate must not end the study: it is recorded as failed
         tail = "".join(traceback.format_exception(e)[-3:])[-2000:]
         error = f"{type(e).__name__}: {str(e)[:1000]}"
+        from ..errors import ModelpressError
+
         outcome = {"status": "failed", "error": error, "traceback": tail, "stage": _STAGE["now"],
-                   "step": _STAGE["step"], "ended": f"failed while {_STAGE['now']}: {error.splitlines()[0][:300]}"}
+                   "step": _STAGE["step"], "refused": isinstance(e, ModelpressError), "ended": f"failed while {_STAGE['now']}: {error.splitlines()[0][:300]}"}
     outcome["seconds"] = {**outcome.get("seconds", {}), "total": time.perf_counter() - started}
     outcome["worker"] = worker_identity()
     return outcome

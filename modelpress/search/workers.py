@@ -4,7 +4,9 @@ A worker is a spawned process that loads the task once and then runs one job at 
 telling the driver when a job starts and what it is doing (``trial.stage``). The driver waits on all busy
 workers at once; a job still running at its limit is stopped by killing its worker, recorded as a
 ``timeout`` outcome that says where it was, and a fresh worker takes the slot. The limit counts from the
-moment the worker starts the job, so loading the task into a fresh worker is not charged to a trial.
+moment the worker starts the job, so loading the task into a fresh worker is not charged to a trial; an
+absolute end (``until``, the search's own deadline) stops it in any case. A worker that dies is noticed
+through its process sentinel and recorded as failed with its exit code and stage.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ def _serve(conn: Any, threads: int, task_name: str | None, scores: tuple[float, 
     from . import trial
 
     torch.set_num_threads(threads)
-    trial._STAGE["report"] = lambda text, step: conn.send(("stage", (text, step)))
+    trial.report_stages(lambda text, step: conn.send(("stage", (text, step))))
     if task_name:
         try:
             trial.context(task_name, scores)  # before the first job's clock starts
