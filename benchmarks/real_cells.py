@@ -35,6 +35,7 @@ def cells(model: str) -> list[dict[str, Any]]:
     then OpenVINO's own int8 export option. ``runtime`` settings (threads...) are filled in by the driver."""
     sizes = {"batch_sizes": [1, big_batch(model)]}  # compiled sizes of the formats that fix them
     ort = ("onnx", {}, "onnxruntime", {})
+    int4_packed = {"mode": "weight_only", "bits": 4, "group_size": 32, "compute": "packed"}  # runs on MatMulNBits
     out = [
         ("fp32", [], *ort),
         ("fp32", [], "openvino", {}, "openvino", {"precision": "fp32"}),
@@ -43,6 +44,9 @@ def cells(model: str) -> list[dict[str, Any]]:
         ("quantize dynamic", [{"quantize": {"mode": "dynamic"}}], *ort),
         ("quantize static", [{"quantize": {"mode": "static"}}], *ort),
         ("quantize weight_only int4 g32", [{"quantize": {"mode": "weight_only", "bits": 4, "group_size": 32}}], *ort),
+        ("quantize weight_only int4 g32 packed", [{"quantize": int4_packed}], *ort),
+        ("quantize weight_only int4 g32 packed", [{"quantize": int4_packed}], "openvino", {}, "openvino",
+         {"precision": "fp32"}),
         ("prune channel", [{"prune": {"method": "channel"}}], *ort),
         ("lowrank", [{"lowrank": {}}], *ort),
         ("cluster", [{"cluster": {}}], *ort),

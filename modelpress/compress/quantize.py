@@ -8,7 +8,8 @@ Modes (``quantize: {mode: ...}`` in a recipe):
   as ONNX QDQ that ONNX Runtime fuses into its int8 kernels.
 - ``dynamic``: int8 weights of Linear layers; activations quantized at run time (no calibration).
 - ``weight_only``: 2- to 8-bit weights, per channel or in groups, stored packed (``storage: packed``) so the
-  artifact really shrinks; the runtime computes in float.
+  artifact really shrinks; the runtime decodes them and computes in float (``compute: decoded``), or, with
+  ``compute: packed``, runs MatMul/Gemm layers on ONNX Runtime's ``MatMulNBits`` from the packed weights.
 - ``qat``: static int8 fine-tuned through fake quantization (straight-through gradients) with the shared
   training loop, then exported like ``static``.
 - ``mixed``: static int8, with the layers whose quantization hurts most kept in float until the score drop
@@ -48,6 +49,10 @@ class Config:
     per_channel: bool = True  # one scale per output channel where it pays (see per_channel_min_gain_db)
     per_channel_min_gain_db: float = 12.0  # int8 Linear layers: per channel only if it cuts weight error this much
     group_size: int = 0  # weight_only: values sharing a scale along a channel's inputs (0 = the whole channel)
+    # weight_only: how the runtime computes. decoded: the file holds packed codes, decoded to float32 when the
+    # model loads (the smallest file; memory and speed as fp32). packed: MatMul/Gemm layers run on ONNX Runtime's
+    # MatMulNBits from the packed weights (memory drops too); needs group_size a power of two >= 16.
+    compute: Literal["decoded", "packed"] = "decoded"
     symmetric: bool = True  # weights: zero point 0 (the int8 modes need it)
     weight_range: Literal["minmax", "mse"] = "minmax"  # weight clipping: full range, or least squared error
     calibration: Literal["minmax", "percentile", "mse", "entropy"] = "mse"  # activation range observer
@@ -79,6 +84,16 @@ class Config:
         check(self.group_size == 0 or self.mode == "weight_only",
               f"'quantize.group_size' applies to mode: weight_only; the int8 kernels of mode {self.mode} take one "
               f"scale per channel. Set group_size: 0.")
+        check(self.compute == "decoded" or self.mode == "weight_only",
+              f"'quantize.compute: packed' runs weight_only layers from their packed weights; mode {self.mode} has "
+              f"its own int8 kernels. Remove compute or set mode: weight_only.")
+        if self.compute == "packed":
+            from ._quant.nbits import BITS, check_block
+
+            check(self.bits in BITS, f"'quantize.compute: packed' runs on ONNX Runtime's MatMulNBits, which takes "
+                                     f"{', '.join(map(str, BITS))}-bit weights; got bits: {self.bits}.")
+            problem = check_block(self.group_size)
+            check(problem is None, f"'quantize.compute: packed': {problem}")
         check(self.group_size == 0 or self.per_channel,
               "'quantize.group_size' splits each output channel into groups, so it needs per_channel: true.")
         check(0 <= self.per_channel_min_gain_db < float("inf"),
@@ -145,7 +160,7 @@ def explain(result: Any) -> list[str]:
     the artifact. Empty when it is not slower or the runtime reported no op precisions."""
     facts = result.facts
     slower = {b: r for b, r in result.latency_ratio.items() if result.latency_verdict.get(b) == "slower"}
-    if facts.get("mode") == "weight_only":
+    if facts.get("mode") == "weight_only" and not facts.get("nbits_layers"):
         return [f"mode weight_only stores low-bit weights but decodes them to float32 when the model loads, so "
                 f"it runs the fp32 graph: its latency ratio ({', '.join(f'batch {b}: {r:.2f}' for b, r in slower.items())}) "
                 f"is not an int8 effect."] if slower else []

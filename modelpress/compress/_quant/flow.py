@@ -13,6 +13,7 @@ from .bias import correct_bias, shift_biases
 from .layers import (KeepOnGrid, batches_of, calibrate, check_weights, empty_calibration_error, fold_batchnorm, kind,
                      select, unwrap, weight_specs, wrap)
 from .mixed import fallback, sensitivity
+from .nbits import NBitsLowering
 
 DYNAMIC_CONV = ("dynamic int8 convolution (ConvInteger) is several times slower than fp32 Conv in ONNX Runtime; "
                 "use mode: static for convolutions")
@@ -77,10 +78,13 @@ def run(prev: Applied, config: Any, task: Any) -> Applied:
     if estimate is not None:
         facts["estimated_score_drop"] = estimate
     hooks = (*prev.train_hooks, KeepOnGrid({n: wrapped[n].spec for n, b in layer_bits.items() if b <= 8}))
-    storage, rewrites = prev.storage, tuple(r for r in prev.onnx_rewrites if not isinstance(r, OnnxLowering))
+    lowerings = (OnnxLowering, NBitsLowering)  # a later quantize step replaces an earlier one's lowering
+    storage, rewrites = prev.storage, tuple(r for r in prev.onnx_rewrites if not isinstance(r, lowerings))
     if act is None:
         storage = Storage("packed", {"granularity": spec.granularity, "group_size": spec.group_size,
                                      "symmetric": spec.symmetric})
+        if config.compute == "packed":
+            rewrites = (*rewrites, NBitsLowering(config.bits, config.group_size, config.symmetric))
     elif int8:
         plan = Plan(mode="dynamic" if act == "dynamic" else "static", layers=int8,
                     per_channel={n: wrapped[n].spec.granularity == "channel" for n in int8},
