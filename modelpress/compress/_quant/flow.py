@@ -13,6 +13,7 @@ from .bias import correct_bias, shift_biases
 from .layers import (KeepOnGrid, batches_of, calibrate, check_weights, empty_calibration_error, fold_batchnorm, kind,
                      select, unwrap, weight_specs, wrap)
 from .mixed import fallback, sensitivity
+from .embeddings import GatherLowering, round_tables
 from .nbits import NBitsLowering
 
 DYNAMIC_CONV = ("dynamic int8 convolution (ConvInteger) is several times slower than fp32 Conv in ONNX Runtime; "
@@ -77,9 +78,16 @@ def run(prev: Applied, config: Any, task: Any) -> Applied:
         facts["bias_correction"] = {n: round(float(v.abs().max()), 6) for n, v in shifts.items()}
     if estimate is not None:
         facts["estimated_score_drop"] = estimate
-    hooks = (*prev.train_hooks, KeepOnGrid({n: wrapped[n].spec for n, b in layer_bits.items() if b <= 8}))
-    lowerings = (OnnxLowering, NBitsLowering)  # a later quantize step replaces an earlier one's lowering
+    on_grid = {n: wrapped[n].spec for n, b in layer_bits.items() if b <= 8}
+    lowerings = (OnnxLowering, NBitsLowering, GatherLowering)  # a later quantize step replaces an earlier one's
     storage, rewrites = prev.storage, tuple(r for r in prev.onnx_rewrites if not isinstance(r, lowerings))
+    if act is not None and config.embeddings:
+        tables = round_tables(model, config.exclude)
+        if tables:
+            on_grid.update(tables)
+            facts["embedding_bits"] = {n: 8 for n in sorted(tables)}
+            rewrites = (*rewrites, GatherLowering())
+    hooks = (*prev.train_hooks, KeepOnGrid(on_grid))
     if act is None:
         storage = Storage("packed", {"granularity": spec.granularity, "group_size": spec.group_size,
                                      "symmetric": spec.symmetric})
