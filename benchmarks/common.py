@@ -21,7 +21,8 @@ from modelpress.doctor import cpu_info  # noqa: E402
 from modelpress.evaluate import evaluate, predict_fn  # noqa: E402
 from modelpress.runtime import RuntimeConfig, open_session, setting_label  # noqa: E402
 
-BENCH = BenchConfig(batch_sizes=(1, 32), warmup=10, rounds=30, runs_per_round=10)
+# min_seconds: each comparison spans 3 s, longer than the fast/slow latency levels last (see modelpress.bench)
+BENCH = BenchConfig(batch_sizes=(1, 32), warmup=10, rounds=30, runs_per_round=10, min_seconds=3.0)
 QUICK = BenchConfig(batch_sizes=(1, 32), warmup=2, rounds=4, runs_per_round=3)
 
 

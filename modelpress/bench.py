@@ -6,6 +6,7 @@ per-round (paired) ratios.
 """
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -29,6 +30,10 @@ class BenchConfig:
     # another ``rounds`` rounds, up to ``max_rounds`` in all (None: 3 x rounds).
     max_spread: float = 0.1
     max_rounds: int | None = None
+    # Time each batch size over at least this many seconds (more rounds of ``rounds``, beyond max_rounds):
+    # latency flips between levels for seconds at a time, so a comparison that fits inside one level
+    # measures that level (a small model's 15 rounds take milliseconds). 0: no minimum.
+    min_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         check(len(self.batch_sizes) > 0 and all(b >= 1 for b in self.batch_sizes),
@@ -38,6 +43,7 @@ class BenchConfig:
         check(self.max_spread > 0, f"max_spread must be positive, got {self.max_spread}.")
         check(self.max_rounds is None or self.max_rounds >= self.rounds,
               f"max_rounds must be at least rounds ({self.rounds}), got {self.max_rounds}.")
+        check(0 <= self.min_seconds <= 3600, f"min_seconds must be between 0 and 3600, got {self.min_seconds}.")
 
 
 def percentiles(times_ms: list[float]) -> dict[str, float]:
@@ -48,7 +54,8 @@ def percentiles(times_ms: list[float]) -> dict[str, float]:
 
 def interleaved(runs: Mapping[str, RunFn], inputs: dict[str, np.ndarray], config: BenchConfig = BenchConfig()
                 ) -> dict[str, list[list[float]]]:
-    """Time every function on the same inputs, alternating between them each round.
+    """Time every function on the same inputs, alternating between them each round: ``config.rounds`` rounds,
+    and more until ``config.min_seconds`` have passed.
 
     Returns, per name, one list of per-call times in ms for each round.
     """
@@ -57,7 +64,10 @@ def interleaved(runs: Mapping[str, RunFn], inputs: dict[str, np.ndarray], config
         for _ in range(config.warmup):
             runs[name](inputs)
     times: dict[str, list[list[float]]] = {n: [] for n in names}
-    for r in range(config.rounds):
+    start = time.perf_counter()
+    for r in itertools.count():
+        if r >= config.rounds and time.perf_counter() - start >= config.min_seconds:
+            break
         order = names if r % 2 == 0 else names[::-1]
         for name in order:
             fn, samples = runs[name], []
@@ -80,7 +90,8 @@ def compare(candidate: RunFn, baseline: RunFn, example: Callable[[int], dict[str
     """Candidate against baseline per batch size: both latency profiles, the ratio of medians
     (candidate / baseline), the median of the per-round ratios and their interquartile range. When the
     per-round ratios spread wider than ``config.max_spread`` of their median, more rounds are timed (up
-    to ``max_rounds``); ``rounds`` says how many were."""
+    to ``max_rounds``); the first ``rounds`` go on until ``config.min_seconds`` have passed; ``rounds`` says how
+    many were timed."""
     out = {}
     limit = config.max_rounds or 3 * config.rounds  # None: three times the rounds asked for
     for bs in config.batch_sizes:
@@ -94,7 +105,7 @@ def compare(candidate: RunFn, baseline: RunFn, example: Callable[[int], dict[str
             if (q3 - q1) <= config.max_spread * med or len(paired) >= limit:
                 break
             more = interleaved({"candidate": candidate, "baseline": baseline}, inputs,
-                               replace(config, warmup=0, rounds=min(config.rounds, limit - len(paired))))
+                               replace(config, warmup=0, rounds=min(config.rounds, limit - len(paired)), min_seconds=0))
             t = {k: t[k] + more[k] for k in t}
         cand = [x for rnd in t["candidate"] for x in rnd]
         base = [x for rnd in t["baseline"] for x in rnd]

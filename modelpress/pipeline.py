@@ -89,6 +89,45 @@ class Scores:
         return cls(val=evaluate(predict, task, task.val_data), test=evaluate(predict, task, task.test_data))
 
 
+class BaselineCache:
+    """What a study measures every candidate against, made once instead of once per candidate: the fp32
+    model's export for each export setting (kept under ``folder``, which the caller owns) and its outputs on
+    inputs it has already been run on (the fidelity comparison reads the same test batches every time)."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self._artifacts: dict[str, Artifact] = {}
+        self._outputs: dict[tuple[int, str], Any] = {}
+
+    def artifact(self, baseline: Any, task: Task, recipe: Recipe) -> Artifact:
+        """The fp32 export of ``baseline`` with the recipe's export settings (exported on first use)."""
+        import hashlib
+
+        key = hashlib.sha256(f"{id(baseline)} {task.name} {recipe.export!r}".encode()).hexdigest()[:16]
+        if key not in self._artifacts:
+            self._artifacts[key] = export_model(baseline, task, recipe, self.folder / key, fp32=True)
+        return self._artifacts[key]
+
+    def predict(self, baseline: Any, task: Task) -> Any:
+        """``torch_predict(baseline, task)``, answering inputs it has seen from memory."""
+        import hashlib
+
+        inner = torch_predict(baseline, task)
+
+        def cached(inputs: Any) -> Any:
+            digest = hashlib.sha256()
+            for name in sorted(inputs):
+                value = inputs[name]
+                digest.update(f"{name}{value.dtype}{value.shape}".encode())
+                digest.update(value.tobytes())
+            key = (id(baseline), digest.hexdigest())
+            if key not in self._outputs:
+                self._outputs[key] = inner(inputs)
+            return self._outputs[key]
+
+        return cached
+
+
 def op_precisions(art: Artifact, applied: Applied, recipe: Recipe) -> dict[str, Any]:
     """What the runtime reads off the artifact about the ops it runs in int8 (runtimes that can tell), and
     the layers the graph put on int8 that the runtime runs in float anyway."""
@@ -109,13 +148,15 @@ def runtime_fallbacks(facts: dict[str, Any]) -> dict[str, str]:
             for m, op in planned.items() if m not in on_int8}
 
 
-def measure(applied: Applied, baseline: Any, task: Task, recipe: Recipe, folder: Path, baseline_scores: Scores
-            ) -> Result:
-    """Export ``applied`` into ``folder`` and measure it against the exported fp32 ``baseline`` on the runtime."""
+def measure(applied: Applied, baseline: Any, task: Task, recipe: Recipe, folder: Path, baseline_scores: Scores,
+            cache: BaselineCache | None = None) -> Result:
+    """Export ``applied`` into ``folder`` and measure it against the exported fp32 ``baseline`` on the runtime.
+    ``cache``: the baseline's export and outputs from earlier measurements of the same study (a search)."""
     log.info("exporting")
     art = export_model(applied, task, recipe, folder / "artifact")
     with tempfile.TemporaryDirectory(dir=folder, prefix=".baseline-") as tmp:  # inside the staging folder
-        base_art = export_model(baseline, task, recipe, Path(tmp), fp32=True)
+        base_art = cache.artifact(baseline, task, recipe) if cache else \
+            export_model(baseline, task, recipe, Path(tmp), fp32=True)
         log.info(f"loading on {recipe.runtime.backend}")
         example = task.example_inputs
         probe(art, recipe.runtime, example(1))
@@ -126,7 +167,8 @@ def measure(applied: Applied, baseline: Any, task: Task, recipe: Recipe, folder:
         scores = Scores.of(predict, task)
         names, kinds = task.output_names, task.output_kinds
         parity = compare_outputs(torch_predict(applied.model, task), predict, task.test_data, kinds, names)
-        fidelity = compare_outputs(torch_predict(baseline, task), predict, task.test_data, kinds, names)
+        reference = cache.predict(baseline, task) if cache else torch_predict(baseline, task)
+        fidelity = compare_outputs(reference, predict, task.test_data, kinds, names)
         latency = compare(session.run, base_session.run, example, recipe.bench, log.info)
         # a runtime that always runs on one device (CUDA, TensorRT) says so; its energy comes from that meter
         meter = EnergyMeter(getattr(registry.module("runtime", recipe.runtime.backend), "DEVICE", recipe.runtime.device))

@@ -1,4 +1,5 @@
 import itertools
+from dataclasses import replace
 
 import numpy as np
 
@@ -61,6 +62,17 @@ def test_compare_times_more_rounds_while_the_spread_is_wide(monkeypatch):
     assert q1 <= wide["paired_ratio"] <= q3 and q3 - q1 > 0.5
     assert timed(max_spread=10.0)["rounds"] == 4  # a spread within max_spread: the configured rounds suffice
     assert timed()["rounds"] == 12  # max_rounds None: three times rounds
+
+
+def test_compare_times_until_min_seconds_have_passed(monkeypatch):
+    fns = fake_clock(monkeypatch, {"cand": 1.0, "base": 1.0})  # steady: the spread alone asks for nothing more
+    config = bench.BenchConfig(batch_sizes=(1, 4), warmup=0, rounds=5, runs_per_round=2, min_seconds=0.1)
+    res = bench.compare(fns["cand"], fns["base"], lambda bs: {}, config)
+    # 5 rounds of 2 runs of each function take 20 ms: 5 blocks of 5 rounds reach 100 ms, for each batch size
+    assert res[1]["rounds"] == res[4]["rounds"] == 25 and res[1]["paired_ratio"] == 1.0
+    assert bench.compare(fns["cand"], fns["base"], lambda bs: {}, replace(config, min_seconds=0.0))[1]["rounds"] == 5
+    t = bench.interleaved(fns, {}, replace(config, min_seconds=0.05))
+    assert len(t["cand"]) == len(t["base"]) == 13  # 4 ms a round: the round that starts at 48 ms is the last
 
 
 def test_percentiles_order():

@@ -49,10 +49,23 @@ def context(task_name: str, scores: tuple[float, float] | None = None) -> dict[s
         model = task.build_model()
         check_finite(model)
         known = Scores(*scores) if scores is not None else Scores.of(torch_predict(model, task), task)
-        _CONTEXT[task_name] = {"task": task, "model": model, "scores": known,
+        _CONTEXT[task_name] = {"task": task, "model": model, "scores": known, "baseline": _baseline_cache(),
                                "fingerprint": model_fingerprint(model), "subset_scores": {},
                                "model_package": type(model).__module__.split(".")[0] + "."}
     return _CONTEXT[task_name]
+
+
+def _baseline_cache() -> Any:
+    """This process's :class:`~modelpress.pipeline.BaselineCache`, in a temporary folder removed at exit."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from ..pipeline import BaselineCache
+
+    folder = tempfile.mkdtemp(prefix="modelpress-baseline-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return BaselineCache(Path(folder))
 
 
 def prefix_cache(folder: str | None, ctx: dict[str, Any]) -> Any:
@@ -221,7 +234,8 @@ def _run(job: dict[str, Any]) -> dict[str, Any]:
                      f"is over {cheap['threshold']:.4g}")
             return {"status": "pruned", "ended": ended, "subset": cheap, "reused_steps": reused, "seconds": seconds}
         stage("measuring")
-        result = measure(applied, ctx["model"], ctx["task"], recipe, Path(tmp) / "full", ctx["scores"])
+        result = measure(applied, ctx["model"], ctx["task"], recipe, Path(tmp) / "full", ctx["scores"],
+                         ctx["baseline"])
         folder = Path(tmp) / "full" / "artifact"
         files = {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
     seconds["measure"] = time.perf_counter() - t2
