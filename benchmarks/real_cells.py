@@ -116,6 +116,7 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
                        fidelity_per_output=result.fidelity, latency_ratio=result.latency_ratio,
                        latency_iqr=result.latency_ratio_iqr, latency_verdict=result.latency_verdict,
                        latency_vs="fp32 onnxruntime", size_ratio=result.size_ratio, size_bytes=result.size_bytes,
+                       peak_memory_bytes=result.peak_memory_bytes,
                        notes=result.notes, violations=result.violations,
                        flagged=[n.split(":")[0] for n in result.notes if n.startswith("Fidelity collapsed")],
                        facts={k: v for k, v in result.facts.items() if k.endswith(("_note", "skipped", "fallback_layers"))})

@@ -46,7 +46,7 @@ def _export(model, task, cfg, folder):
     return q, export_model(q, task, recipe, folder)
 
 
-@pytest.mark.parametrize("mode", ["static", "dynamic"])
+@pytest.mark.parametrize("mode", ["static", "dynamic", "weight_only"])
 def test_tables_are_gathered_as_int8_and_match_torch(bag, tmp_path, mode):
     model, task = bag
     q, art = _export(model, task, {"mode": mode}, tmp_path / mode)

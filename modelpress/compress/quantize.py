@@ -16,8 +16,8 @@ Modes (``quantize: {mode: ...}`` in a recipe):
   is at most ``max_score_drop``. ``max_score_drop`` works the same way in every mode (weight_only returns
   sensitive layers to 8 bits first).
 
-The int8 modes also store ``nn.Embedding`` tables as int8 rows with one scale each (``embeddings``), gathered
-as int8 in the exported graph.
+Every mode also stores ``nn.Embedding`` tables as int8 rows with one scale each (``embeddings``), gathered as
+int8 in the exported graph.
 
 Facts for the result: ``mode``, ``bits``, ``layer_bits``, ``fallback_layers`` (layer -> why it is not int8),
 ``embedding_bits`` (tables rounded to int8) and ``int8_embeddings`` (tables the exported graph gathers as int8),
@@ -67,7 +67,7 @@ class Config:
     # saturates with full-range weights; auto: on exactly when this CPU has neither (what ONNX Runtime's own
     # quantizer recommends with reduce_range).
     reduce_range: Literal["auto", "on", "off"] = "auto"
-    # int8 modes: nn.Embedding tables int8 per row, gathered as int8 rows times their scale (a transformer's
+    # nn.Embedding tables int8 per row (every mode), gathered as int8 rows times their scale (a transformer's
     # word-embedding table is often half its weights); false: tables stay float
     embeddings: bool = True
     bias_correction: bool = True  # static/mixed: shift each bias by the mean output error rounding caused

@@ -81,7 +81,7 @@ def run(prev: Applied, config: Any, task: Any) -> Applied:
     on_grid = {n: wrapped[n].spec for n, b in layer_bits.items() if b <= 8}
     lowerings = (OnnxLowering, NBitsLowering, GatherLowering)  # a later quantize step replaces an earlier one's
     storage, rewrites = prev.storage, tuple(r for r in prev.onnx_rewrites if not isinstance(r, lowerings))
-    if act is not None and config.embeddings:
+    if config.embeddings:
         tables = round_tables(model, config.exclude)
         if tables:
             on_grid.update(tables)
