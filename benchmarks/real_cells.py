@@ -47,6 +47,7 @@ def cells(model: str) -> list[dict[str, Any]]:
         ("quantize weight_only int4 g32 packed", [{"quantize": int4_packed}], *ort),
         ("quantize weight_only int4 g32 packed", [{"quantize": int4_packed}], "openvino", {}, "openvino",
          {"precision": "fp32"}),
+        ("quantize weight_only int4 g32 packed_int8", [{"quantize": {**int4_packed, "compute": "packed_int8"}}], *ort),
         ("prune channel", [{"prune": {"method": "channel"}}], *ort),
         ("lowrank", [{"lowrank": {}}], *ort),
         ("cluster", [{"cluster": {}}], *ort),

@@ -64,6 +64,16 @@ def test_linear_layers_run_on_matmulnbits_and_match_torch(tokens, tmp_path, symm
     assert not any(n.op_type == "MatMul" and n.input[1] in weights for n in proto.graph.node)  # none left float
 
 
+def test_packed_int8_multiplies_int8_inputs_close_to_torch(tokens, tmp_path):
+    model, task = tokens
+    cfg = {"mode": "weight_only", "bits": 4, "group_size": 32, "compute": "packed_int8"}
+    _, art, out, ref = _run(model, task, [cfg], tmp_path / "q")
+    levels = [a.i for n in onnx.load(str(art.runnable_path())).graph.node if n.op_type == "MatMulNBits"
+              for a in n.attribute if a.name == "accuracy_level"]
+    assert levels == [4, 4, 4]
+    assert np.abs(out - ref).max() <= 5e-2 * np.abs(ref).max()  # the inputs' int8 rounding: close, not exact
+
+
 def test_rewrite_facts_name_the_layers_and_what_stayed_float(tokens, tmp_path):
     from modelpress.export.onnx import lower, to_onnx
 

@@ -55,8 +55,10 @@ class Config:
     group_size: int = 0  # weight_only: values sharing a scale along a channel's inputs (0 = the whole channel)
     # weight_only: how the runtime computes. decoded: the file holds packed codes, decoded to float32 when the
     # model loads (the smallest file; memory and speed as fp32). packed: MatMul/Gemm layers run on ONNX Runtime's
-    # MatMulNBits from the packed weights (memory drops too); needs group_size a power of two >= 16.
-    compute: Literal["decoded", "packed"] = "decoded"
+    # MatMulNBits from the packed weights (memory drops too); needs group_size a power of two >= 16. packed_int8:
+    # as packed, and each block of a layer's input is rounded to int8 on the fly to multiply in integers
+    # (MatMulNBits accuracy_level 4): faster where the CPU's int8 dot products pay, not exact to the torch model.
+    compute: Literal["decoded", "packed", "packed_int8"] = "decoded"
     symmetric: bool = True  # weights: zero point 0 (the int8 modes need it)
     weight_range: Literal["minmax", "mse"] = "minmax"  # weight clipping: full range, or least squared error
     calibration: Literal["minmax", "percentile", "mse", "entropy"] = "mse"  # activation range observer
@@ -92,15 +94,15 @@ class Config:
               f"'quantize.group_size' applies to mode: weight_only; the int8 kernels of mode {self.mode} take one "
               f"scale per channel. Set group_size: 0.")
         check(self.compute == "decoded" or self.mode == "weight_only",
-              f"'quantize.compute: packed' runs weight_only layers from their packed weights; mode {self.mode} has "
-              f"its own int8 kernels. Remove compute or set mode: weight_only.")
-        if self.compute == "packed":
+              f"'quantize.compute: {self.compute}' runs weight_only layers from their packed weights; mode {self.mode} "
+              f"has its own int8 kernels. Remove compute or set mode: weight_only.")
+        if self.compute != "decoded":
             from ._quant.nbits import BITS, check_block
 
-            check(self.bits in BITS, f"'quantize.compute: packed' runs on ONNX Runtime's MatMulNBits, which takes "
+            check(self.bits in BITS, f"'quantize.compute: {self.compute}' runs on ONNX Runtime's MatMulNBits, which takes "
                                      f"{', '.join(map(str, BITS))}-bit weights; got bits: {self.bits}.")
             problem = check_block(self.group_size)
-            check(problem is None, f"'quantize.compute: packed': {problem}")
+            check(problem is None, f"'quantize.compute: {self.compute}': {problem}")
         check(self.group_size == 0 or self.per_channel,
               "'quantize.group_size' splits each output channel into groups, so it needs per_channel: true.")
         check(0 <= self.per_channel_min_gain_db < float("inf"),

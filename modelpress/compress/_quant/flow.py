@@ -91,8 +91,9 @@ def run(prev: Applied, config: Any, task: Any) -> Applied:
     if act is None:
         storage = Storage("packed", {"granularity": spec.granularity, "group_size": spec.group_size,
                                      "symmetric": spec.symmetric})
-        if config.compute == "packed":
-            rewrites = (*rewrites, NBitsLowering(config.bits, config.group_size, config.symmetric))
+        if config.compute != "decoded":
+            rewrites = (*rewrites, NBitsLowering(config.bits, config.group_size, config.symmetric,
+                                                 int8_inputs=config.compute == "packed_int8"))
     elif int8:
         plan = Plan(mode="dynamic" if act == "dynamic" else "static", layers=int8,
                     per_channel={n: wrapped[n].spec.granularity == "channel" for n in int8},

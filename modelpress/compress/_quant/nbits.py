@@ -76,6 +76,7 @@ class NBitsLowering:
     bits: int
     group_size: int
     symmetric: bool = True
+    int8_inputs: bool = False  # accuracy_level 4: inputs rounded to int8 per block, integer products
 
     def __call__(self, proto: Any, task: Any) -> tuple[Any, dict[str, Any]]:
         from onnx import helper
@@ -115,7 +116,8 @@ class NBitsLowering:
             bias = node.input[2] if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2] else None
             product = g.fresh(f"{out}_nbits") if bias else out
             new = [helper.make_node("MatMulNBits", inputs, [product], name=f"{node.name}_nbits", domain=DOMAIN,
-                                    K=k, N=n, bits=bits, block_size=self.group_size)]
+                                    K=k, N=n, bits=bits, block_size=self.group_size,
+                                    accuracy_level=4 if self.int8_inputs else 0)]
             if bias:
                 new.append(helper.make_node("Add", [product, bias], [out], name=f"{node.name}_bias"))
             g.insert_before(node, new)
