@@ -8,12 +8,12 @@ import torch
 
 from ...errors import ConfigError, ModelpressError
 from .. import Applied, Storage
+from .embeddings import GatherLowering, round_tables
 from .hook import OnnxLowering, Plan
 from .bias import correct_bias, shift_biases
 from .layers import (KeepOnGrid, batches_of, calibrate, check_weights, empty_calibration_error, fold_batchnorm, kind,
                      select, unwrap, weight_specs, wrap)
 from .mixed import fallback, sensitivity
-from .embeddings import GatherLowering, round_tables
 from .nbits import NBitsLowering
 
 DYNAMIC_CONV = ("dynamic int8 convolution (ConvInteger) is several times slower than fp32 Conv in ONNX Runtime; "
