@@ -89,3 +89,21 @@ def test_the_gather_rewrite_is_exact(bag):
     x = task.example_inputs(8)
     run = lambda proto: ort.InferenceSession(proto.SerializeToString()).run(None, x)[0]  # noqa: E731
     assert np.abs(run(after) - run(before)).max() <= 1e-6
+
+
+def test_a_table_tied_to_a_quantized_layer_keeps_the_layer_grid(bag):
+    class Tied(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.words = torch.nn.Embedding(500, 32)
+            self.out = torch.nn.Linear(32, 500, bias=False)
+            self.out.weight = self.words.weight  # tied, as language-model heads are
+
+        def forward(self, ids):
+            return self.out(self.words(ids).mean(1))[:, :10]
+
+    _, task = bag
+    torch.manual_seed(0)
+    q = quantize.apply(Tied().eval(), parse(quantize.Config, {"mode": "weight_only", "bits": 4}, "quantize"), task)
+    assert "embedding_bits" not in q.facts and q.facts["layer_bits"] == {"out": 4}
+    assert q.model.words.weight is q.model.out.weight

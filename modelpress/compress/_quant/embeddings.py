@@ -20,10 +20,13 @@ ROW_INT8 = WeightSpec(bits=8, symmetric=True, granularity="channel")  # one scal
 EXACT = 1e-3  # a table is on the grid when every value is within EXACT * step of its grid point
 
 
-def round_tables(model: nn.Module, exclude: tuple[str, ...]) -> dict[str, WeightSpec]:
-    """Round every ``nn.Embedding`` table not matched by ``exclude`` onto ``ROW_INT8`` in place; their specs."""
+def round_tables(model: nn.Module, exclude: tuple[str, ...], shared: set[int] = frozenset()) -> dict[str, WeightSpec]:
+    """Round every ``nn.Embedding`` table not matched by ``exclude`` onto ``ROW_INT8`` in place; their specs.
+    A table whose parameter is in ``shared`` (ids of weights a quantized layer owns: tied weights) keeps the
+    layer's grid."""
     tables = {n: m for n, m in model.named_modules()
-              if isinstance(m, nn.Embedding) and n and not any(fnmatch(n, p) for p in exclude)}
+              if isinstance(m, nn.Embedding) and n and not any(fnmatch(n, p) for p in exclude)
+              and id(m.weight) not in shared}
     with torch.no_grad():
         for module in tables.values():
             module.weight.copy_(fake_quant(module.weight.detach(), ROW_INT8))

@@ -82,7 +82,7 @@ def run(prev: Applied, config: Any, task: Any) -> Applied:
     lowerings = (OnnxLowering, NBitsLowering, GatherLowering)  # a later quantize step replaces an earlier one's
     storage, rewrites = prev.storage, tuple(r for r in prev.onnx_rewrites if not isinstance(r, lowerings))
     if config.embeddings:
-        tables = round_tables(model, config.exclude)
+        tables = round_tables(model, config.exclude, shared={id(m.weight) for m in layers.values()})
         if tables:
             on_grid.update(tables)
             facts["embedding_bits"] = {n: 8 for n in sorted(tables)}
