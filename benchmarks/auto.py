@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import BENCH, QUICK, emit, parser, row
+from common import BENCH, QUICK, Ratios, emit, parser, row
 
 from modelpress.bench import interleaved
 from modelpress.evaluate import evaluate, predict_fn
@@ -82,6 +82,11 @@ def search(out: Path, trials: int, kill_after: int) -> dict:
     return check
 
 
+def paired(times: dict, name: str) -> float:
+    """The median per-round ratio of ``name`` to fp32 in one interleaved timing."""
+    return round(float(np.median([np.median(c) / np.median(b) for c, b in zip(times[name], times["fp32"])])), 4)
+
+
 def default_artifact(name: str, model, task, folder: Path):
     """The technique alone with its default Config, exported as ``modelpress run`` would."""
     from modelpress.pipeline import compress, export_model
@@ -120,13 +125,19 @@ def main() -> None:
         sessions = {k: open_session(a, runtime) for k, a in arts.items()}
         scores = {k: evaluate(predict_fn(s), task, task.test_data) for k, s in sessions.items()}
         print("timing every candidate interleaved with fp32")
-        ratios, medians = {}, {}
+        runs = {k: s.run for k, s in sessions.items()}
+        ratios, medians = {k: Ratios() for k in sessions}, {}
         for bs in config.batch_sizes:
-            times = interleaved({k: s.run for k, s in sessions.items()}, task.example_inputs(bs), config)
+            times = interleaved(runs, task.example_inputs(bs), config)
             for k in sessions:
-                per_round = [np.median(c) / np.median(b) for c, b in zip(times[k], times["fp32"])]
-                ratios.setdefault(k, {})[str(bs)] = round(float(np.median(per_round)), 4)
+                ratios[k][str(bs)] = paired(times, k)
                 medians.setdefault(k, {})[str(bs)] = round(float(np.median([x for r in times[k] for x in r])), 4)
+        print("timing the smallest and largest batch again, separately (the re-timing check)")
+        again = {bs: interleaved(runs, task.example_inputs(bs), config)
+                 for bs in sorted({min(config.batch_sizes), max(config.batch_sizes)})}
+        for k in sessions:
+            ratios[k].recheck = {str(bs): paired(times, k) for bs, times in again.items()}
+        ratios["fp32"] = dict(ratios["fp32"])  # 1 by definition: nothing to re-check
     fp32_size, big = sizes["fp32"], str(max(config.batch_sizes))
     labels = {"fp32": "fp32", "auto": f"auto: {summary['chosen']['candidate']}",
               **{n: f"{n} only (defaults)" for n in DEFAULTS}}
