@@ -93,6 +93,15 @@ def latency_text(row: dict[str, Any], batch: str) -> str:
     return f"{ratio:.2f} ({iqr[0]:.2f}–{iqr[1]:.2f})" if iqr else f"{ratio:.2f}"
 
 
+def recheck_text(row: dict[str, Any]) -> str:
+    """The separate re-timing of the smallest and largest batch, and '(off)' when it differs by more than 15%."""
+    again = row.get("latency_recheck")
+    if not again:
+        return "–"
+    text = " / ".join(f"{again[b]:.2f}" for b in sorted(again, key=int))
+    return text if row.get("recheck_ok") else f"{text} **(off)**"
+
+
 def outcome(row: dict[str, Any]) -> str:
     """What modelpress said: its collapse flag and notes for a result, the reason for a refusal, the crash."""
     if row["status"] == "ok":
@@ -111,13 +120,13 @@ def outcome(row: dict[str, Any]) -> str:
 def markdown(rows: list[dict[str, Any]], title: str) -> str:
     """The matrix as BENCHMARKS.md prints it: one table, one row per cell."""
     head = ["model", "cell", "status", "fidelity to fp32", "latency × @1", "latency × @8 (MiniLM @16)", "size ×",
-            "wall s", "flagged / reason"]
+            "re-timed @1 / @8 (16)", "wall s", "flagged / reason"]
     lines = [f"**{title}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         big = str(big_batch(r["model"]))
         cells_ = [r["model"], r["cell"], r["status"], fidelity_text(r.get("fidelity")), latency_text(r, "1"),
                   latency_text(r, big), f"{r['size_ratio']:.3f}" if r.get("size_ratio") is not None else "–",
-                  f"{r.get('wall_s', 0):.0f}", outcome(r)]
+                  recheck_text(r), f"{r.get('wall_s', 0):.0f}", outcome(r)]
         lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells_) + " |")
     counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "refused", "crash", "timeout")}
     per_model = {m: sum(r.get("wall_s", 0) for r in rows if r["model"] == m) for m in dict.fromkeys(r["model"] for r in rows)}

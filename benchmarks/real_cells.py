@@ -82,7 +82,7 @@ def fidelity(result: Any) -> dict[str, float]:
     return {k: round(measures[k], 4) for k in ("agreement", "top5_overlap", "cosine", "nn_agreement") if k in measures}
 
 
-def against_ort(out: Path, task: Any, recipe: Any, spec: dict[str, Any]) -> dict[str, Any]:
+def against_ort(out: Path, task: Any, recipe: Any, spec: dict[str, Any], folder: str = "fp32-onnx") -> dict[str, Any]:
     """The cell's artifact timed against the fp32 ONNX model on ONNX Runtime (interleaved, paired), and its size
     against that ONNX file."""
     from common import onnx_session
@@ -92,11 +92,25 @@ def against_ort(out: Path, task: Any, recipe: Any, spec: dict[str, Any]) -> dict
     from modelpress.runtime import RuntimeConfig, open_session
 
     session = open_session(load(out / "artifact"), recipe.runtime)
-    base, base_size = onnx_session(task.build_model(), task, out / "fp32-onnx", RuntimeConfig(**spec["ort"]))
+    base, base_size = onnx_session(task.build_model(), task, out / folder, RuntimeConfig(**spec["ort"]))
     res = compare(session.run, base.run, task.example_inputs, recipe.bench)
     return {"latency_ratio": {str(b): r["paired_ratio"] for b, r in res.items()},
             "latency_iqr": {str(b): r["paired_iqr"] for b, r in res.items()},
             "size_ratio": load(out / "artifact").size_bytes / base_size}
+
+
+def recheck(reported: dict[str, float], out: Path, task: Any, recipe: Any, spec: dict[str, Any]) -> dict[str, Any]:
+    """The smallest and largest batch timed again against the fp32 ONNX model, separately from the reported
+    ratios: ``latency_recheck`` and whether it agrees with them within ``RECHECK_TOLERANCE`` (``recheck_ok``)."""
+    import dataclasses
+
+    from common import RECHECK_TOLERANCE
+
+    ends = tuple(sorted({min(recipe.bench.batch_sizes), max(recipe.bench.batch_sizes)}))
+    again = against_ort(out, task, dataclasses.replace(recipe, bench=dataclasses.replace(recipe.bench, batch_sizes=ends)),
+                        spec, folder="fp32-onnx-recheck")["latency_ratio"]
+    return {"latency_recheck": again,
+            "recheck_ok": all(abs(again[b] / reported[b] - 1) <= RECHECK_TOLERANCE for b in again)}
 
 
 def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
@@ -121,11 +135,13 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
                        notes=result.notes, violations=result.violations,
                        flagged=[n.split(":")[0] for n in result.notes if n.startswith("Fidelity collapsed")],
                        facts={k: v for k, v in result.facts.items() if k.endswith(("_note", "skipped", "fallback_layers"))})
-            if recipe.runtime.backend != "onnxruntime":
-                from modelpress.task import load_task
+            from modelpress.task import load_task
 
+            task = load_task(recipe.task)
+            if recipe.runtime.backend != "onnxruntime":
                 row.update(latency_vs_same_runtime=result.latency_ratio, size_ratio_same_format=result.size_ratio,
-                           **against_ort(out, load_task(recipe.task), recipe, spec))
+                           **against_ort(out, task, recipe, spec))
+            row.update(recheck(row["latency_ratio"], out, task, recipe, spec))
     except Exception as e:  # noqa: BLE001 - the matrix records every outcome; a crash is reported as such
         row.update(classify(e))
     row["wall_s"] = round(time.perf_counter() - start, 1)
