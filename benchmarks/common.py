@@ -85,16 +85,23 @@ def latency(candidate: Any, baseline: Any, task: Any, config: BenchConfig) -> tu
     """Per batch size: the median per-round ratio candidate/baseline (timed interleaved), and its verdict
     (faster / slower / no measurable difference, from the interquartile range of the per-round ratios).
     The smallest and largest batch sizes are then timed again, separately (``Ratios.recheck``)."""
-    from dataclasses import replace
-
     from modelpress.result import verdict
 
     res = compare(candidate.run, baseline.run, task.example_inputs, config)
+    return rechecked(res, candidate.run, baseline.run, task, config), \
+        {str(bs): verdict(*r["paired_iqr"]) for bs, r in res.items()}
+
+
+def rechecked(res: dict[int, dict], candidate: Any, baseline: Any, task: Any, config: BenchConfig) -> Ratios:
+    """The paired ratios of ``bench.compare``'s result ``res``, with the smallest and largest batch sizes of
+    ``config`` timed again, separately, as their ``recheck`` (``candidate`` and ``baseline``: run functions)."""
+    from dataclasses import replace
+
     ratios = Ratios({str(bs): round(r["paired_ratio"], 4) for bs, r in res.items()})
     ends = sorted({min(config.batch_sizes), max(config.batch_sizes)})
-    again = compare(candidate.run, baseline.run, task.example_inputs, replace(config, batch_sizes=tuple(ends)))
+    again = compare(candidate, baseline, task.example_inputs, replace(config, batch_sizes=tuple(ends)))
     ratios.recheck = {str(bs): round(r["paired_ratio"], 4) for bs, r in again.items()}
-    return ratios, {str(bs): verdict(*r["paired_iqr"]) for bs, r in res.items()}
+    return ratios
 
 
 def latency_ratios(candidate: Any, baseline: Any, task: Any, config: BenchConfig) -> Ratios:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from common import bench_config, emit, onnx_session, parser, row, tempdir
+from common import bench_config, emit, onnx_session, parser, rechecked, row, tempdir
 
 from modelpress import registry
 from modelpress.bench import compare
@@ -63,7 +63,7 @@ def main() -> None:
                 joules = meter.measure(lambda s=session: s.run(task.example_inputs(256)), 20)
                 score = evaluate(predict_fn(session), task, task.test_data)
                 rows.append(row(name, label, score, fp32, artifacts[fmt].size_bytes,
-                                cpu_size, {str(b): round(r["paired_ratio"], 4) for b, r in latency.items()},
+                                cpu_size, rechecked(latency, session.run, cpu.run, task, config),
                                 p50_ms_256=round(latency[256]["candidate"]["p50"], 4),
                                 max_abs_diff=float(f"{par['max_abs_diff']:.3g}"), agreement=round(par["agreement"], 4),
                                 energy_j=None if joules is None else joules / 256,
