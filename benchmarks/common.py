@@ -168,10 +168,10 @@ def emit(rows: list[dict[str, Any]], args: argparse.Namespace, title: str, extra
 
 def markdown(rows: list[dict[str, Any]], batch_sizes: list[str], extra_columns: tuple[str, ...] = ()) -> str:
     """The rows as BENCHMARKS.md tables them: drop in points of accuracy, size and latency ratios to 3 decimals."""
-    rechecked = any("latency_recheck" in r for r in rows)
+    has_recheck = any("latency_recheck" in r for r in rows)
     head = ["model", "candidate", "score", "drop (pts)", "size ×", *[f"latency × @{b}" for b in batch_sizes], *extra_columns,
             *(["re-timed " + " / ".join(f"@{b}" for b in (batch_sizes[0], batch_sizes[-1])), "within ±15%"]
-              if rechecked else [])]
+              if has_recheck else [])]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         lat = r.get("latency_ratio") or {}
@@ -181,7 +181,7 @@ def markdown(rows: list[dict[str, Any]], batch_sizes: list[str], extra_columns: 
                  *[f"{lat[b]:.3f}" if b in lat else "–" for b in batch_sizes],
                  *["–" if r.get(c) is None else f"{r[c]:.6g}" if isinstance(r[c], float) else str(r[c])
                    for c in extra_columns]]
-        if rechecked:
+        if has_recheck:
             again = r.get("latency_recheck") or {}
             cells += [" / ".join(f"{again[b]:.3f}" for b in sorted(again, key=int)) or "–",
                       {True: "yes", False: "**no**"}.get(r.get("recheck_ok"), "–")]

@@ -30,7 +30,7 @@ class BenchConfig:
     # another ``rounds`` rounds, up to ``max_rounds`` in all (None: 3 x rounds).
     max_spread: float = 0.1
     max_rounds: int | None = None
-    # Time each batch size over at least this many seconds (more rounds of ``rounds``, beyond max_rounds):
+    # Time each batch size over at least this many seconds (more rounds, beyond max_rounds if need be):
     # latency flips between levels for seconds at a time, so a comparison that fits inside one level
     # measures that level (a small model's 15 rounds take milliseconds). 0: no minimum.
     min_seconds: float = 0.0
