@@ -104,7 +104,7 @@ class BaselineCache:
         import hashlib
 
         key = hashlib.sha256(f"{id(baseline)} {task.name} {recipe.export!r}".encode()).hexdigest()[:16]
-        if key not in self._artifacts:
+        if key not in self._artifacts or not self._artifacts[key].path.exists():  # (a search may clear the folder)
             self._artifacts[key] = export_model(baseline, task, recipe, self.folder / key, fp32=True)
         return self._artifacts[key]
 

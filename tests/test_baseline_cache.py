@@ -44,3 +44,35 @@ def test_the_baseline_is_exported_once_and_its_outputs_reused(tmp_path, monkeypa
     # batches; the second only the candidate, the baseline's outputs come from the cache
     assert counts[0] > 0 and counts[1] - counts[0] == counts[0] // 2
     assert len(runs) - counts[1] == counts[0]  # without a cache: both again
+
+
+def test_the_folders_of_killed_workers_are_removed_and_a_cleared_cache_exports_again(tmp_path, monkeypatch):
+    import os
+    import tempfile
+
+    import torch
+
+    from modelpress.search import trial
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    left = tmp_path / f"{trial.BASELINE_PREFIX}{os.getpid()}-abc"  # as a worker of this process would name it
+    other = tmp_path / f"{trial.BASELINE_PREFIX}{os.getpid() + 1}-abc"  # another search's
+    for folder in (left, other):
+        (folder / "x").mkdir(parents=True)
+    trial.remove_baseline_caches()
+    assert not left.exists() and other.exists()
+    gone = tmp_path / f"{trial.BASELINE_PREFIX}999999999-abc"  # a search process that no longer runs
+    (gone / "x").mkdir(parents=True)
+    trial.remove_baseline_caches(owner=0)
+    assert not gone.exists() and (other.exists() or not trial._running(os.getpid() + 1))
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).eval()
+    task = small_task((8, 8))
+    recipe = parse_recipe({"task": "digits", "steps": []})
+    cache = pipeline.BaselineCache(tmp_path / "cache")
+    first = cache.artifact(model, task, recipe)
+    import shutil
+
+    shutil.rmtree(tmp_path / "cache")
+    again = cache.artifact(model, task, recipe)
+    assert again.path.exists() and again.path == first.path

@@ -55,17 +55,53 @@ def context(task_name: str, scores: tuple[float, float] | None = None) -> dict[s
     return _CONTEXT[task_name]
 
 
+BASELINE_PREFIX = "modelpress-baseline-"
+
+
 def _baseline_cache() -> Any:
-    """This process's :class:`~modelpress.pipeline.BaselineCache`, in a temporary folder removed at exit."""
+    """This process's :class:`~modelpress.pipeline.BaselineCache`, in a temporary folder removed at exit. Its
+    name carries the search's process id (the parent's, in a worker), so the search removes the folders of
+    workers it had to kill (:func:`remove_baseline_caches`)."""
     import atexit
+    import multiprocessing
+    import os
     import shutil
     import tempfile
 
     from ..pipeline import BaselineCache
 
-    folder = tempfile.mkdtemp(prefix="modelpress-baseline-")
+    owner = os.getppid() if multiprocessing.parent_process() is not None else os.getpid()
+    remove_baseline_caches(owner=0)  # left by searches killed before they could clean up
+    folder = tempfile.mkdtemp(prefix=f"{BASELINE_PREFIX}{owner}-")
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     return BaselineCache(Path(folder))
+
+
+def remove_baseline_caches(owner: int | None = None) -> None:
+    """Remove the baseline folders the workers of process ``owner`` (default: this one) left (a killed worker
+    runs no exit handler); ``owner=0``: those of every search process that no longer runs (one killed itself)."""
+    import os
+    import shutil
+    import tempfile
+
+    for folder in Path(tempfile.gettempdir()).glob(f"{BASELINE_PREFIX}*-*"):
+        pid = folder.name[len(BASELINE_PREFIX):].split("-")[0]
+        if not pid.isdigit():
+            continue
+        if (owner is None and int(pid) == os.getpid()) or (owner == 0 and not _running(int(pid))) or owner == int(pid):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def prefix_cache(folder: str | None, ctx: dict[str, Any]) -> Any:

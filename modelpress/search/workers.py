@@ -171,6 +171,9 @@ class ProcessRunner:
             _kill(worker.process)
         self._idle.clear()
         self._busy.clear()
+        from .trial import remove_baseline_caches
+
+        remove_baseline_caches()  # what workers killed at their limit could not remove themselves
 
 
 def _kill(process: Any) -> None:
