@@ -55,9 +55,10 @@ class Config:
     group_size: int = 0  # weight_only: values sharing a scale along a channel's inputs (0 = the whole channel)
     # weight_only: how the runtime computes. decoded: the file holds packed codes, decoded to float32 when the
     # model loads (the smallest file; memory and speed as fp32). packed: MatMul/Gemm layers run on ONNX Runtime's
-    # MatMulNBits from the packed weights (memory drops too); needs group_size a power of two >= 16. packed_int8:
-    # as packed, and each block of a layer's input is rounded to int8 on the fly to multiply in integers
-    # (MatMulNBits accuracy_level 4): faster where the CPU's int8 dot products pay, not exact to the torch model.
+    # MatMulNBits from the packed weights (the graph holds no float32 copy of them; memory not yet measured);
+    # needs group_size a power of two >= 16. packed_int8: as packed, and each block of a layer's input is rounded
+    # to int8 on the fly to multiply in integers (MatMulNBits accuracy_level 4; not exact to the torch model;
+    # not faster than fp32 on MiniLM on a 2-core AVX2 CPU, BENCHMARKS.md).
     compute: Literal["decoded", "packed", "packed_int8"] = "decoded"
     symmetric: bool = True  # weights: zero point 0 (the int8 modes need it)
     weight_range: Literal["minmax", "mse"] = "minmax"  # weight clipping: full range, or least squared error

@@ -2,7 +2,8 @@
 rounded onto a symmetric int8 grid with its own scale, and the ONNX export gathers int8 rows and scales them
 (``Gather`` of the int8 table, ``Cast``, ``Mul`` by the gathered row scales) instead of gathering float32
 rows. A transformer's word-embedding table is often half its weights (all-MiniLM-L6-v2: 11.7 M of 22.7 M
-parameters): it stays a quarter of its size in the file and in memory, and the lookup stays a lookup.
+parameters): the graph holds it as int8 (a quarter of its float32 bytes; MiniLM's file
+0.648x -> 0.254x, benchmarks/real.py), and the lookup stays a lookup.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Weight-only layers that run as n-bit (``quantize: {mode: weight_only, compute: packed}``): every MatMul or
 Gemm of the exported graph whose constant weight lies on the step's grid becomes ONNX Runtime's
 ``com.microsoft.MatMulNBits``, which keeps the weight packed (``bits`` per value, one scale per block of
-``group_size`` inputs) in memory and computes from it, instead of a float32 weight decoded at load.
+``group_size`` inputs) in the graph and computes from it, instead of a float32 weight decoded at load.
 
 The codes are the ones ``quantize`` chose (read back off the exported weight, checked exact), so the
 artifact computes what the quantized torch model computes. MatMulNBits' layout: ``B`` is uint8
