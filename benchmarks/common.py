@@ -109,6 +109,29 @@ def latency_ratios(candidate: Any, baseline: Any, task: Any, config: BenchConfig
     return latency(candidate, baseline, task, config)[0]
 
 
+def recheck_artifact(reported: dict[str, float], artifact: Path, model: Any, task: Any, recipe: Any,
+                     folder: Path) -> dict[str, Any]:
+    """A pipeline result's latency ratios timed again from outside: the artifact folder ``artifact`` against a
+    fresh fp32 export of ``model`` (the recipe's exporter, into ``folder``) on the recipe's runtime, interleaved,
+    at the smallest and largest of the ``reported`` batch sizes. Returns ``latency_recheck`` and whether it
+    agrees with ``reported`` within ``RECHECK_TOLERANCE`` (``recheck_ok``)."""
+    from dataclasses import replace
+
+    from modelpress.artifact import load
+    from modelpress.pipeline import export_model
+
+    sizes = sorted(int(b) for b in reported)
+    if not sizes:
+        return {"latency_recheck": {}, "recheck_ok": None}
+    ends = tuple(sorted({sizes[0], sizes[-1]}))
+    candidate = open_session(load(artifact), recipe.runtime)
+    baseline = open_session(export_model(model, task, recipe, folder, fp32=True), recipe.runtime)
+    again = compare(candidate.run, baseline.run, task.example_inputs, replace(recipe.bench, batch_sizes=ends))
+    recheck = {str(b): round(r["paired_ratio"], 4) for b, r in again.items()}
+    return {"latency_recheck": recheck,
+            "recheck_ok": all(abs(recheck[b] / reported[b] - 1) <= RECHECK_TOLERANCE for b in recheck)}
+
+
 def row(model: str, candidate: str, score: float, fp32_score: float, size_bytes: int, fp32_size_bytes: int,
         latency_ratio: dict[str, float] | None, /, **extra: Any) -> dict[str, Any]:
     """One benchmark row; the fixed fields are positional-only, so any name may be an extra column. Ratios from

@@ -7,7 +7,8 @@ than fp32 on ONNX Runtime? And how much of the agreement it lost does label-free
 
 Each candidate is one ``pipeline.run`` of the recipe ``prune: {method: channel, ratio, round_to}`` (no
 fine-tuning: the reference tasks have no labels; their score is top-1 agreement with the fp32 model),
-exported to ONNX and timed interleaved against the fp32 ONNX model at batch 1 and 8 on ONNX Runtime.
+exported to ONNX and timed interleaved against the fp32 ONNX model at batch 1 and 8 on ONNX Runtime, then
+timed again against a fresh fp32 export (``latency_recheck``; ``recheck_ok``: within ±15% of the reported ratios).
 Columns: ``score`` (top-1 agreement with fp32 on the test photos), latency ratios (candidate / fp32, with
 the pipeline's verdict), ``macs_ratio``, and for ``auto`` the multiple chosen, the batch-1 timings of the
 candidates and the seconds the choice took (``facts["prune_round_to"]``).
@@ -25,10 +26,13 @@ from __future__ import annotations
 
 import time
 
-from common import emit, ort_args, parser, row, tempdir
+from pathlib import Path
+
+from common import BENCH, emit, ort_args, parser, recheck_artifact, row, tempdir
 
 from modelpress.pipeline import run
 from modelpress.recipe import parse_recipe
+from modelpress.task import load_task
 
 
 def recipe(task: str, ratio: float, round_to, args, recover: bool = False) -> object:
@@ -42,7 +46,8 @@ def recipe(task: str, ratio: float, round_to, args, recover: bool = False) -> ob
         "export": {"format": "onnx"},
         "runtime": {"backend": "onnxruntime", "device": "cpu", "threads": args.threads, "streams": args.streams,
                     "spinning": args.spinning},
-        "bench": {"batch_sizes": [1, 8], "warmup": 3, "rounds": rounds, "runs_per_round": runs},
+        "bench": {"batch_sizes": [1, 8], "warmup": 3, "rounds": rounds, "runs_per_round": runs,
+                  "min_seconds": BENCH.min_seconds if not args.quick else 0.0},
     })
 
 
@@ -67,7 +72,11 @@ def main() -> None:
             round_to = value if value == "auto" else int(value)
             start = time.perf_counter()
             with tempdir() as tmp:
-                result = run(recipe(task, args.ratio, round_to, args, recover), f"{tmp}/out")
+                cell = recipe(task, args.ratio, round_to, args, recover)
+                result = run(cell, f"{tmp}/out")
+                loaded = load_task(task)
+                recheck = recheck_artifact(result.latency_ratio, Path(tmp) / "out" / "artifact", loaded.build_model(),
+                                           loaded, cell, Path(tmp) / "fp32-recheck")
             chosen = result.facts.get("prune_round_to") or {}
             rec = result.facts.get("recovery") or {}
             name = f"prune {args.ratio:g} round_to {value}" + (
@@ -80,7 +89,7 @@ def main() -> None:
                             auto_timings=chosen.get("timings"), auto_seconds=chosen.get("seconds"),
                             before=rec.get("score_before"), after=rec.get("score_after"),
                             regained=rec.get("regained"), inputs=rec.get("inputs"), epochs=rec.get("epochs"),
-                            run_seconds=round(time.perf_counter() - start, 1), notes=result.notes))
+                            run_seconds=round(time.perf_counter() - start, 1), notes=result.notes, **recheck))
             print(rows[-1], flush=True)
     emit(rows, args, f"Channel pruning {args.ratio:g} by round_to (and label-free recovery), ONNX Runtime "
                      f"{args.threads} threads",
