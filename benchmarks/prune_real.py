@@ -25,7 +25,6 @@ distils on 512 inputs for 1 epoch.
 from __future__ import annotations
 
 import time
-
 from pathlib import Path
 
 from common import BENCH, emit, ort_args, parser, recheck_artifact, row, tempdir
