@@ -1,7 +1,9 @@
 """OpenVINO sessions on the CPU plugin.
 
 ``RuntimeConfig.precision`` picks the inference precision hint: ``fp32`` -> f32 (the default, for
-parity checks: a CPU with AVX512-BF16 or AMX would otherwise compute in bf16), ``bf16``, ``fp16`` -> f16
+parity checks: a CPU with AVX512-BF16 or AMX would otherwise compute in bf16) and no dynamic quantization
+(on a CPU with VNNI the plugin would otherwise feed int8 activations to the layers whose weights are
+compressed, e.g. packed int4), ``bf16``, ``fp16`` -> f16
 (refused, with the reason, on a CPU that cannot compute in it: the plugin would silently run f32),
 ``int8`` -> f32 for the layers NNCF left in float (the quantized layers run in int8 whatever the hint),
 ``auto`` -> the plugin's own choice.
@@ -86,6 +88,8 @@ def load(artifact: Any, config: RuntimeConfig = RuntimeConfig()) -> OpenVINOSess
     check_precision(core, config.precision)
     if HINTS[config.precision]:
         props["INFERENCE_PRECISION_HINT"] = HINTS[config.precision]
+    if config.precision == "fp32":
+        props["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = 0
     try:
         compiled = core.compile_model(model, "CPU", props)
     except Exception as e:
