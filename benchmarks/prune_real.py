@@ -4,10 +4,14 @@ than fp32 on ONNX Runtime? And how much of the agreement it lost does label-free
     python benchmarks/prune_real.py [--json rows.json] [--quick] [--tasks efficientnet-lite2,mobilenet-v2]
                                     [--round-to 1,16,auto] [--ratio 0.3] [--threads 2]
                                     [--recover yes|no|only] [--samples 2048] [--epochs 2]
+                                    [--include "*.intermediate.dense"]
+
+MiniLM's feed-forward neurons alone, half of them: ``--tasks minilm --ratio 0.5 --round-to auto --include
+"*.intermediate.dense" --recover no`` (MiniLM is timed at batch 1 and 16).
 
 Each candidate is one ``pipeline.run`` of the recipe ``prune: {method: channel, ratio, round_to}`` (no
 fine-tuning: the reference tasks have no labels; their score is top-1 agreement with the fp32 model),
-exported to ONNX and timed interleaved against the fp32 ONNX model at batch 1 and 8 on ONNX Runtime, then
+exported to ONNX and timed interleaved against the fp32 ONNX model at batch 1 and 8 (16 for MiniLM) on ONNX Runtime, then
 timed again against a fresh fp32 export (``latency_recheck``; ``recheck_ok``: within ±15% of the reported ratios).
 Columns: ``score`` (top-1 agreement with fp32 on the test photos), latency ratios (candidate / fp32, with
 the pipeline's verdict), ``macs_ratio``, and for ``auto`` the multiple chosen, the batch-1 timings of the
@@ -28,6 +32,7 @@ import time
 from pathlib import Path
 
 from common import BENCH, emit, ort_args, parser, recheck_artifact, row, tempdir
+from real_cells import big_batch
 
 from modelpress.pipeline import run
 from modelpress.recipe import parse_recipe
@@ -36,7 +41,8 @@ from modelpress.task import load_task
 
 def recipe(task: str, ratio: float, round_to, args, recover: bool = False) -> object:
     rounds, runs = (4, 3) if args.quick else (12, 6)
-    steps: list[dict] = [{"prune": {"method": "channel", "ratio": ratio, "round_to": round_to}}]
+    prune = {"method": "channel", "ratio": ratio, "round_to": round_to}
+    steps: list[dict] = [{"prune": {**prune, "include": args.include} if args.include else prune}]
     if recover:
         steps.append({"distill": {"data": "augmented", "labels": False, "samples": args.samples,
                                   "epochs": args.epochs}})
@@ -45,7 +51,7 @@ def recipe(task: str, ratio: float, round_to, args, recover: bool = False) -> ob
         "export": {"format": "onnx"},
         "runtime": {"backend": "onnxruntime", "device": "cpu", "threads": args.threads, "streams": args.streams,
                     "spinning": args.spinning},
-        "bench": {"batch_sizes": [1, 8], "warmup": 3, "rounds": rounds, "runs_per_round": runs,
+        "bench": {"batch_sizes": [1, big_batch(task)], "warmup": 3, "rounds": rounds, "runs_per_round": runs,
                   "min_seconds": BENCH.min_seconds if not args.quick else 0.0},
     })
 
@@ -60,6 +66,8 @@ def main() -> None:
                    help="also (or only) prune round_to auto + label-free distill (default yes)")
     p.add_argument("--samples", type=int, help="distill inputs per epoch (default 2048; --quick 512)")
     p.add_argument("--epochs", type=int, help="distill epochs (default 2; --quick 1)")
+    p.add_argument("--include", type=lambda v: [x.strip() for x in v.split(",") if x.strip()], default=[],
+                   help="comma-separated layer patterns to prune only (prune's include), e.g. '*.intermediate.dense'")
     args = p.parse_args()
     args.samples = args.samples or (512 if args.quick else 2048)
     args.epochs = args.epochs or (1 if args.quick else 2)
@@ -78,7 +86,7 @@ def main() -> None:
                                            loaded, cell, Path(tmp) / "fp32-recheck")
             chosen = result.facts.get("prune_round_to") or {}
             rec = result.facts.get("recovery") or {}
-            name = f"prune {args.ratio:g} round_to {value}" + (
+            name = f"prune {args.ratio:g} round_to {value}" + (f" include {','.join(args.include)}" if args.include else "") + (
                 f" + distill (augmented {args.samples}, labels false, {args.epochs} ep)" if recover else "")
             rows.append(row(task, name, result.score, result.baseline_score,
                             result.size_bytes, result.baseline_size_bytes, result.latency_ratio,
