@@ -33,9 +33,10 @@ Targets, per model (printed as PASS / FAIL lines, also in the JSON and Markdown)
 (c) no trial ran past its time limit by more than 10% (seconds <= 1.1 x limit_s, for trials whose limit is
     known; N/A when no trial recorded one).
 
-After each search the choice's artifact is timed again against a fresh fp32 export on its runtime setting at
-batch 1 and the latency batch (``latency_recheck``, beside the trial's ``latency_reported``; ``recheck_ok``: within
-±15%), as the other benchmarks check their ratios.
+After each search the choice's artifact (on its own runtime) is timed again at the latency batch against what
+the row's ratio is to: a fresh fp32 export on the search's runtime when the ratio is to fp32 as deployed, else on
+the artifact's own runtime setting (``latency_recheck``, beside the row's ``latency_reported``; ``recheck_ok``:
+within ±15%), as the other benchmarks check their ratios.
 """
 from __future__ import annotations
 
@@ -294,22 +295,22 @@ def title(rows: list[dict[str, Any]]) -> str:
             f"metric{' (--quick timing)' if any(s.get('timing') == 'quick' for s in searches) else ''}")
 
 
-def recheck_choice(model: str, args: Any) -> dict[str, Any]:
-    """The chosen artifact (``OUT/<model>/best``) timed again against a fresh fp32 export on its own runtime
-    setting, at batch 1 and the latency batch, beside the ratios its trial reported (``best/result.json``);
-    {} when the search chose nothing."""
-    from modelpress.recipe import load_recipe
+def recheck_choice(model: str, args: Any, row: dict[str, Any]) -> dict[str, Any]:
+    """The chosen artifact (``OUT/<model>/best``, on its own runtime) timed again at the latency batch against
+    what the choice's row ratio is to: a fresh fp32 export on the search's runtime (``latency_vs`` "deploy"),
+    or on the artifact's own runtime setting ("fp32"); {} when the search chose nothing."""
+    from modelpress.recipe import load_recipe, parse_recipe
     from modelpress.task import load_task
 
     best = args.out / model / "best"
-    if not (best / "artifact").is_dir() or not (best / "result.json").exists():
+    reported = {b: r for b, r in (row.get("latency_ratio") or {}).items() if r is not None}
+    if not (best / "artifact").is_dir() or not reported:
         return {}
-    reported = {b: r for b, r in (json.loads((best / "result.json").read_text()).get("latency_ratio") or {}).items()
-                if r is not None}
     task = load_task(model)
+    baseline = parse_recipe(recipe_for(model, args)) if row.get("latency_vs") == "deploy" else None
     with tempdir() as tmp:
         again = recheck_artifact(reported, best / "artifact", task.build_model(), task,
-                                 load_recipe(best / "recipe.yaml"), Path(tmp) / "fp32")
+                                 load_recipe(best / "recipe.yaml"), Path(tmp) / "fp32", baseline_recipe=baseline)
     return {"latency_reported": reported, **again}
 
 
@@ -334,7 +335,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         print(f"searching {model}: budget {args.budget:g} s, logging to {args.out / (model + '.log')}", flush=True)
         summary, run = run_search(model, args)
         found = rows_of(model, summary, run, args)
-        found[0].update(recheck_choice(model, args))  # the choice's row
+        found[0].update(recheck_choice(model, args, found[0]))  # the choice's row
         rows += found
         print(f"    {run['exit']} after {run['wall_s']:.0f} s", flush=True)
         if args.json:  # written after each search, so a stopped run keeps what it measured

@@ -110,11 +110,13 @@ def latency_ratios(candidate: Any, baseline: Any, task: Any, config: BenchConfig
 
 
 def recheck_artifact(reported: dict[str, float], artifact: Path, model: Any, task: Any, recipe: Any,
-                     folder: Path) -> dict[str, Any]:
+                     folder: Path, baseline_recipe: Any = None) -> dict[str, Any]:
     """A pipeline result's latency ratios timed again from outside: the artifact folder ``artifact`` against a
     fresh fp32 export of ``model`` (the recipe's exporter, into ``folder``) on the recipe's runtime, interleaved,
-    at the smallest and largest of the ``reported`` batch sizes. Returns ``latency_recheck`` and whether it
-    agrees with ``reported`` within ``RECHECK_TOLERANCE`` (``recheck_ok``)."""
+    at the smallest and largest of the ``reported`` batch sizes. ``baseline_recipe``: the recipe whose exporter
+    and runtime the fp32 model uses instead (a search's ratio "to fp32 as deployed": fp32 on the search's
+    runtime, the artifact on its own). Returns ``latency_recheck`` and whether it agrees with ``reported`` within
+    ``RECHECK_TOLERANCE`` (``recheck_ok``)."""
     from dataclasses import replace
 
     from modelpress.artifact import load
@@ -125,7 +127,8 @@ def recheck_artifact(reported: dict[str, float], artifact: Path, model: Any, tas
         return {"latency_recheck": {}, "recheck_ok": None}
     ends = tuple(sorted({sizes[0], sizes[-1]}))
     candidate = open_session(load(artifact), recipe.runtime)
-    baseline = open_session(export_model(model, task, recipe, folder, fp32=True), recipe.runtime)
+    base = baseline_recipe or recipe
+    baseline = open_session(export_model(model, task, base, folder, fp32=True), base.runtime)
     again = compare(candidate.run, baseline.run, task.example_inputs, replace(recipe.bench, batch_sizes=ends))
     recheck = {str(b): round(r["paired_ratio"], 4) for b, r in again.items()}
     return {"latency_recheck": recheck,
@@ -193,7 +196,7 @@ def markdown(rows: list[dict[str, Any]], batch_sizes: list[str], extra_columns: 
     """The rows as BENCHMARKS.md tables them: drop in points of accuracy, size and latency ratios to 3 decimals."""
     has_recheck = any("latency_recheck" in r for r in rows)
     head = ["model", "candidate", "score", "drop (pts)", "size ×", *[f"latency × @{b}" for b in batch_sizes], *extra_columns,
-            *(["re-timed " + " / ".join(f"@{b}" for b in (batch_sizes[0], batch_sizes[-1])), "within ±15%"]
+            *(["re-timed " + " / ".join(f"@{b}" for b in dict.fromkeys((batch_sizes[0], batch_sizes[-1]))), "within ±15%"]
               if has_recheck else [])]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:

@@ -36,8 +36,10 @@ def test_recheck_times_the_smallest_and_largest_batch_and_flags_a_ratio_it_canno
 
 def test_auto_real_rechecks_the_chosen_artifact_and_nothing_without_a_choice(tmp_path):
     recipe = parse_recipe({"task": "digits", "steps": [], "bench": BENCH})
-    run(recipe, tmp_path / "digits" / "best")  # a search's best/: recipe.yaml, result.json and artifact/
-    out = auto_real.recheck_choice("digits", SimpleNamespace(out=tmp_path))
+    result = run(recipe, tmp_path / "digits" / "best")  # a search's best/: recipe.yaml, result.json and artifact/
+    row = {"latency_ratio": {"4": result.latency_ratio["4"]}, "latency_vs": "fp32"}  # the choice's row, one batch
+    out = auto_real.recheck_choice("digits", SimpleNamespace(out=tmp_path), row)
     assert set(out) == {"latency_reported", "latency_recheck", "recheck_ok"}
-    assert set(out["latency_recheck"]) == {"1", "4"} and set(out["latency_reported"]) == {"1", "2", "4"}
-    assert auto_real.recheck_choice("mobilenet-v2", SimpleNamespace(out=tmp_path)) == {}  # no best/ for it
+    assert set(out["latency_recheck"]) == {"4"} and out["latency_reported"] == row["latency_ratio"]
+    assert auto_real.recheck_choice("mobilenet-v2", SimpleNamespace(out=tmp_path), row) == {}  # no best/ for it
+    assert auto_real.recheck_choice("digits", SimpleNamespace(out=tmp_path), {"latency_ratio": {}}) == {}
