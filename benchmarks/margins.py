@@ -78,7 +78,7 @@ def main() -> None:
     emit(rows, args, "Decision margins of the fp32 classifiers on the reference photos, and agreement lost to "
                      "arithmetic alone",
          extra_columns=("test_views", "test_median_top1_prob", "test_gap_below_0.05", "test_gap_below_0.1",
-                        "val_agreement", "test_agreement", "test_top5_overlap", "test_cosine"))
+                        "val_agreement", "test_agreement", "test_top5_overlap", "test_cosine", "skipped"))
 
 
 if __name__ == "__main__":
