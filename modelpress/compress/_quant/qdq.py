@@ -1,13 +1,13 @@
 """Rewrite an fp32 ONNX graph into QDQ form for ONNX Runtime's int8 kernels (static quantization).
 
-For each target Conv/Gemm/MatMul: the activation input gets QuantizeLinear -> DequantizeLinear (u8, the
-calibrated range), the weight becomes an int8 initializer behind DequantizeLinear (symmetric, per output
-channel: zero point 0 is what the u8 x s8 VNNI kernels take), the bias an int32 initializer with scale
-``s_x * s_w``. The quantization point of an input is repeated upstream through pass-through ops
-(MaxPool, Flatten, Reshape, ...) and through ReLU when the zero point is 0 — exact, since quantizing commutes
-with those — when that reaches a quantized Conv/Gemm's output, so ONNX Runtime fuses
-``DQ -> Conv -> (ReLU) -> Q`` into one QLinearConv instead of leaving float islands between int8 ops.
-A Conv whose output reaches no quantized consumer gets its own output quantization for the same reason.
+For each target Conv/Gemm/MatMul: the activation input gets QuantizeLinear -> DequantizeLinear (u8, the calibrated
+range), the weight becomes an int8 initializer behind DequantizeLinear (symmetric, per output channel: zero point 0
+is what the u8 x s8 VNNI kernels take), the bias an int32 initializer with scale ``s_x * s_w``. The quantization
+point of an input is repeated upstream through pass-through ops (MaxPool, Flatten, Reshape, ...), zero padding, and
+through ReLU and ReLU6 (a Clip from 0 whose top the range does not exceed) when the zero point is 0 — exact, since
+quantizing commutes with those — when that reaches a quantized Conv/Gemm's output, so ONNX Runtime fuses ``DQ ->
+Conv -> (ReLU) -> Q`` into one QLinearConv instead of leaving float islands between int8 ops. A Conv whose output
+reaches no quantized consumer gets its own output quantization for the same reason.
 """
 from __future__ import annotations
 
@@ -23,6 +23,39 @@ Range = tuple[float, float]
 SHAPE_ONLY = {"Shape", "Size"}  # consumers that read only the shape keep the float tensor
 
 
+def clip_bounds(g: OnnxGraph, node: Any) -> tuple[float, float] | None:
+    """A Clip's (min, max) (inputs from opset 11, attributes before), None where a bound is not a constant."""
+    if len(node.input) > 1 or g.attr(node, "min") is None:
+        bounds = []
+        for i, default in ((1, -np.inf), (2, np.inf)):
+            name = node.input[i] if len(node.input) > i else ""
+            value = g.array(name) if name else np.array(default)
+            if value is None or value.size != 1:
+                return None
+            bounds.append(float(value.reshape(())))
+        return bounds[0], bounds[1]
+    return float(g.attr(node, "min", -np.inf)), float(g.attr(node, "max", np.inf))
+
+
+def commutes(g: OnnxGraph, node: Any, scale: float, zp: int) -> bool:
+    """Whether quantizing ``node``'s input with (``scale``, ``zp``) gives what quantizing its output does: a Pad
+    with zeros (0.0 is exact in every range); ReLU, and a Clip from 0 (ReLU6) whose top is not below the range's,
+    when the zero point is 0 (the clamp the quantization does anyway)."""
+    if node.op_type == "Pad":
+        value = g.array(node.input[2]) if len(node.input) > 2 and node.input[2] \
+            else np.array(g.attr(node, "value", 0.0))  # opset < 11: an attribute
+        return g.attr(node, "mode", b"constant") in (b"constant", "constant") and value is not None \
+            and value.size == 1 and float(value.reshape(())) == 0.0
+    if zp != 0:
+        return False
+    if node.op_type == "Relu":
+        return True
+    if node.op_type != "Clip":
+        return False
+    bounds = clip_bounds(g, node)
+    return bounds is not None and bounds[0] == 0.0 and bounds[1] >= 255 * scale * (1 - 1e-6)
+
+
 def plan_points(g: OnnxGraph, targets: list[Any], ranges: Mapping[str, Range]) -> dict[str, tuple[float, int]]:
     """Tensor -> (scale, zero point) of every quantization point.
 
@@ -36,7 +69,7 @@ def plan_points(g: OnnxGraph, targets: list[Any], ranges: Mapping[str, Range]) -
         chain, t = [], start
         while True:
             p = g.producer.get(t)
-            if p is None or not (p.op_type in PASS_THROUGH or (p.op_type == "Relu" and params[start][1] == 0)):
+            if p is None or not (p.op_type in PASS_THROUGH or commutes(g, p, *params[start])):
                 break
             src = p.input[0]
             users = [c for c in g.consumers[src] if c.op_type not in SHAPE_ONLY]
