@@ -2,6 +2,7 @@
 back sensitive layers (accuracy-aware), write the weights onto their grid, and attach the ONNX rewrite."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -128,8 +129,9 @@ def _subset(data: Any, max_samples: int) -> list[tuple[dict, Any]]:
 
 def _accuracy_aware(model: Any, wrapped: dict, config: Any, task: Any, shifts: dict[str, torch.Tensor]
                     ) -> tuple[dict[str, str], float]:
-    """Fall back layers, most sensitive first, until the simulated score drop is within the limit. A layer
-    that goes back to float also gives back its bias correction (removed from ``shifts``)."""
+    """Fall back the fewest most sensitive layers that bring the simulated score drop within the limit
+    (``mixed.fallback``: doubling, then bisection). A layer that goes back to float also gives back its bias
+    correction (removed from ``shifts``; restored when the search puts the layer back on int8)."""
     from ...evaluate import evaluate, torch_predict
 
     data = _subset(task.val_data, config.eval_samples)
@@ -152,17 +154,37 @@ def _accuracy_aware(model: Any, wrapped: dict, config: Any, task: Any, shifts: d
     higher = config.weight_spec(8)
     reasons: dict[str, str] = {}
 
-    def demote(name: str) -> None:
-        q = wrapped[name]
+    def demote(name: str) -> Callable[[], None]:
+        """Raise ``name`` one step (to 8 bits, or to float with its bias correction taken back); returns the undo."""
+        q, reason = wrapped[name], reasons.get(name)
         if q.spec.bits < 8:
+            spec = q.spec
             q.spec, q._cache = higher, None
             reasons[name] = f"kept at 8 bits (sensitivity {scores[name]:.2e}) to hold max_score_drop"
+
+            def undo() -> None:
+                q.spec, q._cache = spec, None
         else:
             q.enabled = False
-            if name in shifts:
-                shift_biases(wrapped, {name: shifts.pop(name)}, -1.0)
+            shift = shifts.pop(name, None)
+            if shift is not None:
+                shift_biases(wrapped, {name: shift}, -1.0)
             reasons[name] = f"kept in float (sensitivity {scores[name]:.2e}) to hold max_score_drop"
 
+            def undo() -> None:
+                q.enabled = True
+                if shift is not None:
+                    shifts[name] = shift
+                    shift_biases(wrapped, {name: shift}, 1.0)
+
+        def restore() -> None:
+            undo()
+            if reason is None:
+                del reasons[name]
+            else:
+                reasons[name] = reason
+        return restore
+
     ladder = order + order if any(q.spec.bits < 8 for q in wrapped.values()) else order
-    _, drop = fallback(ladder, demote, score_drop, config.score_limit)
+    _, drop = fallback(ladder, demote, score_drop, config.score_limit, drop)
     return reasons, float(drop)
