@@ -32,7 +32,8 @@ class Quantities:
     latency_ms_batch1: float | None = None  # median latency at batch size 1
     size_bytes: float | None = None
     energy_j: float | None = None  # joules per inference
-    # the artifact's worst output against the fp32 model: top-1 agreement for class scores, cosine otherwise
+    # the artifact's worst output against the fp32 model: top-1 agreement for class scores where the fp32 model
+    # decides (task.decisive_agreement), cosine otherwise
     fidelity: float | None = None
 
     def to_json(self) -> dict[str, float | None]:

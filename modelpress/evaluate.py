@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ModelpressError
-from .task import Inputs, Predict, Task, top1_credit
+from .task import Inputs, Predict, Task, decisive_agreement, top1_credit
 
 TOP_K = 5  # logits: the overlap of the top-5 classes (fewer when the model has fewer classes)
 
@@ -39,8 +39,10 @@ def compare(reference: Predict, candidate: Predict, batches: Iterable[Inputs | t
     Every output gets ``max_abs_diff`` (largest element-wise difference) and ``cosine`` (mean cosine
     similarity of the flattened outputs per sample). ``logits`` add ``agreement`` (share of samples with the
     reference's top-1 class on top; a tie between ``k`` of the candidate's top scores counts ``1/k``, as in
-    ``task.top1_credit``) and ``top5_overlap`` (mean share of the reference's top-5 classes among the
-    candidate's). ``embeddings`` add ``nn_agreement``: the share of samples whose nearest neighbour (by
+    ``task.top1_credit``), ``decisive_agreement`` (the same on the samples the reference decides: its top
+    class at least ``task.DECISIVE_MARGIN`` more probable than the next; None below ``task.MIN_DECISIVE`` of
+    them), ``decisive_samples`` (how many) and ``top5_overlap`` (mean share of the reference's top-5 classes
+    among the candidate's). ``embeddings`` add ``nn_agreement``: the share of samples whose nearest neighbour (by
     cosine, among the other compared samples) is the same for both models.
     """
     refs: list[list[np.ndarray]] = [[] for _ in names]
@@ -73,6 +75,7 @@ def _compare_one(ref: np.ndarray, out: np.ndarray, kind: str) -> dict[str, Any]:
                            "cosine": float(np.mean((ref * out).sum(1) / denom))}
     if kind == "logits":
         row["agreement"] = float(top1_credit(out, ref.argmax(-1)).mean())
+        row["decisive_agreement"], row["decisive_samples"] = decisive_agreement(out, ref)
         k = min(TOP_K, ref.shape[1])
         top_ref = np.argsort(-ref, axis=1)[:, :k]
         top_out = np.argsort(-out, axis=1)[:, :k]

@@ -6,7 +6,6 @@ recipe's runtime settings, then timed interleaved; the ratio is the median of pe
 """
 from __future__ import annotations
 
-import dataclasses
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -32,11 +31,11 @@ def time_ratio(original: Any, replacement: Any, x: np.ndarray, export_format: st
                runtime: Any, config: BenchConfig = TIMING) -> float:
     """Latency of ``replacement`` over ``original`` on input ``x`` (batch on axis 0)."""
     from . import registry
+    from .export import fp32_config
     from .runtime import open_session
 
     exporter = registry.module("export format", export_format)
-    if getattr(export_config, "int8", False):
-        export_config = dataclasses.replace(export_config, int8=False)  # the layers are timed in float
+    export_config = fp32_config(export_config)  # the layers are timed in float
     task = layer_task(np.ascontiguousarray(x, dtype=np.float32))
     runs = {}
     with tempfile.TemporaryDirectory(prefix="modelpress-layer-") as tmp:

@@ -22,6 +22,7 @@ from .constraints import MIN_FIDELITY
 from .errors import ModelpressError
 from .evaluate import compare as compare_outputs
 from .evaluate import evaluate, predict_fn, torch_predict
+from .export import fp32_config
 from .isolate import probe
 from .outdir import discard, prepare_output, publish, recover
 from .progress import log
@@ -48,8 +49,8 @@ def export_model(model: Any, task: Task, recipe: Recipe, folder: Path, fp32: boo
     applied = Applied.of(model)
     exporter = registry.module("export format", recipe.export.format)
     config = recipe.export.exporter_config()
-    if fp32 and getattr(config, "int8", False):
-        config = dataclasses.replace(config, int8=False)
+    if fp32:
+        config = fp32_config(config)
     rewrites = applied.onnx_rewrites
     if rewrites and not getattr(exporter, "LOWERS_ONNX_REWRITES", False):
         lowering = [f for f in registry.EXPORTERS if getattr(registry.module("export format", f), "LOWERS_ONNX_REWRITES", False)]
@@ -217,8 +218,8 @@ def notes(result: Result, techniques: Sequence[str] = ()) -> list[str]:
     worst = result.quantities().fidelity
     if worst is not None and worst < MIN_FIDELITY:
         out.append(f"Fidelity collapsed: the artifact's worst output agrees with the fp32 model on only {worst:.3f} "
-                   f"(top-1 agreement for class scores, cosine otherwise; per output in 'fidelity'). It does not "
-                   f"compute what the model computes: keep sensitive layers in float (quantize mode mixed, or "
+                   f"(top-1 agreement for class scores where the fp32 model decides, cosine otherwise; per output "
+                   f"in 'fidelity'). It does not compute what the model computes: keep sensitive layers in float (quantize mode mixed, or "
                    f"exclude), or recover accuracy (distill) before trusting its speed or size.")
     out += [v for k, v in result.facts.items() if k.endswith("_note") and v]
     for name in dict.fromkeys(techniques):

@@ -29,8 +29,14 @@ def verdict(q1: float, q3: float) -> str:
 
 
 def worst_fidelity(comparison: dict[str, dict[str, Any]] | None) -> float | None:
-    """The lowest per-output fidelity measure: top-1 agreement for class scores, cosine for other outputs."""
-    values = [c.get("agreement", c.get("cosine")) for c in (comparison or {}).values()]
+    """The lowest per-output fidelity measure: for class scores top-1 agreement on the samples the fp32 model
+    decides (``task.decisive_agreement``; on all samples when too few are decided), cosine for other outputs.
+
+    >>> worst_fidelity({"a": {"cosine": 0.9, "agreement": 0.7, "decisive_agreement": 0.95}, "b": {"cosine": 0.99}})
+    0.95
+    """
+    values = [c.get("decisive_agreement") if c.get("decisive_agreement") is not None else
+              c.get("agreement", c.get("cosine")) for c in (comparison or {}).values()]
     values = [v for v in values if v is not None]
     return min(values) if values else None
 

@@ -92,6 +92,49 @@ def top1_credit(scores: np.ndarray, target: np.ndarray) -> np.ndarray:
     return hit / np.maximum(top.sum(axis=-1), 1)
 
 
+DECISIVE_MARGIN = 0.1  # a reference decides a sample when its top class is this much more probable than the next
+MIN_DECISIVE = 10  # fewer decisive samples than this: decisive agreement is not measured (None)
+
+
+def probabilities(scores: np.ndarray) -> np.ndarray:
+    """Class probabilities of class scores: the scores themselves when every row already is a distribution
+    (non-negative, summing to 1), else their softmax.
+
+    >>> probabilities(np.array([[0.0, np.log(3.0)]])).round(2).tolist()
+    [[0.25, 0.75]]
+    >>> probabilities(np.array([[0.25, 0.75]])).tolist()
+    [[0.25, 0.75]]
+    """
+    scores = np.asarray(scores, np.float64)
+    if (scores >= 0).all() and np.allclose(scores.sum(-1), 1.0, atol=1e-3):
+        return scores
+    e = np.exp(scores - scores.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def decisive_agreement(scores: np.ndarray, reference: np.ndarray,
+                       margin: float = DECISIVE_MARGIN) -> tuple[float | None, int]:
+    """(top-1 agreement with ``reference`` on the samples it decides, how many those are).
+
+    A sample is decided when the reference's top class is at least ``margin`` more probable than its second
+    (``probabilities``). On near-ties (a photo between two dog breeds) the smallest change of arithmetic, bf16 or
+    int8, flips the top class of a faithful model; there, plain top-1 agreement measures the photos, not the
+    model. A model that collapsed disagrees on decided samples too. None when fewer than ``MIN_DECISIVE``
+    samples are decided.
+
+    >>> ref = np.array([[4.0, 0.0], [0.0, 4.0], [1.0, 1.01]] * 6)
+    >>> decisive_agreement(ref, ref), decisive_agreement(ref[:, ::-1], ref), decisive_agreement(ref[:9], ref[:9])
+    ((1.0, 12), (0.0, 12), (None, 6))
+    """
+    p = np.sort(probabilities(reference), axis=-1)
+    decided = (p[:, -1] - p[:, -2] >= margin) if p.shape[-1] > 1 else np.ones(len(p), bool)
+    n = int(decided.sum())
+    if n < MIN_DECISIVE:
+        return None, n
+    credit = top1_credit(np.asarray(scores)[decided], np.asarray(reference)[decided].argmax(-1))
+    return float(credit.mean()), n
+
+
 def accuracy(predict: Predict, data: Iterable[tuple[Inputs, np.ndarray]]) -> float:
     """Top-1 accuracy of the first output over labelled batches; a sample whose highest score is tied between
     ``k`` classes counts ``1/k`` when its label is among them (``top1_credit``)."""

@@ -110,6 +110,38 @@ def test_every_output_of_a_multi_output_model_is_compared():
     assert "agreement" not in result["vectors"] and result["vectors"]["nn_agreement"] is not None
 
 
+def test_near_ties_flipping_is_not_a_collapse_but_wrong_decided_classes_are():
+    """Half the samples are near-ties (top two classes 0.01 apart): a candidate that flips exactly those keeps
+    fidelity 1.0 where fp32 decides; one that is wrong on decided samples is flagged below MIN_FIDELITY."""
+    from modelpress.constraints import MIN_FIDELITY
+    from modelpress.evaluate import compare
+    from modelpress.result import worst_fidelity
+
+    rng = np.random.default_rng(0)
+    n, classes = 64, 10
+    logits = rng.standard_normal((n, classes)).astype(np.float32)
+    top = rng.integers(0, classes, n)
+    logits[np.arange(n), top] = 6.0
+    tied = np.arange(n) % 2 == 0
+    second = (top + 1) % classes
+    logits[tied, second[tied]] = 6.0 - 0.01  # near-ties: the reference's top class barely wins
+    flipped = logits.copy()
+    flipped[tied, second[tied]] = 6.0 + 0.01  # a faithful model whose arithmetic flips each near-tie
+    wrong = logits.copy()
+    wrong[~tied, top[~tied]] = -6.0  # a collapsed model: wrong where the reference is sure
+    data = Batches({"x": np.arange(n, dtype=np.float32)[:, None]}, batch_size=16)
+    index = lambda inputs: inputs["x"][:, 0].astype(int)  # noqa: E731
+    result = {}
+    for name, scores in (("flipped", flipped), ("wrong", wrong)):
+        result[name] = compare(lambda inputs: [logits[index(inputs)]], lambda inputs, s=scores: [s[index(inputs)]],
+                               data, ("logits",), ("scores",))["scores"]
+    assert result["flipped"]["agreement"] == pytest.approx(0.5)
+    assert result["flipped"]["decisive_samples"] == n // 2 and result["flipped"]["decisive_agreement"] == 1.0
+    assert worst_fidelity({"scores": result["flipped"]}) == 1.0 >= MIN_FIDELITY
+    assert result["wrong"]["decisive_agreement"] == 0.0
+    assert worst_fidelity({"scores": result["wrong"]}) == 0.0 < MIN_FIDELITY
+
+
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
 def test_every_recipe_runs_with_its_command(path, tmp_path, monkeypatch):
     """``auto_*`` recipes through ``modelpress auto`` (2 trials), the others through ``modelpress run``."""

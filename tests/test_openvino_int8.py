@@ -92,8 +92,10 @@ def test_int8_export_records_the_model_type_and_its_check(transformer, tmp_path)
     assert fact["mode"] == "quantize" and fact["model_type"] == "transformer" and "num_heads" in fact["why"]
     assert fact["smooth_quant"] is True and "retried" not in fact
     check = fact["fidelity_check"]
-    assert check["split"] == "validation" and check["measure"] == "top-1 agreement" and check["worst"] >= 0.9
-    assert check["samples"] == sum(len(y) for _, y in list(task.val_data)[:2])
+    assert check["split"] == "validation" and check["worst"] >= 0.9
+    assert check["samples"] == sum(len(y) for _, y in list(task.val_data)[:4])  # fidelity_batches: 4
+    assert check["measure"] == "top-1 agreement where the fp32 IR decides"
+    assert 10 <= check["decided"] <= check["samples"]
 
 
 def weight_sources(ir):
@@ -135,7 +137,7 @@ def destroying(models_for=("default", "transformer")):
     types listed (the others get the fp32 IR unchanged), and records the model types it was called with."""
     calls = []
 
-    def quantize(ov_model, task, config, model_type="default"):
+    def quantize(ov_model, task, config, model_type="default", ignored=()):
         calls.append(model_type)
         if model_type not in models_for:
             return ov_model
@@ -157,7 +159,8 @@ def test_a_collapse_fails_naming_cause_and_fix(transformer, tmp_path, monkeypatc
     monkeypatch.setattr(ovx, "quantize", fake)
     # auto: transformer, then default; both collapse: the error says what it measured, the cause and the fix
     with pytest.raises(ModelpressError, match=r"model_type \w+\) collapsed the outputs: its output 'logits' "
-                                              r"has top-1 agreement 0\.\d+ .* validation samples \(below 0\.8\) "
+                                              r"has top-1 agreement where the fp32 IR decides 0\.\d+ .* validation "
+                                              r"samples, \d+ of them decided \(below 0\.8\) "
                                               r"\(model_type \w+ did no better\)"
                                               r"\. Likely cause: .*Fix: export option int8: weights") as e:
         ovx.export(model, task, tmp_path / "a", ovx.Config(int8=True))
@@ -218,6 +221,41 @@ def test_options_are_checked():
         parse(ovx.Config, {"model_type": "bert"}, "export.options")
     with pytest.raises(ConfigError, match=r"fidelity_batches must be at least 0"):
         parse(ovx.Config, {"fidelity_batches": -1}, "export.options")
+    with pytest.raises(ConfigError, match=r"keep_float names layers NNCF's int8 quantization leaves in float"):
+        parse(ovx.Config, {"keep_float": ["fc"]}, "export.options")
+    with pytest.raises(ConfigError, match=r"int8: weights compresses the weights only.*keep_float"):
+        parse(ovx.Config, {"int8": "weights", "keep_float": ["fc"]}, "export.options")
+
+
+def test_keep_float_leaves_the_named_layers_out_of_int8(transformer, tmp_path):
+    """NNCF's ignored scope from module-name patterns: the named layers keep float inputs (no FakeQuantize in
+    front of their MatMul), every other weighted layer is quantized; a pattern matching nothing is refused with
+    the layers there are."""
+    import openvino as ov
+
+    task, model = transformer
+    kept = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)][-1]
+    art = ovx.export(model, task, tmp_path / "kept", ovx.Config(int8=True, keep_float=(kept,)))
+    assert art.manifest["facts"]["openvino_int8"]["kept_float"] == [kept]
+    ir = ov.Core().read_model(str(art.path))
+    quantized = {}
+    for op in ir.get_ordered_ops():
+        if op.get_type_name() == "MatMul":
+            sources = {op.input_value(i).get_node().get_type_name() for i in range(2)}
+            quantized[op.get_friendly_name()] = "FakeQuantize" in sources or "Convert" in sources
+    ours = {name: q for name, q in quantized.items() if name.startswith(f"/{kept.replace('.', '/')}/")}
+    assert ours and not any(ours.values())  # the kept layer: float inputs and weights
+    assert sum(quantized.values()) >= 2  # the others: int8
+    with pytest.raises(ModelpressError, match=r"keep_float pattern 'no.such.\*' matches no layer.*Its layers: "):
+        ovx.export(model, task, tmp_path / "bad", ovx.Config(int8=True, keep_float=("no.such.*",)))
+    # through a run: the fp32 baseline export drops int8 and keep_float together (export.fp32_config)
+    from modelpress.pipeline import run
+    from modelpress.recipe import parse_recipe
+    from tests.conftest import fast
+
+    recipe = fast(parse_recipe({"task": "digits:transformer", "export": {"format": "openvino", "options": {
+        "int8": True, "keep_float": [kept]}}, "runtime": {"backend": "openvino", "precision": "int8"}}))
+    assert run(recipe, tmp_path / "run").facts["openvino_int8"]["kept_float"] == [kept]
 
 
 def test_recipe_int8_weights_runs_through_the_pipeline(tmp_path):

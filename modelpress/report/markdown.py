@@ -18,6 +18,9 @@ def comparison(outputs: dict[str, dict[str, Any]]) -> str:
         items = [f"max |diff| {c['max_abs_diff']:.2e}", f"cosine {c['cosine']:.5f}"]
         if "agreement" in c:
             items += [f"top-1 agreement {c['agreement']:.4f}", f"top-5 overlap {c['top5_overlap']:.4f}"]
+            if c.get("decisive_agreement") is not None:
+                items.append(f"top-1 agreement where fp32 decides {c['decisive_agreement']:.4f} "
+                             f"({c['decisive_samples']} samples)")
         if c.get("nn_agreement") is not None:
             items.append(f"nearest-neighbour agreement {c['nn_agreement']:.4f}")
         parts.append((f"{name}: " if len(outputs) > 1 else "") + ", ".join(items))
