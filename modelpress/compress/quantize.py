@@ -32,6 +32,7 @@ refuse them rather than run a float graph with rounded weights); which ops then 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -149,7 +150,7 @@ def estimate_s(config: Config, profile: Any) -> float:
     """Seconds ``apply`` is expected to take on a model of ``profile`` (``search.cost.Profile``), before it
     runs: rounding weights; for the int8 modes calibration passes (the mse and entropy observers cost about
     twice a forward pass), bias correction's passes over calibration and validation inputs; mixed precision's
-    probe per layer and a few fallback scorings; QAT's epochs."""
+    probe per layer and the fallback's scorings (doubling, then bisection); QAT's epochs."""
     seconds = 1.0 + profile.params * 2e-7
     if config.mode in ("dynamic", "weight_only"):
         return seconds
@@ -158,7 +159,8 @@ def estimate_s(config: Config, profile: Any) -> float:
     if config.bias_correction and config.mode in ("static", "mixed"):
         seconds += 3.0 * calib
     if config.mode == "mixed":
-        seconds += profile.layers * calib + 5 * profile.forward_s(min(config.eval_samples, profile.val_samples))
+        scorings = 2 + 2 * math.ceil(math.log2(profile.layers + 1))  # mixed.fallback: doubling, then bisection
+        seconds += profile.layers * calib + scorings * profile.forward_s(min(config.eval_samples, profile.val_samples))
     if config.mode == "qat":
         seconds += profile.epoch_s(config.qat_epochs)
     return seconds
