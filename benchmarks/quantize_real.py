@@ -6,20 +6,23 @@
 Per model (MobileNetV2, EfficientNet-Lite2, all-MiniLM-L6-v2), on the same fp32 ONNX export and the same
 calibration inputs (the task's ``calib_data``):
 - modelpress: ``quantize`` static, dynamic and mixed (defaults) on ONNX Runtime; the OpenVINO exporter's
-  ``int8: true`` (NNCF, model type auto) and ``int8: weights``;
+  ``int8: true`` (NNCF, model type auto; for MiniLM also with its feed-forward output layers in float,
+  ``keep_float``, computed in f32 or with the bf16 hint) and ``int8: weights``; for MiniLM, weight-only int4
+  (groups of 32) computed from its packed weights on ONNX Runtime (``MatMulNBits``) and OpenVINO;
 - ONNX Runtime's own quantizer: ``quantize_static`` (QDQ, its defaults; and ``per_channel=True``) and
   ``quantize_dynamic`` (defaults; and ``per_channel=True``);
 - NNCF on the fp32 IR, called directly: ``nncf.quantize`` (``model_type=TRANSFORMER`` for MiniLM, its default
   otherwise) and ``nncf.compress_weights`` (its default, int8 asymmetric weights);
 - OpenVINO's fp32 IR with the bf16 inference hint (where this CPU computes in bf16) and with f32.
 
-Columns: fidelity to the fp32 torch model on the test split (top-1 agreement and top-5 overlap for the CNNs,
-cosine and nearest-neighbour agreement for MiniLM; ``evaluate.compare``), latency ratio to the fp32 ONNX model
-on ONNX Runtime at batch 1 and 8 (16 for MiniLM; paired, interleaved, then re-timed separately), size ratio to
-the fp32 ONNX file, and ``memory_mb``: the resident memory a fresh process grows by when it loads the session
-and runs one batch of the larger size (``bench.peak_memory``: resident memory sampled after loading and
-after the run, as result.json's ``peak_memory_bytes``). Every session uses ``--threads`` threads. Timing: 10
-interleaved rounds of 3 runs, each comparison over at least 3 s (``--quick``: the other scripts' quick setting).
+Columns: fidelity to the fp32 torch model on the test split (top-1 agreement, top-5 overlap and ``decisive``, the
+top-1 agreement on the views fp32 decides, for the CNNs; cosine and nearest-neighbour agreement for MiniLM;
+``evaluate.compare``), latency ratio to the fp32 ONNX model on ONNX Runtime at batch 1 and 8 (16 for MiniLM;
+paired, interleaved, then re-timed separately), size ratio to the fp32 ONNX file, and ``memory_mb``: the resident
+memory a fresh process grows by when it loads the session and runs one batch of the larger size
+(``bench.peak_memory``: resident memory sampled after loading and after the run, as result.json's
+``peak_memory_bytes``). Every session uses ``--threads`` threads. Timing: 10 interleaved rounds of 3 runs, each
+comparison over at least 3 s (``--quick``: the other scripts' quick setting).
 A candidate that cannot be made is a row with its reason, not a crash of the run.
 """
 from __future__ import annotations
@@ -39,7 +42,11 @@ from modelpress.bench import BenchConfig
 
 MODELS = ("mobilenet-v2", "efficientnet-lite2", "minilm")
 TRANSFORMERS = ("minilm",)
-# 13 candidates per model: fewer rounds than the other scripts' BENCH, each comparison still over 3 s
+FFN_OUTPUT = "model.encoder.layer.?.output.dense"  # MiniLM's feed-forward output layers (keep_float)
+# weight-only int4 computed from the packed weights (MatMulNBits; OpenVINO's int4 weights): issue 18's memory target
+INT4_PACKED = {"mode": "weight_only", "bits": 4, "group_size": 32, "compute": "packed"}
+# 13 candidates per model (17 for MiniLM): fewer rounds than the other scripts' BENCH, each comparison still
+# over 3 s
 TIMING = BenchConfig(batch_sizes=(1, 8), warmup=3, rounds=10, runs_per_round=3, min_seconds=3.0)
 
 
@@ -176,8 +183,18 @@ def candidates(name: str, threads: int) -> list[tuple[str, str, Callable[[Path, 
         ("modelpress quantize dynamic", "modelpress", mp([{"quantize": {"mode": "dynamic"}}], onnx, ort_rt)),
         ("modelpress quantize mixed", "modelpress", mp([{"quantize": {"mode": "mixed"}}], onnx, ort_rt)),
         ("modelpress OpenVINO int8: true", "modelpress", mp([], {"format": "openvino", "options": {"int8": True}}, ov_rt)),
+        *([("modelpress OpenVINO int8: true, keep_float FFN output", "modelpress",
+            mp([], {"format": "openvino", "options": {"int8": True, "keep_float": [FFN_OUTPUT]}}, ov_rt)),
+           ("modelpress OpenVINO int8: true, keep_float FFN output, bf16 hint", "modelpress",
+            mp([], {"format": "openvino", "options": {"int8": True, "keep_float": [FFN_OUTPUT]}},
+               {**ov_rt, "precision": "bf16"}))]
+          if transformer else []),
         ("modelpress OpenVINO int8: weights", "modelpress",
          mp([], {"format": "openvino", "options": {"int8": "weights"}}, ov_rt)),
+        *([("modelpress int4 weight_only g32 packed", "modelpress", mp([{"quantize": INT4_PACKED}], onnx, ort_rt)),
+           ("modelpress int4 weight_only g32 packed, OpenVINO", "modelpress",
+            mp([{"quantize": INT4_PACKED}], {"format": "openvino"}, {**ov_rt, "precision": "fp32"}))]
+          if transformer else []),
         ("ORT quantize_static (defaults)", "peer", raw("onnxruntime", lambda f, i, c, w: ort_static(f, w / "s.onnx", c, False))),
         ("ORT quantize_static per_channel", "peer", raw("onnxruntime", lambda f, i, c, w: ort_static(f, w / "s.onnx", c, True))),
         ("ORT quantize_dynamic (defaults)", "peer", raw("onnxruntime", lambda f, i, c, w: ort_dynamic(f, w / "d.onnx", False))),
@@ -277,6 +294,7 @@ def measure_model(name: str, args: Any, config: BenchConfig, done: list[dict[str
                            size_ratio=round(size / base_size, 4), latency_ratio=ratios, verdict=verdicts,
                            latency_recheck=ratios.recheck, recheck_ok=ratios.agrees(),
                            cosine=round(fid["cosine"], 5), top5_overlap=fid.get("top5_overlap"),
+                           decisive=fid.get("decisive_agreement"),
                            memory_mb=None if memory is None else round(memory / 2**20, 1))
             except Exception as e:  # noqa: BLE001 - a candidate that cannot be made is a row with its reason
                 out["error"] = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
@@ -313,7 +331,7 @@ def main() -> None:
             print(f"not made: {r['model']} / {r['candidate']}: {r['error']}")
     emit(rows, args, f"Int8 on the reference models: modelpress and its peers, {args.threads} threads, "
                      "score = top-1 agreement (CNNs) or NN agreement (MiniLM) with fp32",
-         extra_columns=("cosine", "top5_overlap", "memory_mb", "error"))
+         extra_columns=("cosine", "top5_overlap", "decisive", "memory_mb", "error"))
 
 
 if __name__ == "__main__":
