@@ -72,6 +72,39 @@ class OnnxGraph:
                     return self._to_array(attr.t)
         return None
 
+    def constant(self, name: str, max_nodes: int = 64) -> np.ndarray | None:
+        """The value of ``name`` where it is computed from initializers and Constant nodes only (the small
+        subgraphs exporters write for shapes and pad amounts, e.g. ConstantOfShape -> Concat -> Slice), by
+        onnx's reference evaluator; None where it reads a graph input or takes more than ``max_nodes`` nodes."""
+        value = self.array(name)
+        if value is not None or name in self.inputs or name not in self.producer:
+            return value
+        nodes, ids, todo, seen = [], set(), [name], set()
+        while todo:
+            tensor = todo.pop()
+            if tensor in seen or not tensor or tensor in self.inits:
+                continue
+            seen.add(tensor)
+            node = self.producer.get(tensor)
+            if node is None or len(nodes) >= max_nodes or node.domain not in ("", "ai.onnx"):
+                return None  # a graph input, too large, or an op the reference evaluator may not know
+            if id(node) not in ids:
+                ids.add(id(node))
+                nodes.append(node)
+                todo.extend(node.input)
+        from onnx import helper
+        from onnx.reference import ReferenceEvaluator
+
+        order = [n for n in self.graph.node if id(n) in ids]  # the graph's topological order
+        used = {i for n in order for i in n.input}
+        graph = helper.make_graph(order, "constant", [], [helper.make_tensor_value_info(name, 0, None)],
+                                  [self.inits[i] for i in used if i in self.inits])
+        model = helper.make_model(graph, opset_imports=list(self.proto.opset_import))
+        try:
+            return np.asarray(ReferenceEvaluator(model).run(None, {})[0])
+        except Exception:  # noqa: BLE001 - not evaluable here: treated as not constant
+            return None
+
     def attr(self, node: Any, name: str, default: Any = None) -> Any:
         from onnx import helper
 

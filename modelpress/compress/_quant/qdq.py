@@ -7,7 +7,8 @@ point of an input is repeated upstream through pass-through ops (MaxPool, Flatte
 through ReLU and ReLU6 (a Clip from 0 whose top the range does not exceed) when the zero point is 0 — exact, since
 quantizing commutes with those — when that reaches a quantized Conv/Gemm's output, so ONNX Runtime fuses ``DQ ->
 Conv -> (ReLU) -> Q`` into one QLinearConv instead of leaving float islands between int8 ops. A Conv whose output
-reaches no quantized consumer gets its own output quantization for the same reason.
+reaches no quantized consumer gets its own output quantization for the same reason. A zero Pad in front of a
+quantized Conv (a "SAME" convolution's export) is merged into the Conv's own padding first (``fold_pads``).
 """
 from __future__ import annotations
 
@@ -54,6 +55,41 @@ def commutes(g: OnnxGraph, node: Any, scale: float, zp: int) -> bool:
         return False
     bounds = clip_bounds(g, node)
     return bounds is not None and bounds[0] == 0.0 and bounds[1] >= 255 * scale * (1 - 1e-6)
+
+
+def fold_pads(g: OnnxGraph, targets: list[Any]) -> dict[str, str]:
+    """Merge a zero Pad in front of a target Conv into the Conv's own ``pads`` (what "SAME" convolutions export
+    as: a Pad, its amounts computed by a constant subgraph, then the Conv). Exact; ONNX Runtime then runs the
+    int8 convolution on its padded input directly instead of Pad in float between DequantizeLinear and
+    QuantizeLinear. Returns, per merged Conv, its new input tensor -> the Pad's output it read before."""
+    merged: dict[str, str] = {}
+    for conv in targets:
+        pad = g.producer.get(conv.input[0])
+        if conv.op_type != "Conv" or pad is None or pad.op_type != "Pad" or not commutes(g, pad, 1.0, 0) \
+                or g.attr(conv, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") \
+                or len(g.consumers[conv.input[0]]) != 1 or conv.input[0] in g.outputs:
+            continue
+        amounts = g.constant(pad.input[1]) if len(pad.input) > 1 else np.array(g.attr(pad, "pads", []))
+        axes = g.constant(pad.input[3]) if len(pad.input) > 3 and pad.input[3] else None
+        if amounts is None or axes is not None or amounts.ndim != 1 or len(amounts) % 2 or (amounts < 0).any():
+            continue
+        rank = len(amounts) // 2
+        begin, end = amounts[:rank], amounts[rank:]
+        if begin[:2].any() or end[:2].any():
+            continue  # batch or channel padding is not a convolution's
+        spatial = rank - 2
+        own = list(g.attr(conv, "pads", [0] * 2 * spatial))
+        new = [int(a) + int(b) for a, b in zip(own, [*begin[2:], *end[2:]])]
+        for a in [a for a in conv.attribute if a.name == "pads"]:
+            conv.attribute.remove(a)
+        from onnx import helper
+
+        conv.attribute.append(helper.make_attribute("pads", new))
+        merged[pad.input[0]] = conv.input[0]
+        conv.input[0] = pad.input[0]
+        g.graph.node.remove(pad)
+        g.reindex()
+    return merged
 
 
 def plan_points(g: OnnxGraph, targets: list[Any], ranges: Mapping[str, Range]) -> dict[str, tuple[float, int]]:
@@ -149,6 +185,8 @@ def rewrite(proto: Any, targets: list[str], ranges: Mapping[str, Range], per_cha
     ``per_channel`` maps to True, else per tensor) in place."""
     g = OnnxGraph(proto)
     nodes = [n for n in g.graph.node if n.name in set(targets)]
+    moved = fold_pads(g, nodes)  # a padded input's range is its source's (ranges always hold 0)
+    ranges = {**ranges, **{new: ranges[old] for new, old in moved.items() if old in ranges and new not in ranges}}
     params = plan_points(g, nodes, ranges)
     inputs = {n.name: n.input[0] for n in nodes}
     for tensor, (scale, zp) in params.items():
