@@ -11,9 +11,8 @@ from typing import Any
 import numpy as np
 
 from .errors import ModelpressError
-from .task import Inputs, Predict, Task, decisive_agreement, top1_credit
-
-TOP_K = 5  # logits: the overlap of the top-5 classes (fewer when the model has fewer classes)
+from .fidelity import compare_arrays
+from .task import Inputs, Predict, Task
 
 
 def predict_fn(session: Any) -> Predict:
@@ -65,43 +64,8 @@ def compare(reference: Predict, candidate: Predict, batches: Iterable[Inputs | t
             outs[k].append(o.reshape(len(o), -1))
     if not refs or not refs[0]:
         raise ModelpressError("No inputs to compare the artifact with its source model.")
-    return {name: _compare_one(np.concatenate(r), np.concatenate(o), kind)
+    return {name: compare_arrays(np.concatenate(r), np.concatenate(o), kind)
             for name, kind, r, o in zip(names, kinds, refs, outs)}
-
-
-def _compare_one(ref: np.ndarray, out: np.ndarray, kind: str) -> dict[str, Any]:
-    denom = np.maximum(np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1), 1e-12)
-    row: dict[str, Any] = {"kind": kind, "samples": len(ref), "max_abs_diff": float(np.abs(ref - out).max()),
-                           "cosine": float(np.mean((ref * out).sum(1) / denom))}
-    if kind == "logits":
-        row["agreement"] = float(top1_credit(out, ref.argmax(-1)).mean())
-        row["decisive_agreement"], row["decisive_samples"] = decisive_agreement(out, ref)
-        k = min(TOP_K, ref.shape[1])
-        top_ref = np.argsort(-ref, axis=1)[:, :k]
-        top_out = np.argsort(-out, axis=1)[:, :k]
-        row["top5_overlap"] = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(top_ref, top_out)]))
-    elif kind == "embeddings":
-        row["nn_agreement"] = nn_agreement(ref, out)
-    return row
-
-
-def nearest_neighbours(x: np.ndarray) -> np.ndarray:
-    """Per row, the index of its nearest other row by cosine similarity.
-
-    >>> nearest_neighbours(np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])).tolist()
-    [1, 0, 1]
-    """
-    unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    sim = unit @ unit.T
-    np.fill_diagonal(sim, -np.inf)
-    return sim.argmax(axis=1)
-
-
-def nn_agreement(ref: np.ndarray, out: np.ndarray) -> float | None:
-    """Share of samples whose nearest neighbour is the same under both embeddings (None below 3 samples)."""
-    if len(ref) < 3:
-        return None
-    return float(np.mean(nearest_neighbours(ref) == nearest_neighbours(out)))
 
 
 def first_output(result: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .constraints import Quantities
+from .fidelity import fidelity_of
 
 SCHEMA = 2
 FASTER, SLOWER, SAME = "faster", "slower", "no measurable difference"
@@ -29,14 +30,13 @@ def verdict(q1: float, q3: float) -> str:
 
 
 def worst_fidelity(comparison: dict[str, dict[str, Any]] | None) -> float | None:
-    """The lowest per-output fidelity measure: for class scores top-1 agreement on the samples the fp32 model
-    decides (``task.decisive_agreement``; on all samples when too few are decided), cosine for other outputs.
+    """The lowest per-output fidelity measure (``fidelity.fidelity_of``: for class scores top-1 agreement where
+    the fp32 model decides, cosine for other outputs).
 
     >>> worst_fidelity({"a": {"cosine": 0.9, "agreement": 0.7, "decisive_agreement": 0.95}, "b": {"cosine": 0.99}})
     0.95
     """
-    values = [c.get("decisive_agreement") if c.get("decisive_agreement") is not None else
-              c.get("agreement", c.get("cosine")) for c in (comparison or {}).values()]
+    values = [fidelity_of(c) for c in (comparison or {}).values()]
     values = [v for v in values if v is not None]
     return min(values) if values else None
 

@@ -9,18 +9,16 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelpressError
+from ..fidelity import compare_arrays, fidelity_of, measure_of
 from ..task import Task
 
 
 def check_fidelity(fp32: Any, int8: Any, task: Task, batches: int) -> dict[str, Any]:
     """The int8 and fp32 IRs compared on the first ``batches`` validation batches: the worst output's fidelity,
-    measured as ``evaluate.compare`` and ``result.worst_fidelity`` do (top-1 agreement for class scores on the
-    samples the fp32 IR decides, ``task.decisive_agreement``; mean per-sample cosine otherwise). ``evaluate``
-    itself imports the runtimes, which import the exporters. The f32 hint: the layers NNCF left in float compute
-    in f32, as with the runtime's precision int8."""
+    measured as ``evaluate.compare`` and ``result.worst_fidelity`` do (``fidelity.compare_arrays`` and
+    ``fidelity_of``: top-1 agreement for class scores on the samples the fp32 IR decides, cosine otherwise).
+    The f32 hint: the layers NNCF left in float compute in f32, as with the runtime's precision int8."""
     import openvino as ov
-
-    from ..task import decisive_agreement, top1_credit
 
     core = ov.Core()
     compiled = [core.compile_model(m, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}) for m in (fp32, int8)]
@@ -43,18 +41,13 @@ def check_fidelity(fp32: Any, int8: Any, task: Task, batches: int) -> dict[str, 
     rows = []
     for name, kind, r, o in zip(task.output_names, task.output_kinds, outs[0], outs[1]):
         ref, out = np.concatenate(r), np.concatenate(o)
-        extra: dict[str, int] = {}
+        row = {"split": "validation", "samples": len(ref), "output": name}
         if not np.isfinite(out).all():
-            value, measure = 0.0, "finite outputs (NaN or Inf found)"
-        elif kind == "logits":
-            value, extra["decided"] = decisive_agreement(out, ref)
-            value, measure = (value, "top-1 agreement where the fp32 IR decides") if value is not None \
-                else (float(top1_credit(out, ref.argmax(-1)).mean()), "top-1 agreement")
-        else:
-            denom = np.maximum(np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1), 1e-12)
-            value, measure = float(np.mean((ref * out).sum(1) / denom)), "cosine"
-        rows.append({"split": "validation", "samples": len(ref), "worst": value, "output": name, "measure": measure,
-                     **extra})
+            rows.append({**row, "worst": 0.0, "measure": "finite outputs (NaN or Inf found)"})
+            continue
+        compared = compare_arrays(ref, out, kind)
+        rows.append({**row, "worst": fidelity_of(compared), "measure": measure_of(compared, "the fp32 IR"),
+                     **({"decided": compared["decisive_samples"]} if kind == "logits" else {})})
     return min(rows, key=lambda row: row["worst"])
 
 

@@ -38,15 +38,22 @@ def clip_bounds(g: OnnxGraph, node: Any) -> tuple[float, float] | None:
     return float(g.attr(node, "min", -np.inf)), float(g.attr(node, "max", np.inf))
 
 
+def zero_pad(g: OnnxGraph, node: Any) -> bool:
+    """Whether ``node`` is a Pad that pads with zeros (mode constant, value 0)."""
+    if node.op_type != "Pad":
+        return False
+    value = g.array(node.input[2]) if len(node.input) > 2 and node.input[2] \
+        else np.array(g.attr(node, "value", 0.0))  # opset < 11: an attribute
+    return g.attr(node, "mode", b"constant") in (b"constant", "constant") and value is not None \
+        and value.size == 1 and float(value.reshape(())) == 0.0
+
+
 def commutes(g: OnnxGraph, node: Any, scale: float, zp: int) -> bool:
     """Whether quantizing ``node``'s input with (``scale``, ``zp``) gives what quantizing its output does: a Pad
     with zeros (0.0 is exact in every range); ReLU, and a Clip from 0 (ReLU6) whose top is not below the range's,
     when the zero point is 0 (the clamp the quantization does anyway)."""
     if node.op_type == "Pad":
-        value = g.array(node.input[2]) if len(node.input) > 2 and node.input[2] \
-            else np.array(g.attr(node, "value", 0.0))  # opset < 11: an attribute
-        return g.attr(node, "mode", b"constant") in (b"constant", "constant") and value is not None \
-            and value.size == 1 and float(value.reshape(())) == 0.0
+        return zero_pad(g, node)
     if zp != 0:
         return False
     if node.op_type == "Relu":
@@ -62,10 +69,12 @@ def fold_pads(g: OnnxGraph, targets: list[Any]) -> dict[str, str]:
     as: a Pad, its amounts computed by a constant subgraph, then the Conv). Exact; ONNX Runtime then runs the
     int8 convolution on its padded input directly instead of Pad in float between DequantizeLinear and
     QuantizeLinear. Returns, per merged Conv, its new input tensor -> the Pad's output it read before."""
+    from onnx import helper
+
     merged: dict[str, str] = {}
     for conv in targets:
         pad = g.producer.get(conv.input[0])
-        if conv.op_type != "Conv" or pad is None or pad.op_type != "Pad" or not commutes(g, pad, 1.0, 0) \
+        if conv.op_type != "Conv" or pad is None or not zero_pad(g, pad) \
                 or g.attr(conv, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") \
                 or len(g.consumers[conv.input[0]]) != 1 or conv.input[0] in g.outputs:
             continue
@@ -82,8 +91,6 @@ def fold_pads(g: OnnxGraph, targets: list[Any]) -> dict[str, str]:
         new = [int(a) + int(b) for a, b in zip(own, [*begin[2:], *end[2:]])]
         for a in [a for a in conv.attribute if a.name == "pads"]:
             conv.attribute.remove(a)
-        from onnx import helper
-
         conv.attribute.append(helper.make_attribute("pads", new))
         merged[pad.input[0]] = conv.input[0]
         conv.input[0] = pad.input[0]
