@@ -298,7 +298,7 @@ def recovery(task: Any, config: Config, val: Any, teacher: float, before: float,
 def explain(result: Any) -> list[str]:
     """How much of the validation score the steps before distillation lost it won back (``recovery`` facts)."""
     rec = result.facts.get("recovery")
-    if not rec:
+    if not rec or rec.get("by") == "refit":  # pruning's re-fit, which prune explains
         return []
     scores = (f"validation score {rec['score_before']:.4f} before, {rec['score_after']:.4f} after, teacher "
               f"{rec['score_teacher']:.4f}")

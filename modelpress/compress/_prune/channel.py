@@ -26,8 +26,11 @@ def schedule(ratio: float, step: int, steps: int) -> float:
 
 
 def prune_channels(model: nn.Module, config: Any, task: Any, example: tuple[torch.Tensor, ...],
-                   fine_tune: Callable[[nn.Module, int], None]) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
-    """The pruned model, its facts and the pruning record (replayable cuts)."""
+                   fine_tune: Callable[[nn.Module, int], None],
+                   recover: Callable[[nn.Module, nn.Module, list[dict[str, Any]]], None] | None = None
+                   ) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """The pruned model, its facts and the pruning record (replayable cuts). ``recover(reference, pruned,
+    cuts)`` runs after each round's cuts (before its fine-tuning), ``reference`` being the model before them."""
     from .. import _importance
     from .._graph import Graph, heads_of
 
@@ -46,8 +49,11 @@ def prune_channels(model: nn.Module, config: Any, task: Any, example: tuple[torc
         model.zero_grad(set_to_none=True)
 
         removed = plan_round(model, graph, scores, config, local, config.round_to, example)
+        reference = model
         model, cuts, broken = cut_checked(model, graph, removed, example)
         skipped.update(broken)
+        if recover is not None and cuts:
+            recover(reference, model, cuts)
         compose(composed, sets, cuts)
         fine_tune(model, step)
     pruning = {"version": RECORD_VERSION, "method": "channel",
