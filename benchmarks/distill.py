@@ -10,7 +10,8 @@ Candidates, each against the teacher's fp32 ONNX artifact on ONNX Runtime:
 - ``half-width student, labels only``: the same student, same init, epochs, learning rate and seed,
   trained on the labels alone (``finetune``).
   Both are trained once per seed (``--seeds``, default 0,1,2); a row per seed, then the mean.
-- ``channel-50%``: ``prune`` with half the channels of every layer removed, no recovery; then
+- ``channel-50%``: ``prune`` with half the channels of every layer removed, no recovery (``refit: false``:
+  these rows measure what distillation and fine-tuning win back, not prune's own re-fit); then
   ``+ distill`` (teacher: the uncompressed model) and ``+ finetune`` (labels), 3 epochs each.
 
 Extra columns: ``params`` and ``params_ratio`` (student / teacher parameters), ``recovered`` (share of the
@@ -71,7 +72,7 @@ def main() -> None:
     try:
         from modelpress.compress import prune
 
-        pruned = prune.apply(teacher, prune.Config(method="channel", ratio=0.5), task)
+        pruned = prune.apply(teacher, prune.Config(method="channel", ratio=0.5, refit=False), task)
     except ImportError as e:  # the structured pruning module is another technique; report, don't fake
         print(f"channel pruning unavailable ({e}); recovery rows pending")
         pruned = None
