@@ -9,7 +9,8 @@ budget of parameters or MACs), the digits transformer (width 64, 8 tokens) with 
 projections, and both, and the fashion-mnist transformer (width 128, 28 tokens) with its FFN layers and with
 FFN and attention together. Rows per case:
 
-- ``lowrank``: the split model straight after factorization (no training);
+- ``lowrank``: the split model straight after factorization (no training, and ``refit: false``: the
+  factorization itself, whose accuracy the dense reconstruction shares);
 - ``lowrank+recover``: the same split after ``recover_epochs`` of fine-tuning with distillation from
   the fp32 model (the step's own recovery);
 - ``dense-reconstruction``: the fp32 model with the same ranks applied to W in place.
@@ -114,7 +115,9 @@ def main() -> None:
         task = load_task(task_name)
         fp32_model = task.build_model()
         epochs = config.recover_epochs
-        applied = lowrank.apply(fp32_model, lowrank.Config(**{**_fields(config), "recover_epochs": 0}), task)
+        # refit: false: these rows measure the factorization itself (the dense reconstruction has its accuracy)
+        applied = lowrank.apply(fp32_model, lowrank.Config(**{**_fields(config), "recover_epochs": 0, "refit": False}),
+                                task)
         split, info = applied.model, applied.facts
         recovered = copy.deepcopy(split)
         lowrank.fine_tune_from(recovered, copy.deepcopy(fp32_model), task,

@@ -26,7 +26,7 @@ Methods (``Config.method``):
   never rounded; a Hugging Face model's config carries the record, so its ``save_pretrained`` folder
   reloads with :func:`from_pretrained` (``_prune/hf.py``). ``refit`` (on by default): after the cuts, each
   layer that lost input channels is re-fitted by least squares to the unpruned model's output of that layer
-  on the task's calibration inputs (no labels, no gradients; ``_prune/refit.py``), and kept unless it lowers
+  on the task's calibration inputs (no labels, no gradients; ``compress/_refit.py``), and kept unless it lowers
   the validation score; ``facts["recovery"]`` gives the validation score before and after (MiniLM without half
   its feed-forward neurons: cosine 0.70 -> 0.88 in 17 s).
 - ``magnitude``: zero the weights with the smallest |w| (per layer or one global threshold), in
@@ -58,7 +58,6 @@ SEARCH_SPACE: dict[str, list] = {
     "round_to": ["auto", 1, 8, 16],
 }
 
-REFIT_SAMPLES = 128  # calibration inputs the re-fit is estimated to read (estimate_s)
 NOTE_SPARSE = ("{what}: the zeros shrink the stored file (sparse codec), but dense CPU kernels still compute "
                "every weight, so expect no speedup on CPU runtimes; see latency_ratio for the measured latency.")
 NOTE_NM = (" N:M (2:4) sparsity runs faster only where a kernel consumes the pattern: NVIDIA GPUs with "
@@ -153,33 +152,16 @@ def _fine_tune(model: nn.Module, config: Config, task: Any, round_: int, hooks: 
 
 
 def refit_round(reference: nn.Module, pruned: nn.Module, cuts: list[dict[str, Any]], task: Any) -> dict[str, Any]:
-    """Re-fit, in place, the layers of ``pruned`` that lost inputs (``_prune/refit.py``) on the task's
-    calibration inputs, and keep the re-fit unless it lowers the validation score; the facts
-    ``prune_refit`` (what was re-fitted, with what) and ``recovery`` (validation scores before and after)."""
-    from ._prune import refit
-    from .distill import RECOVERY_SAMPLES, validation_score
-    from ..train import split_batch
+    """Re-fit, in place, the layers of ``pruned`` that lost inputs (``compress/_refit.py``) on the task's
+    calibration inputs, kept unless it lowers the validation score; the facts ``prune_refit`` (what was
+    re-fitted, with what) and ``recovery`` (validation scores before and after)."""
+    from . import _refit
 
-    calib = getattr(task, "calib_data", None)
-    if calib is None:
+    if getattr(task, "calib_data", None) is None:
         return {"prune_refit": {"skipped": "the task has no calibration data to re-fit the pruned layers on"}}
-    val = task.val_data.take(RECOVERY_SAMPLES) if hasattr(task.val_data, "take") else task.val_data
-    batches = [tuple(torch.from_numpy(split_batch(b)[0][n]) for n in task.input_names) for b in calib]
-    saved = copy.deepcopy(pruned.state_dict())
-    before = validation_score(pruned, task, val)
-    facts = refit.refit(pruned, reference, cuts, batches)
-    after = validation_score(pruned, task, val)
-    teacher = validation_score(reference, task, val)
-    lost, left = task.score_drop(teacher, before), task.score_drop(teacher, after)
-    facts["kept"] = left <= lost
-    if not facts["kept"]:  # worse on validation than the cut weights: undo
-        pruned.load_state_dict(saved)
-    return {"prune_refit": facts,
-            "recovery": {"on": "validation", "by": "refit", "samples": getattr(val, "num_samples", None),
-                         "score_teacher": round(teacher, 6), "score_before": round(before, 6),
-                         "score_after": round(after if facts["kept"] else before, 6),
-                         "regained": round((lost - min(left, lost)) / lost, 4) if lost > 1e-9 else None,
-                         "data": "calib", "labels": False, "inputs": facts["inputs"]}}
+    facts, recovery = _refit.checked(pruned, reference, _refit.pruned_pairs(cuts), task,
+                                     "prune: re-fitting the pruned layers")
+    return {"prune_refit": facts, "recovery": recovery}
 
 
 def _merged_storage(current: Storage | None, pruning: dict[str, Any]) -> Storage:
@@ -228,11 +210,13 @@ def estimate_s(config: Config, profile: Any) -> float:
     runs: importance scoring (Taylor needs gradients over a few batches), ``round_to: auto`` exporting and
     timing three alignments of the whole model, the re-fit (a pass over the calibration inputs per layer and
     three validation scorings) and the fine-tuning epochs."""
+    from . import _refit
+
     seconds = 1.0 + profile.forward_s(64) * (4.0 if config.importance == "taylor" else 1.0)
     if config.method == "channel" and config.round_to == "auto":
         seconds += 3 * 0.5 * (profile.base_s or profile.forward_s(512))
-    if config.method == "channel" and config.refit:  # per layer re-fitted, about one forward over the calibration
-        seconds += profile.layers * profile.forward_s(REFIT_SAMPLES) + 3 * profile.forward_s(profile.val_samples)
+    if config.method == "channel" and config.refit:
+        seconds += _refit.estimate_s(profile)
     return seconds + profile.epoch_s(config.epochs * config.steps)
 
 
@@ -240,23 +224,9 @@ def explain(result: Any) -> list[str]:
     """What the re-fit after channel pruning won back (``recovery`` facts), and why a channel-pruned result is
     slower than its fp32 baseline (a latency ratio whose interquartile range lies above 1.0): fewer MACs in
     shapes the runtime's kernels run slowly."""
-    return _refit_lines(result.facts) + _slower_lines(result)
+    from ._refit import notes
 
-
-def _refit_lines(facts: dict[str, Any]) -> list[str]:
-    fit, rec = facts.get("prune_refit") or {}, facts.get("recovery") or {}
-    if rec.get("by") != "refit":
-        return []
-    scores = (f"validation score {rec['score_before']:.4f} after the cuts, teacher {rec['score_teacher']:.4f}; "
-              f"{fit.get('layers', 0)} layers fitted on {rec['inputs']} unlabelled calibration inputs in {fit.get('seconds', 0):g} s")
-    if not fit.get("kept", True):
-        return [f"prune: re-fitting the pruned layers to the unpruned model lowered the validation score "
-                f"({scores}), so the cut weights were kept (refit: false skips it)."]
-    if rec["regained"] is None:
-        return []
-    more = (" Less than half: distill (data: augmented, labels: false) or prune less." if rec["regained"] < 0.5 else "")
-    return [f"prune: re-fitting the pruned layers to the unpruned model regained {rec['regained']:.0%} of the "
-            f"score the cuts lost (to {rec['score_after']:.4f}; {scores}).{more}"]
+    return notes(result.facts, "prune_refit", "prune", "the cuts") + _slower_lines(result)
 
 
 def _slower_lines(result: Any) -> list[str]:

@@ -1,9 +1,10 @@
-"""Label-free recovery after channel pruning: re-fit the layers that lost input channels.
+"""Label-free recovery by re-fitting layers to the uncompressed model: after channel pruning (the layers that
+lost input channels) and low-rank factorization (the last factor of each split layer).
 
-A convolution or linear layer whose input channels were cut is re-fitted by least squares to the output
-the unpruned model's same layer gives on the calibration inputs, from the inputs the pruned model now feeds
-it, so the fit also absorbs what the layers before it changed (ThiNet-style reconstruction, He et al. 2017;
-Luo et al. 2017). The solution is ridge-regularised toward the layer's kept weights ``W0``:
+Each such convolution or linear layer is re-fitted by least squares to the output the uncompressed model's
+corresponding layer gives on the calibration inputs, from the inputs the compressed model now feeds it, so
+the fit also absorbs what the layers before it changed (reconstruction as in ThiNet, Luo et al. 2017, and
+He et al. 2017). The solution is ridge-regularised toward the layer's kept weights ``W0``:
 ``W = (X'X + lam I)^-1 (X'Y + lam W0)``, ``lam = RIDGE * mean(diag X'X)``, one system per group of a grouped
 convolution. A layer with a bias has it re-fitted too; one without stays without (the pruning record then
 still replays onto the original architecture). Layers are visited in the order the model runs them, each
@@ -27,11 +28,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...progress import track
+from ..progress import track
 
 RIDGE = 1e-2  # lam relative to the mean diagonal of X'X
 CHUNK = 8  # samples per forward pass while collecting (im2col of a wide convolution is large)
+ESTIMATE_INPUTS = 128  # calibration inputs estimate_s assumes (the cost is a forward pass over them per layer)
 MAX_FEATURES = 8192  # inputs per output (C_in / groups * kernel area, + bias) above which a layer is not re-fitted
+
+
+Pair = tuple[str, str, "list[int] | None"]  # (layer in the compressed model, layer in the reference, kept outputs)
 
 
 class _Stop(Exception):
@@ -157,16 +162,16 @@ def assign(layer: nn.Module, w: torch.Tensor) -> None:
     layer.weight.data = w.reshape(layer.weight.shape).contiguous()
 
 
-def refit_layer(pruned: nn.Module, reference: nn.Module, name: str, kept: list[int] | None,
-                pieces: list[tuple[torch.Tensor, ...]]) -> str | None:
-    """Re-fit layer ``name`` of ``pruned`` to ``reference``'s (its kept outputs ``kept``); the reason when it
-    is left as it is."""
-    layer = pruned.get_submodule(name)
+def refit_layer(model: nn.Module, reference: nn.Module, pair: Pair, pieces: list[tuple[torch.Tensor, ...]]
+                ) -> str | None:
+    """Re-fit one layer of ``model`` to its ``reference`` layer (``pair``); the reason when it is left as it is."""
+    name, ref_name, kept = pair
+    layer = model.get_submodule(name)
     gram = cross = None
     pads = None
     for i, args in enumerate(pieces):
-        x, y_own = capture(pruned, name, args)
-        y = capture(reference, name, args)[1]
+        x, y_own = capture(model, name, args)
+        y = capture(reference, ref_name, args)[1]
         if kept is not None:
             y = y[..., kept] if isinstance(layer, nn.Linear) else y[:, kept]
         if isinstance(layer, nn.Conv2d) and i == 0:
@@ -186,28 +191,89 @@ def refit_layer(pruned: nn.Module, reference: nn.Module, name: str, kept: list[i
     return None
 
 
-def refit(pruned: nn.Module, reference: nn.Module, cuts: list[dict[str, Any]],
-          batches: Iterable[tuple[torch.Tensor, ...]]) -> dict[str, Any]:
-    """Re-fit, in place, the layers of ``pruned`` that lost input channels (``cuts``, in ``reference``'s
-    coordinates) to ``reference`` on ``batches`` of positional inputs. Returns the facts: the layers
-    re-fitted, those left (with the reason), the inputs used and the seconds taken."""
+def refit(model: nn.Module, reference: nn.Module, pairs: list[Pair], batches: Iterable[tuple[torch.Tensor, ...]],
+          description: str = "re-fitting layers") -> dict[str, Any]:
+    """Re-fit, in place, the layers of ``model`` named in ``pairs`` (layer, reference layer, the reference's
+    outputs it keeps or None) to ``reference`` on ``batches`` of positional inputs, in the order ``model``
+    runs them. Returns the facts: the layers re-fitted, those left (with the reason), the inputs used and
+    the seconds taken."""
     start = time.perf_counter()
     pieces = chunks(batches)
-    kept = {c["layer"]: list(c["kept"]) for c in cuts if c.get("axis") == "out"}
-    lost_inputs = {c["layer"] for c in cuts if c.get("axis") == "in"}
-    order = [n for n in run_order(pruned, pieces[0]) if n in lost_inputs]
-    skipped: dict[str, str] = {}
-    was = pruned.training, reference.training
-    pruned.eval(), reference.eval()
+    by_name = {p[0]: p for p in pairs}
+    order = [n for n in run_order(model, pieces[0]) if n in by_name]
+    skipped: dict[str, str] = {n: "not run by the model on the calibration inputs" for n in by_name if n not in order}
+    was = model.training, reference.training
+    model.eval(), reference.eval()
     try:
-        for name in track(order, "prune: re-fitting the pruned layers"):
-            reason = refit_layer(pruned, reference, name, kept.get(name), pieces)
+        for name in track(order, description):
+            reason = refit_layer(model, reference, by_name[name], pieces)
             if reason:
                 skipped[name] = reason
     finally:
-        pruned.train(was[0]), reference.train(was[1])
-    facts: dict[str, Any] = {"layers": len(order) - len(skipped), "inputs": sum(len(p[0]) for p in pieces),
+        model.train(was[0]), reference.train(was[1])
+    facts: dict[str, Any] = {"layers": len(by_name) - len(skipped), "inputs": sum(len(p[0]) for p in pieces),
                              "seconds": round(time.perf_counter() - start, 1)}
     if skipped:
         facts["skipped"] = skipped
     return facts
+
+
+def estimate_s(profile: Any) -> float:
+    """Seconds :func:`checked` is expected to take on a model of ``profile`` (``search.cost.Profile``): for each
+    layer (all of them, at most), about one forward pass over the calibration inputs (both models, to that
+    layer), and three validation scorings."""
+    return profile.layers * profile.forward_s(ESTIMATE_INPUTS) + 3 * profile.forward_s(profile.val_samples)
+
+
+def pruned_pairs(cuts: list[dict[str, Any]]) -> list[Pair]:
+    """The layers channel pruning's ``cuts`` took input channels from, each paired with itself in the unpruned
+    model and the output channels it kept (None when all)."""
+    kept = {c["layer"]: list(c["kept"]) for c in cuts if c.get("axis") == "out"}
+    return [(c["layer"], c["layer"], kept.get(c["layer"])) for c in cuts if c.get("axis") == "in"]
+
+
+def checked(model: nn.Module, reference: nn.Module, pairs: list[Pair], task: Any, description: str
+            ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """:func:`refit` on the task's calibration inputs, kept unless it lowers the validation score (then the
+    weights go back). Returns the re-fit's facts (``kept`` added) and the ``recovery`` facts (validation score
+    of the uncompressed model, before and after, the share of the loss regained)."""
+    import copy
+
+    from .distill import RECOVERY_SAMPLES, validation_score
+    from ..train import split_batch
+
+    val = task.val_data.take(RECOVERY_SAMPLES) if hasattr(task.val_data, "take") else task.val_data
+    batches = [tuple(torch.from_numpy(split_batch(b)[0][n]) for n in task.input_names) for b in task.calib_data]
+    saved = copy.deepcopy(model.state_dict())
+    before = validation_score(model, task, val)
+    facts = refit(model, reference, pairs, batches, description)
+    after = validation_score(model, task, val)
+    teacher = validation_score(reference, task, val)
+    lost, left = task.score_drop(teacher, before), task.score_drop(teacher, after)
+    facts["kept"] = left <= lost
+    if not facts["kept"]:  # worse on validation than without: undo
+        model.load_state_dict(saved)
+    recovery = {"on": "validation", "by": "refit", "samples": getattr(val, "num_samples", None),
+                "score_teacher": round(teacher, 6), "score_before": round(before, 6),
+                "score_after": round(after if facts["kept"] else before, 6),
+                "regained": round((lost - min(left, lost)) / lost, 4) if lost > 1e-9 else None,
+                "data": "calib", "labels": False, "inputs": facts["inputs"]}
+    return facts, recovery
+
+
+def notes(facts: dict[str, Any], key: str, step: str, change: str) -> list[str]:
+    """The result's note on a re-fit whose facts are ``facts[key]`` (``step``: the technique, ``change``: what
+    it did to the model, e.g. "the cuts"): what it regained, or why its weights were not kept."""
+    fit, rec = facts.get(key) or {}, facts.get("recovery") or {}
+    if rec.get("by") != "refit" or not fit:
+        return []
+    scores = (f"validation score {rec['score_before']:.4f} after {change}, teacher {rec['score_teacher']:.4f}; "
+              f"{fit.get('layers', 0)} layers fitted on {rec['inputs']} unlabelled calibration inputs in {fit.get('seconds', 0):g} s")
+    if not fit.get("kept", True):
+        return [f"{step}: re-fitting the changed layers to the uncompressed model lowered the validation score "
+                f"({scores}), so their weights were kept as they were (refit: false skips it)."]
+    if rec["regained"] is None:
+        return []
+    more = " Less than half: distill (data: augmented, labels: false) or compress less." if rec["regained"] < 0.5 else ""
+    return [f"{step}: re-fitting the changed layers to the uncompressed model regained {rec['regained']:.0%} of the "
+            f"score {change} lost (to {rec['score_after']:.4f}; {scores}).{more}"]

@@ -1,4 +1,4 @@
-"""Label-free re-fit after channel pruning (``compress/_prune/refit.py``): the layers that lost inputs are
+"""Label-free re-fit after channel pruning (``compress/_refit.py``): the layers that lost inputs are
 fitted back to the unpruned model's outputs, also through convolutions that pad themselves; what it cannot
 reproduce it leaves alone and says so; a re-fit that lowers the validation score is undone."""
 import copy
@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from modelpress.compress import distill, prune
-from modelpress.compress._prune import refit
+from modelpress.compress import distill, lowrank, prune
+from modelpress.compress import _refit as refit
 from modelpress.zoo import DepthwiseCNN, TinyResNet, TinyTransformer
 
 MODELS = {"resnet": (TinyResNet, (1, 16, 16)), "depthwise": (DepthwiseCNN, (1, 16, 16)),
@@ -26,7 +26,7 @@ def test_refit_brings_held_out_outputs_closer_to_the_unpruned_model(name):
     model, task = cls().eval(), prune.example_task(shape)
     cut = prune.apply(model, prune.Config(ratio=0.5, round_to=1, refit=False), task)
     fitted = copy.deepcopy(cut.model)
-    facts = refit.refit(fitted, model, cut.storage.options["pruning"][0]["cuts"], calibration(task))
+    facts = refit.refit(fitted, model, refit.pruned_pairs(cut.storage.options["pruning"][0]["cuts"]), calibration(task))
     held_out = torch.randn(64, *shape, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         reference = model(held_out)
@@ -57,7 +57,7 @@ def test_a_removed_unit_that_a_kept_one_duplicates_is_recovered_almost_exactly()
     x = torch.randn(256, 6, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         before = float((pruned(x) - ref(x)).abs().max())
-        facts = refit.refit(pruned, ref, cuts, [(x[:128],), (x[128:],)])
+        facts = refit.refit(pruned, ref, refit.pruned_pairs(cuts), [(x[:128],), (x[128:],)])
         after = float((pruned(x) - ref(x)).abs().max())
     assert facts["layers"] == 1 and before > 0.05
     assert after < 0.05 * before, (before, after)
@@ -106,7 +106,7 @@ def test_a_convolution_that_pads_itself_is_refitted_with_its_own_padding():
         own = pruned[2](pruned[1](pruned[0](x)))
         assert refit.conv_padding(pruned[2], pruned[1](pruned[0](x)), own) == [0, 1, 0, 1]
         before = float((pruned(x) - ref(x)).pow(2).mean())
-        facts = refit.refit(pruned, ref, cuts, [(x,)])
+        facts = refit.refit(pruned, ref, refit.pruned_pairs(cuts), [(x,)])
         after = float((pruned(x) - ref(x)).pow(2).mean())
     assert facts["layers"] == 1 and "skipped" not in facts and pruned[2].bias is None
     assert after < 0.5 * before, (before, after)
@@ -115,7 +115,7 @@ def test_a_convolution_that_pads_itself_is_refitted_with_its_own_padding():
 def test_a_layer_the_refit_cannot_reproduce_is_left_as_it_is_with_the_reason():
     ref, pruned, cuts = _cut_first_conv(Doubled(8, 4, 3, padding=1))
     weight = pruned[2].weight.detach().clone()
-    facts = refit.refit(pruned, ref, cuts, [(torch.randn(4, 3, 6, 6),)])
+    facts = refit.refit(pruned, ref, refit.pruned_pairs(cuts), [(torch.randn(4, 3, 6, 6),)])
     assert facts["layers"] == 0 and "more than one zero-padded convolution" in facts["skipped"]["2"]
     assert torch.equal(pruned[2].weight, weight)
 
@@ -144,6 +144,23 @@ def test_the_result_notes_say_what_the_refit_regained_or_why_it_was_undone():
                              latency_ratio={}, latency_verdict={})
     [line] = prune.explain(result)
     assert "regained 40%" in line and "96 unlabelled calibration inputs" in line and "Less than half" in line
-    assert distill.explain(result) == []  # distillation's note is for its own recovery
+    assert distill.explain(result) == [] and lowrank.explain(result) == []  # each step explains its own
     result.facts["prune_refit"]["kept"] = False
-    assert "cut weights were kept" in prune.explain(result)[0]
+    assert "weights were kept as they were" in prune.explain(result)[0]
+
+
+def test_lowrank_refits_the_last_factor_of_each_split_layer(monkeypatch):
+    torch.manual_seed(0)
+    model, task = TinyTransformer().eval(), prune.example_task((8, 8))
+    plain = lowrank.apply(model, lowrank.Config(rank_by="param_ratio", param_ratio=0.3, refit=False), task)
+    scores = iter([0.5, 0.7, 1.0])  # the random-label validation score would decide by chance: the fit is kept
+    monkeypatch.setattr(distill, "validation_score", lambda m, t, d: next(scores))
+    fitted = lowrank.apply(model, lowrank.Config(rank_by="param_ratio", param_ratio=0.3), task)
+    held_out = torch.randn(64, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reference = model(held_out)
+        error = {k: float((m.model(held_out) - reference).pow(2).mean()) for k, m in (("plain", plain), ("fit", fitted))}
+    fit = fitted.facts["lowrank_refit"]
+    assert fit["kept"] and fit["layers"] == len(fitted.facts["ranks"]) > 0 and "skipped" not in fit
+    assert error["fit"] < 0.7 * error["plain"], error
+    assert "regained 40%" in lowrank.explain(fitted)[0]
