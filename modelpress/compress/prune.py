@@ -157,8 +157,6 @@ def refit_round(reference: nn.Module, pruned: nn.Module, cuts: list[dict[str, An
     re-fitted, with what) and ``recovery`` (validation scores before and after)."""
     from . import _refit
 
-    if getattr(task, "calib_data", None) is None:
-        return {"prune_refit": {"skipped": "the task has no calibration data to re-fit the pruned layers on"}}
     facts, recovery = _refit.checked(pruned, reference, _refit.pruned_pairs(cuts), task,
                                      "prune: re-fitting the pruned layers")
     return {"prune_refit": facts, "recovery": recovery}
