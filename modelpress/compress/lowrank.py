@@ -8,8 +8,8 @@ parameter budget (the default), rounded to multiples of 8. A layer is factorized
 MACs fall to at most ``max_cost_ratio`` of the original (or, with ``cost: measured``, its latency on the
 recipe's runtime does). ``refit`` (on by default): the last factor of each split layer is then re-fitted by
 least squares to the unsplit layer's output on the calibration inputs (``compress/_refit.py``; no labels),
-kept unless the validation score drops (MiniLM at param_ratio 0.5 per layer: cosine to fp32 on the test
-texts 0.36 -> 0.67).
+kept unless the validation score drops (MiniLM with the defaults: cosine to fp32 on the test texts 0.65 ->
+0.70; ``benchmarks/real.py``).
 
 In a recipe::
 
