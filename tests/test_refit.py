@@ -104,7 +104,7 @@ def test_a_convolution_that_pads_itself_is_refitted_with_its_own_padding():
     x = torch.randn(16, 3, 10, 10, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         own = pruned[2](pruned[1](pruned[0](x)))
-        assert refit.conv_padding(pruned[2], pruned[1](pruned[0](x)), own) == [0, 1, 0, 1]
+        assert refit.applied_padding(pruned[2], pruned[1](pruned[0](x)), own) == [0, 1, 0, 1]
         before = float((pruned(x) - ref(x)).pow(2).mean())
         facts = refit.refit(pruned, ref, refit.pruned_pairs(cuts), [(x,)])
         after = float((pruned(x) - ref(x)).pow(2).mean())

@@ -100,7 +100,7 @@ def _pads(conv: nn.Conv2d, x: torch.Tensor, y: torch.Tensor) -> list[list[int]]:
     return [own] + ([same] if same != own else [])
 
 
-def conv_padding(conv: nn.Conv2d, x: torch.Tensor, y: torch.Tensor) -> list[int] | None:
+def applied_padding(conv: nn.Conv2d, x: torch.Tensor, y: torch.Tensor) -> list[int] | None:
     """The padding that reproduces the layer's output ``y`` from its input ``x`` as one plain convolution
     (checked), or None when no candidate does (the layer's forward computes something else)."""
     if conv.padding_mode != "zeros":
@@ -176,7 +176,7 @@ def refit_layer(model: nn.Module, reference: nn.Module, pair: Pair, pieces: list
         if kept is not None:
             y = y[..., kept] if isinstance(layer, nn.Linear) else y[:, kept]
         if isinstance(layer, nn.Conv2d) and i == 0:
-            pads = conv_padding(layer, x, y_own)
+            pads = applied_padding(layer, x, y_own)
             if pads is None:
                 return ("its forward does more than one zero-padded convolution (padding mode or a transform "
                         "the re-fit cannot reproduce)")
