@@ -38,7 +38,7 @@ def rows_on_grid(table: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """(int8 rows, float32 scale per row) that reproduce ``table`` exactly, else None."""
     from ..quantizer import quantize
 
-    q = quantize(torch.from_numpy(np.ascontiguousarray(table)), ROW_INT8, axis=0)
+    q = quantize(torch.from_numpy(np.array(table, dtype=np.float32)), ROW_INT8, axis=0)  # a writable copy
     if not np.all(np.abs(q.dequantize().numpy() - table) <= EXACT * q.step().numpy()):
         return None
     return q.integers().numpy().astype(np.int8), q.scale.numpy().reshape(-1, 1).astype(np.float32)
