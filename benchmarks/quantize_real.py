@@ -253,8 +253,13 @@ def memory_of(spec: dict[str, Any], example: dict[str, np.ndarray], work: Path) 
     return json.loads(lines[-1])["bytes"] if done.returncode == 0 and lines else None
 
 
-def megabytes(n: int | None) -> float | None:
-    return None if n is None else round(n / 2**20, 1)
+def memory_columns(spec: dict[str, Any], task: Any, big: int, work: Path) -> dict[str, float | None]:
+    """``memory_mb_at1`` and ``memory_mb`` (at batch ``big``) of ``spec``'s session, in MB (None if not measured)."""
+    def mb(batch: int) -> float | None:
+        grown = memory_of(spec, task.example_inputs(batch), work)
+        return None if grown is None else round(grown / 2**20, 1)
+
+    return {"memory_mb_at1": mb(1), "memory_mb": mb(big)}
 
 
 # ---- the run ------------------------------------------------------------------------------------------------
@@ -295,15 +300,12 @@ def measure_model(name: str, args: Any, config: BenchConfig, done: list[dict[str
                 ratios, verdicts = latency(session, base, task, bench)
                 size = sum(p.stat().st_size for p in Path(where).rglob("*") if p.is_file()) if Path(where).is_dir() \
                     else file_size(Path(where))
-                memory, memory_1 = memory_of(spec, task.example_inputs(big), work), \
-                    memory_of(spec, task.example_inputs(1), work)
                 key = "nn_agreement" if "nn_agreement" in fid else "agreement"
                 out.update(score=round(fid[key], 4), score_drop=round(1 - fid[key], 4),
                            size_ratio=round(size / base_size, 4), latency_ratio=ratios, verdict=verdicts,
                            latency_recheck=ratios.recheck, recheck_ok=ratios.agrees(),
                            cosine=round(fid["cosine"], 5), top5_overlap=fid.get("top5_overlap"),
-                           decisive=fid.get("decisive_agreement"),
-                           memory_mb=megabytes(memory), memory_mb_at1=megabytes(memory_1))
+                           decisive=fid.get("decisive_agreement"), **memory_columns(spec, task, big, work))
             except Exception as e:  # noqa: BLE001 - a candidate that cannot be made is a row with its reason
                 out["error"] = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
             out["seconds"] = round(time.perf_counter() - start, 1)
@@ -317,8 +319,7 @@ def measure_model(name: str, args: Any, config: BenchConfig, done: list[dict[str
         spec = {"artifact": str(tmp / "fp32"), "runtime": {"backend": "onnxruntime", "threads": args.threads}}
         rows.append({"model": name, "candidate": "fp32 ONNX Runtime (the reference of every ratio)", "who": "baseline",
                      "score": 1.0, "score_drop": 0.0, "size_ratio": 1.0, "latency_ratio": {},
-                     "memory_mb": megabytes(memory_of(spec, task.example_inputs(big), tmp)),
-                     "memory_mb_at1": megabytes(memory_of(spec, task.example_inputs(1), tmp))})
+                     **memory_columns(spec, task, big, tmp)})
     return rows
 
 
